@@ -1,0 +1,161 @@
+"""The ``tunerkit`` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tunerkit.errors import UserError
+
+DEFAULT_DB = "runs/tunerkit.db"
+
+
+class TunerkitGroup(click.Group):
+    """Turns a :class:`UserError` anywhere below into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            click.echo(f"error: {err.one_line()}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=TunerkitGroup)
+@click.version_option(package_name="tunerkit")
+def main():
+    """Compare LLM fine-tuning methods fairly and fast."""
+
+
+def pick_profile(recipe_path: Path, profile: str | None) -> str | None:
+    """No --profile: the recipe's cpu profile on a machine without CUDA, else its GPU default."""
+    if profile is not None:
+        return profile
+    import torch
+
+    from tunerkit.recipe import read_toml
+
+    data = read_toml(recipe_path)
+    profiles = data.get("profiles") or {}
+    meta = data.get("recipe") or {}
+    if not torch.cuda.is_available():
+        if "cpu" in profiles:
+            click.echo(f"tunerkit: no CUDA device found: using the recipe's 'cpu' profile of {recipe_path}")
+            return "cpu"
+        return None
+    return meta.get("gpu_profile")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--profile", "-p", help="profile of the recipe to apply (default: cpu without CUDA)")
+@click.option("--only", help="comma-separated row names (base names) to run")
+@click.option("--resume", is_flag=True, help="skip rows already recorded with an identical config")
+@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(path_type=Path))
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(path_type=Path))
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--check", is_flag=True, help="validate the recipe and list its rows; run nothing")
+def run(recipe, profile, only, resume, db, runs_dir, no_progress, check):
+    """Run every row of RECIPE and record the results."""
+    from tunerkit.recipe import load_recipe
+    from tunerkit.report.tables import render
+    from tunerkit.runner import run_recipe
+    from tunerkit.store import Store
+
+    profile = pick_profile(recipe, profile)
+    rec = load_recipe(recipe, profile)
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in wanted if not any(r.base_name == n or r.name == n for r in rec.rows)]
+        if unknown:
+            raise UserError(f"--only names unknown rows: {', '.join(unknown)}", file=str(recipe),
+                            hint=f"rows: {', '.join(sorted({r.base_name for r in rec.rows}))}")
+        rec.rows = [r for r in rec.rows if r.base_name in wanted or r.name in wanted]
+    if check:
+        for r in rec.rows:
+            click.echo(f"{r.name}: plugins={r.plugins} model={r.settings.model} dataset={r.settings.dataset}")
+        click.echo(f"{len(rec.rows)} rows valid (profile: {profile or 'none'})")
+        return
+    store = Store(db)
+    gpus = max(r.settings.gpus for r in rec.rows)
+    if gpus > 1:
+        from tunerkit.launch import relaunch_if_needed
+
+        relaunch_if_needed(gpus)
+    outcomes = run_recipe(rec, store, resume=resume, runs_dir=runs_dir, progress=not no_progress)
+    from tunerkit.runner import _is_main_process
+
+    if _is_main_process():
+        records = [r for r in store.latest(rec.name) if r["profile"] == profile and
+                   r["row"] in {o.row for o in outcomes}]
+        click.echo("")
+        click.echo(render(records, "md"))
+        failed = sum(o.status == "failed" for o in outcomes)
+        click.echo(f"\n{len(outcomes)} rows: {sum(o.status == 'ok' for o in outcomes)} ok, {failed} failed, "
+                   f"{sum(o.status == 'skipped' for o in outcomes)} skipped; results in {db}")
+
+
+@main.command(name="list")
+def list_cmd():
+    """Installed plugins with their options, model presets and datasets."""
+    from tunerkit.data.registry import DATASETS
+    from tunerkit.data.synthetic import DISTRIBUTIONS
+    from tunerkit.models.presets import PRESETS
+    from tunerkit.options import describe
+    from tunerkit.plugins import registry
+    from tunerkit.settings import Settings
+
+    click.echo("plugins:")
+    for name, cls in sorted(registry().items()):
+        click.echo(f"  {name}: {cls.summary}")
+        for opt, tp, default, help_ in describe(cls.Options):
+            click.echo(f"      {opt} ({tp}) = {default!r}  {help_}")
+    click.echo("\nmodel presets (random weights, for speed and memory only):")
+    for name, p in PRESETS.items():
+        click.echo(f"  {name}: {p.arch} hidden={p.hidden} layers={p.layers} heads={p.heads}/{p.kv_heads}"
+                   f" ffn={p.ffn} vocab={p.vocab} params={p.num_params() / 1e9:.2f}B  shape of {p.original}")
+    click.echo("  smollm2-135m-instruct: the real SmolLM2-135M-Instruct (bundled, offline)")
+    click.echo("\ndatasets:")
+    for name, hub in DATASETS.items():
+        click.echo(f"  {name}: {hub} (hub; or a local file)")
+    click.echo("  builtin:arithmetic: generated, graded arithmetic task (offline)")
+    for name in DISTRIBUTIONS:
+        click.echo(f"  synthetic:lengths?dist={name}: random tokens with {name}'s length statistics")
+    click.echo("\nrow settings:")
+    for opt, tp, default, help_ in describe(Settings):
+        click.echo(f"  {opt} ({tp}) = {default!r}  {help_}")
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--profile", "-p", help="only records of this profile")
+def report(recipe, db, fmt, profile):
+    """Tables of recorded results (all recipes, or RECIPE's)."""
+    from tunerkit.report.tables import render
+    from tunerkit.store import Store
+
+    name = None
+    if recipe is not None:
+        from tunerkit.recipe import read_toml
+
+        name = (read_toml(recipe).get("recipe") or {}).get("name", recipe.stem)
+    records = Store(db).latest(name)
+    if profile:
+        records = [r for r in records if r["profile"] == profile]
+    if not records:
+        raise UserError(f"no results for {name or 'any recipe'} in {db}", hint="run 'tunerkit run RECIPE' first")
+    for recipe_name in dict.fromkeys(r["recipe"] for r in records):
+        subset = [r for r in records if r["recipe"] == recipe_name]
+        if fmt == "md":
+            click.echo(f"## {recipe_name}\n")
+        click.echo(render(subset, fmt))
+        if fmt == "md":
+            click.echo("")
+
+
+if __name__ == "__main__":
+    main()

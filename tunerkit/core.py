@@ -1,0 +1,152 @@
+"""The core's own hook implementations: plain defaults every plugin may override.
+
+Registered ``trylast`` through the same plugin manager as the tuners, so a plugin's
+first-result hook always wins over these.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunerkit.data import sources
+from tunerkit.data.chat import encode_messages, ensure_template, with_system
+from tunerkit.data.collate import PaddingCollator
+from tunerkit.data.truncation import apply_truncation
+from tunerkit.hookspecs import hookimpl
+from tunerkit.models import loading
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[choice]
+
+
+def count_shifted_labels(labels: torch.Tensor) -> int:
+    """Label tokens the causal loss really scores (the first position predicts nothing)."""
+    return int((labels[..., 1:] != -100).sum())
+
+
+class CoreDefaults:
+    # -- model ------------------------------------------------------------------
+    @hookimpl(trylast=True)
+    def setup_distributed(self, ctx):
+        from accelerate import Accelerator
+
+        return Accelerator(cpu=not torch.cuda.is_available())
+
+    @hookimpl(trylast=True)
+    def load_model(self, ctx):
+        source = ctx.model_source
+        impl, label = loading.attn_implementation(ctx.settings.attention, ctx.device)
+        ctx.attention_used = label
+        return loading.load_pretrained(source, ctx.dtype, ctx.device, impl)
+
+    @hookimpl(trylast=True)
+    def load_tokenizer(self, ctx):
+        tok = loading.load_tokenizer(ctx.model_source)
+        ensure_template(tok, ctx.settings.chat_template)
+        return tok
+
+    # -- data -------------------------------------------------------------------
+    def _all_records(self, ctx):
+        """Train and held-out records, split once per row and cached for both splits."""
+        if "core:records" not in ctx.state:
+            s = ctx.settings
+            vocab = ctx.unwrapped_model().config.vocab_size
+            records = sources.load_records(s.dataset, seed=s.seed, vocab_size=vocab,
+                                           rows=(s.max_train_samples or 0) + s.val_size or None)
+            if s.eval_dataset:
+                train = records
+                held = sources.load_records(s.eval_dataset, seed=s.seed + 1, vocab_size=vocab, rows=s.val_size or None)
+            else:
+                train, held = sources.split_off(records, s.val_size, s.seed)
+            if s.max_train_samples is not None:
+                train = train[: s.max_train_samples]
+            if s.mix:
+                general = sources.load_records(s.mix["dataset"], seed=s.seed + 2, vocab_size=vocab, rows=None)
+                train = sources.mix_in(train, general, float(s.mix.get("ratio", 1.0)), s.seed)
+            ctx.state["core:records"] = {"train": train, "eval": held}
+        return ctx.state["core:records"]
+
+    @hookimpl(trylast=True)
+    def load_dataset(self, ctx, split):
+        return self._all_records(ctx).get(split) or None
+
+    @hookimpl(trylast=True)
+    def tokenize_dataset(self, ctx, split, records):
+        s = ctx.settings
+        encoded = []
+        for r in records:
+            if "input_ids" in r:
+                encoded.append(r)
+            else:
+                encoded.append(encode_messages(ctx.tokenizer, with_system(r["messages"], s.system),
+                                               train_on_prompt=s.train_on_prompt))
+        kept, counts = apply_truncation(encoded, s.max_length, s.truncation_strategy)
+        before = len(kept)
+        kept = [r for r in kept if any(l != -100 for l in r["labels"][1:])]
+        counts["samples_without_labels"] = before - len(kept)
+        ctx.metrics.update({f"{split}_{k}": v for k, v in counts.items()})
+        ctx.metrics[f"{split}_samples"] = len(kept)
+        return kept
+
+    @hookimpl(trylast=True)
+    def make_collator(self, ctx, split):
+        pad = ctx.tokenizer.pad_token_id if ctx.tokenizer is not None else 0
+        return PaddingCollator(pad if pad is not None else 0)
+
+    # -- optimizer --------------------------------------------------------------
+    @hookimpl(trylast=True)
+    def param_groups(self, ctx):
+        decay, no_decay = [], []
+        for name, p in ctx.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": ctx.settings.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    @hookimpl(trylast=True)
+    def make_optimizer(self, ctx, groups):
+        fused = ctx.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=ctx.settings.learning_rate, fused=fused)
+
+    @hookimpl(trylast=True)
+    def make_scheduler(self, ctx):
+        from transformers import get_scheduler
+
+        warmup = int(ctx.settings.warmup_ratio * ctx.total_steps)
+        return get_scheduler(ctx.settings.lr_scheduler, ctx.optimizer, num_warmup_steps=warmup,
+                             num_training_steps=max(ctx.total_steps, 1))
+
+    # -- loop -------------------------------------------------------------------
+    @hookimpl(trylast=True)
+    def compute_loss(self, ctx, model, batch):
+        # Token-summed cross-entropy over the whole window's label tokens; multiplied by the
+        # world size because DDP averages gradients over processes.
+        items = torch.tensor(ctx.window_label_tokens / ctx.world_size, device=ctx.device)
+        out = model(**batch, num_items_in_batch=items)
+        return out.loss
+
+    # -- results ----------------------------------------------------------------
+    @hookimpl(trylast=True)
+    def evaluate(self, ctx):
+        from tunerkit.eval import evaluators
+
+        found = evaluators()
+        metrics = {}
+        for name in ctx.settings.evaluate:
+            metrics.update(found[name](ctx))
+        return metrics
+
+    @hookimpl(trylast=True)
+    def save_artifacts(self, ctx, out_dir):
+        if ctx.is_main_process:
+            model = ctx.unwrapped_model()
+            model.save_pretrained(out_dir / "model")
+            if ctx.tokenizer is not None:
+                ctx.tokenizer.save_pretrained(out_dir / "model")

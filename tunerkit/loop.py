@@ -1,0 +1,246 @@
+"""One row, end to end: a single linear training loop that only calls hooks.
+
+Read top to bottom: model side, data side, optimizer, the loop, evaluation. The loop
+knows no tuner; everything a tuner changes happens inside a hook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from tunerkit.context import RunContext
+from tunerkit.core import CoreDefaults, count_shifted_labels, resolve_dtype
+from tunerkit.errors import RowFailed
+from tunerkit.metrics import Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
+from tunerkit.models.loading import resolve_model
+from tunerkit.plugins import get_plugin, make_manager
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_context(row, out_dir: Path) -> RunContext:
+    instances = [get_plugin(name)(row.options[name]) for name in row.plugins]
+    pm = make_manager([CoreDefaults()], instances)
+    return RunContext(row=row, hook=pm.hook, out_dir=out_dir)
+
+
+def run_row(row, out_dir: Path, progress=None) -> dict:
+    """Train and evaluate one row; return its metrics. Raises on failure (the runner records it)."""
+    ctx = build_context(row, out_dir)
+    try:
+        return _run(ctx, progress)
+    finally:
+        ctx.hook.teardown(ctx=ctx)
+        _release(ctx)
+
+
+def _release(ctx: RunContext) -> None:
+    ctx.model = ctx.optimizer = ctx.scheduler = None
+    ctx.datasets.clear()
+    ctx.state.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _run(ctx: RunContext, progress) -> dict:
+    s = ctx.settings
+    hook = ctx.hook
+    seed_everything(s.seed)
+
+    # -- model side ----------------------------------------------------------------
+    ctx.accelerator = hook.setup_distributed(ctx=ctx)
+    ctx.device = ctx.accelerator.device
+    ctx.dtype = resolve_dtype(s.dtype, ctx.device)
+    ctx.model_source = resolve_model(s.model)
+    reset_peak_memory(ctx.device)
+    ctx.model = hook.load_model(ctx=ctx)
+    ctx.tokenizer = hook.load_tokenizer(ctx=ctx)
+    hook.modify_model(ctx=ctx)
+    hook.apply_tuner(ctx=ctx)
+    params = count_parameters(ctx.model)
+    if params["trainable_params"] == 0:
+        raise RowFailed("nothing to train: no plugin of this row made any parameter trainable")
+    ctx.metrics.update(params)
+    ctx.metrics["random_weights"] = ctx.model_source.random_weights
+    if s.gradient_checkpointing:
+        enable_gradient_checkpointing(ctx.model)
+    ctx.model.train()
+
+    # -- data side -----------------------------------------------------------------
+    for split in ("train", "eval"):
+        records = hook.load_dataset(ctx=ctx, split=split)
+        if records is None:
+            continue
+        ctx.datasets[split] = hook.tokenize_dataset(ctx=ctx, split=split, records=records)
+        hook.transform_dataset(ctx=ctx, split=split)
+        ctx.collators[split] = hook.make_collator(ctx=ctx, split=split)
+    train = ctx.datasets.get("train")
+    if train is None or (not isinstance(train, IterableDataset) and len(train) == 0):
+        raise RowFailed(f"no training samples left (max_length={s.max_length}, "
+                        f"truncation_strategy={s.truncation_strategy!r} dropped them all)")
+    loader = make_loader(ctx, train)
+
+    # -- optimizer -----------------------------------------------------------------
+    ctx.total_steps = plan_steps(ctx, loader)
+    ctx.optimizer = hook.make_optimizer(ctx=ctx, groups=hook.param_groups(ctx=ctx))
+    ctx.scheduler = hook.make_scheduler(ctx=ctx)
+    ctx.model, ctx.optimizer, loader = ctx.accelerator.prepare(ctx.model, ctx.optimizer, loader)
+
+    # -- the loop ------------------------------------------------------------------
+    hook.on_train_begin(ctx=ctx)
+    throughput = Throughput(warmup_steps=min(s.timing_warmup_steps, max(ctx.total_steps - 1, 0)))
+    losses: list[float] = []
+    eval_curve: list[tuple[int, float]] = []
+    if progress is not None:
+        progress.start(ctx.total_steps)
+    for window in accumulation_windows(loader, s.gradient_accumulation_steps, ctx.total_steps):
+        with Timer(ctx.device) as t:
+            step_loss, samples, tokens, label_tokens = train_step(ctx, window)
+        ctx.global_step += 1
+        throughput.add_step(t.seconds, samples, tokens, label_tokens)
+        losses.append(step_loss)
+        if progress is not None:
+            progress.update(ctx.global_step, step_loss)
+        if s.eval_steps and ctx.global_step % s.eval_steps == 0 and "eval" in ctx.datasets:
+            from tunerkit.eval.loss import eval_loss
+
+            eval_curve.append((ctx.global_step, eval_loss(ctx).get("eval_loss")))
+        if s.token_budget and throughput.total_tokens * ctx.world_size >= s.token_budget:
+            break
+    hook.on_train_end(ctx=ctx)
+    ctx.metrics.update(throughput.summary())
+    ctx.metrics["train_loss_curve"] = losses
+    ctx.metrics["train_loss"] = float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None
+    if eval_curve:
+        ctx.metrics["eval_loss_curve"] = eval_curve
+    ctx.metrics["memory"] = gather_memory(ctx)
+    ctx.metrics["attention"] = ctx.attention_used
+    ctx.metrics["world_size"] = ctx.world_size
+
+    # -- evaluation and results ----------------------------------------------------
+    with Timer(ctx.device) as t:
+        for result in hook.evaluate(ctx=ctx):
+            ctx.metrics.update(result or {})
+    ctx.metrics["eval_seconds"] = t.seconds
+    for result in hook.collect_metrics(ctx=ctx):
+        ctx.metrics.update(result or {})
+    if s.save:
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        hook.save_artifacts(ctx=ctx, out_dir=ctx.out_dir)
+    return ctx.metrics
+
+
+def enable_gradient_checkpointing(model) -> None:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        # Frozen embeddings would otherwise cut the graph before the first checkpointed layer.
+        model.enable_input_require_grads()
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
+
+
+def make_loader(ctx: RunContext, dataset) -> DataLoader:
+    s = ctx.settings
+    if isinstance(dataset, IterableDataset):
+        return DataLoader(dataset, batch_size=s.batch_size, collate_fn=ctx.collators["train"])
+    generator = torch.Generator().manual_seed(s.seed)  # the same order for every row
+    return DataLoader(dataset, batch_size=s.batch_size, shuffle=True, generator=generator,
+                      collate_fn=ctx.collators["train"], drop_last=False)
+
+
+def plan_steps(ctx: RunContext, loader: DataLoader) -> int:
+    s = ctx.settings
+    if s.max_steps:
+        return s.max_steps
+    try:
+        batches = len(loader)
+    except TypeError:  # iterable dataset: length unknown
+        batches = ctx.metrics.get("train_samples", 0) // s.batch_size or 1
+    batches = math.ceil(batches / ctx.world_size)
+    per_epoch = math.ceil(batches / s.gradient_accumulation_steps)
+    steps = max(1, math.ceil(per_epoch * s.epochs))
+    if s.token_budget:
+        ds = ctx.datasets["train"]
+        mean_tokens = ctx.metrics.get("train_mean_tokens") or (
+            np.mean([len(r["input_ids"]) for r in ds]) if not isinstance(ds, IterableDataset) else s.max_length)
+        per_step = mean_tokens * s.batch_size * s.gradient_accumulation_steps * ctx.world_size
+        steps = min(steps, max(1, math.ceil(s.token_budget / per_step)))
+    return steps
+
+
+def accumulation_windows(loader, size: int, total_steps: int):
+    """Yield lists of up to ``size`` micro-batches, cycling epochs until ``total_steps`` windows."""
+    produced = 0
+    while produced < total_steps:
+        window, seen_any = [], False
+        for batch in loader:
+            seen_any = True
+            window.append(batch)
+            if len(window) == size:
+                yield window
+                produced += 1
+                window = []
+                if produced >= total_steps:
+                    return
+        if window:
+            yield window
+            produced += 1
+        if not seen_any:
+            return
+
+
+def train_step(ctx: RunContext, window: list[dict]) -> tuple[float, int, int, int]:
+    """One optimizer step over ``window``; returns (loss, samples, tokens, label tokens) of this process."""
+    hook, model, acc = ctx.hook, ctx.model, ctx.accelerator
+    samples = sum(b.pop("num_samples", b["input_ids"].shape[0]) for b in window)
+    tokens = sum(b.pop("num_tokens", b["input_ids"].numel()) for b in window)
+    local_labels = sum(count_shifted_labels(b["labels"]) for b in window)
+    global_labels = local_labels
+    if ctx.world_size > 1:
+        global_labels = int(acc.reduce(torch.tensor(local_labels, device=ctx.device), reduction="sum"))
+    ctx.window_label_tokens = max(global_labels, 1)
+    ctx.window_size = len(window)
+    hook.on_step_begin(ctx=ctx)
+    loss_sum = torch.zeros((), device=ctx.device)
+    for i, batch in enumerate(window):
+        ctx.micro_step = i
+        batch = {k: (v.to(ctx.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        sync = contextlib.nullcontext() if ctx.is_last_micro_step else acc.no_sync(model)
+        with sync:
+            loss = hook.compute_loss(ctx=ctx, model=model, batch=batch)
+            acc.backward(loss)
+        loss_sum += loss.detach().float()
+    if ctx.settings.max_grad_norm > 0 and acc.sync_gradients:
+        acc.clip_grad_norm_(model.parameters(), ctx.settings.max_grad_norm)
+    ctx.optimizer.step()
+    if ctx.scheduler is not None:
+        ctx.scheduler.step()
+    hook.on_step_end(ctx=ctx)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    step_loss = loss_sum / ctx.world_size
+    if ctx.world_size > 1:
+        step_loss = acc.reduce(step_loss, reduction="sum")
+    return float(step_loss), samples, tokens, local_labels
+
+
+def gather_memory(ctx: RunContext) -> list[dict]:
+    """Peak memory of every process's device: one entry per GPU, never summed."""
+    mine = peak_memory(ctx.device)
+    if ctx.world_size == 1:
+        return [mine]
+    from accelerate.utils import gather_object
+
+    return gather_object([mine])

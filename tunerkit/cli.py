@@ -157,5 +157,13 @@ def report(recipe, db, fmt, profile):
             click.echo("")
 
 
+# Sub-commands that live beside the code they drive (each module exposes ``command``).
+for _module in ("tunerkit.export", "tunerkit.data.stats", "tunerkit.eval.cli", "tunerkit.report.plots"):
+    try:
+        main.add_command(__import__(_module, fromlist=["command"]).command)
+    except ImportError:
+        pass
+
+
 if __name__ == "__main__":
     main()

@@ -48,6 +48,14 @@ def run_recipe(recipe, store: Store, *, resume: bool = False, runs_dir: Path = P
                     echo(f"[{index}/{total}] {row.name}: already in {store.path}, skipped (--resume)")
                 outcomes.append(Outcome(row.name, repeat, "skipped"))
                 continue
+            if row.pending is not None:
+                if is_main:
+                    echo(f"[{index}/{total}] {row.name}: not implemented ({row.pending})")
+                    store.record(recipe=recipe.name, row=row, repeat=repeat, status="pending",
+                                 reason=f"not implemented: {row.pending}", metrics={}, environment={},
+                                 started=time.time())
+                outcomes.append(Outcome(row.name, repeat, "pending", row.pending))
+                continue
             if is_main:
                 echo(f"[{index}/{total}] {row.name}: plugins={'+'.join(row.plugins) or '-'} model={row.settings.model}")
             bar = RowProgress(row.name, enabled=progress and is_main)

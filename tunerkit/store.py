@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS runs (
     repeat INTEGER NOT NULL DEFAULT 0,
     config_hash TEXT NOT NULL,
     config TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'pending')),
     reason TEXT,
     metrics TEXT NOT NULL,
     environment TEXT NOT NULL,

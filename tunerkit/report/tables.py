@@ -41,7 +41,9 @@ def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     headers = ["row", "status", *[c[0] for c in used]]
     body = []
     for record, m in zip(records, metrics):
-        status = record["status"] if record["status"] == "ok" else f"failed: {record.get('reason') or ''}"
+        status = record["status"] if record["status"] == "ok" else (record.get("reason") or record["status"])
+        if record["status"] == "failed":
+            status = "failed: " + status
         if m.get("random_weights"):
             status += " (random weights)"
         line = [record["row"], status]

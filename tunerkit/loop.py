@@ -207,7 +207,7 @@ def train_step(ctx: RunContext, window: list[dict]) -> tuple[float, int, int, in
     hook, model, acc = ctx.hook, ctx.model, ctx.accelerator
     samples = sum(b.pop("num_samples", b["input_ids"].shape[0]) for b in window)
     tokens = sum(b.pop("num_tokens", b["input_ids"].numel()) for b in window)
-    local_labels = sum(count_shifted_labels(b["labels"]) for b in window)
+    local_labels = sum(int((b["shift_labels"] != -100).sum()) if "shift_labels" in b else count_shifted_labels(b["labels"]) for b in window)
     global_labels = local_labels
     if ctx.world_size > 1:
         global_labels = int(acc.reduce(torch.tensor(local_labels, device=ctx.device), reduction="sum"))

@@ -166,13 +166,34 @@ def _check_section_keys(section: dict, file: str, table: str, allowed_extra: tup
     """Keys of [defaults]/[profiles.X]: settings, or option tables named after an installed plugin."""
     plugins = registry()
     for key, value in section.items():
-        if key in SETTING_FIELDS or key in allowed_extra:
+        if key in allowed_extra:
+            continue
+        if key in SETTING_FIELDS:
+            _check_type(value, SETTING_TYPES[key], SETTING_FIELDS[key], file, table, key)
             continue
         if isinstance(value, dict) and key in plugins:
+            cls = get_plugin(key, file=file, table=table, key=key)
+            hints = typing.get_type_hints(cls.Options)
+            fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+            for opt, v in value.items():
+                if opt not in fields:
+                    raise UserError(f"unknown option '{opt}'", file=file, table=f"{table}.{key}", key=opt,
+                                    hint=opts.did_you_mean(opt, fields) or f"known options: {', '.join(fields)}")
+                _check_type(v, hints[opt], fields[opt], file, f"{table}.{key}", opt)
             continue
         raise UserError(f"unknown key '{key}'", file=file, table=table, key=key,
                         hint=opts.did_you_mean(key, [*SETTING_FIELDS, *plugins, *allowed_extra])
                         or "run 'tunerkit list' for settings and plugins")
+
+
+def _check_type(value: Any, tp: Any, fld: dataclasses.Field, file: str, table: str, key: str) -> None:
+    """Type-check one setting (each value of a sweep) where it is written, so errors name that table."""
+    for v in (value if _is_sweep(value, tp) else [value]):
+        try:
+            opts.check_value(v, tp)
+        except TypeError:
+            raise UserError(f"expected {opts.type_name(tp)}, got {type(v).__name__} {v!r}", file=file, table=table,
+                            key=key, hint=opts.field_help(fld) or None) from None
 
 
 def _is_sweep(value: Any, tp: Any) -> bool:
@@ -221,6 +242,7 @@ def _resolve_row(raw: dict, defaults: dict, prof: dict, *, file: str, table: str
         if key in ROW_ONLY_KEYS:
             continue
         if key in SETTING_FIELDS:
+            _check_type(value, SETTING_TYPES[key], SETTING_FIELDS[key], file, table, key)
             row_settings[key] = value
         elif key in plugins:
             _expect_table(value, file, f"{table}.{key}")

@@ -1,50 +1,257 @@
-"""Local data files in the common schemas, converted to ``{"messages": [...]}``."""
+"""Local data files in the common schemas, converted to ``{"messages": [...]}``.
+
+One schema is detected per file, from its first record, and every record of the file is
+converted with it; a record that does not fit stops the load with a one-line error naming
+the record. ``.json`` arrays are read record by record, so a file cut off mid-record (a
+partial download, the ShareGPT_V3 dump some packages ship) keeps its whole records.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
+import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 from tunerkit.errors import UserError
 
-SCHEMAS = "messages (role/content), alpaca (instruction/input/output), sharegpt (conversations from/value)"
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+SCHEMAS = ("messages (role/content), alpaca (instruction/input/output), "
+           "sharegpt (conversations from/value), query/response/history, or tokenized input_ids/labels")
+SUFFIXES = (".jsonl", ".json", ".parquet")
+
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
+          "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+          "model": "assistant", "tool": "tool", "function": "tool", "observation": "tool"}
 
 
-def to_messages(record: dict) -> dict:
-    if "messages" in record:
-        return {"messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]]}
-    if "instruction" in record and "output" in record:
-        prompt = record["instruction"] + (("\n\n" + record["input"]) if record.get("input") else "")
-        return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]}
-    if "conversations" in record:
-        msgs = [{"role": _SHAREGPT_ROLES.get(t.get("from", ""), "user"), "content": t.get("value", "")}
-                for t in record["conversations"]]
-        return {"messages": msgs}
-    if "input_ids" in record:
-        return {"input_ids": record["input_ids"], "labels": record.get("labels", record["input_ids"])}
-    raise ValueError(f"record with keys {sorted(record)} matches no accepted schema: {SCHEMAS}")
+class SchemaMismatch(ValueError):
+    """A record lacks the fields its file's schema needs."""
 
 
-def read_raw(path: Path) -> list[dict]:
+# ---------------------------------------------------------------------------
+# Schemas: each turns one raw record into {"messages": [...]} (or tokens)
+# ---------------------------------------------------------------------------
+
+
+def _role(raw: str) -> str:
+    role = _ROLES.get(str(raw).lower())
+    if role is None:
+        raise SchemaMismatch(f"unknown role '{raw}'")
+    return role
+
+
+def _with_system(record: dict, messages: list[dict]) -> dict:
+    system = record.get("system")
+    if system and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": system}, *messages]
+    return {"messages": messages}
+
+
+def _turns(value) -> list:
+    # Some hub dumps store the turn list as a Python-literal string (ModelScope's ms-bench).
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SchemaMismatch("turn list is a string that does not parse") from None
+    if not isinstance(value, list):
+        raise SchemaMismatch(f"turn list is a {type(value).__name__}, not a list")
+    return value
+
+
+def from_messages(record: dict) -> dict:
+    msgs = []
+    for m in _turns(record["messages"]):
+        if not isinstance(m, dict) or "content" not in m or "role" not in m:
+            raise SchemaMismatch("a message lacks role/content")
+        msgs.append({"role": _role(m["role"]), "content": "" if m["content"] is None else str(m["content"])})
+    return _with_system(record, msgs)
+
+
+def from_sharegpt(record: dict) -> dict:
+    msgs = []
+    for t in _turns(record["conversations"]):
+        if not isinstance(t, dict):
+            raise SchemaMismatch("a conversation turn is not an object")
+        role = t.get("from", t.get("role"))
+        content = t.get("value", t.get("content"))
+        if role is None or content is None:
+            raise SchemaMismatch("a conversation turn lacks from/value")
+        msgs.append({"role": _role(role), "content": str(content)})
+    return _with_system(record, msgs)
+
+
+def from_alpaca(record: dict) -> dict:
+    instruction, extra = record["instruction"] or "", record.get("input") or ""
+    prompt = f"{instruction}\n\n{extra}" if extra else instruction
+    return _with_system(record, [{"role": "user", "content": prompt},
+                                 {"role": "assistant", "content": str(record["output"])}])
+
+
+def from_query_response(record: dict) -> dict:
+    """The seed's own schema: query, response, optional history [[q, r], ...] and system."""
+    msgs = []
+    for pair in record.get("history") or []:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise SchemaMismatch("history must be a list of [query, response] pairs")
+        msgs += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+    if record.get("query"):
+        msgs.append({"role": "user", "content": str(record["query"])})
+    msgs.append({"role": "assistant", "content": str(record["response"])})
+    return _with_system(record, msgs)
+
+
+def from_tokens(record: dict) -> dict:
+    ids = list(record["input_ids"])
+    labels = list(record["labels"]) if record.get("labels") is not None else list(ids)
+    if len(labels) != len(ids):
+        raise SchemaMismatch("input_ids and labels differ in length")
+    return {"input_ids": ids, "labels": labels}
+
+
+#: (name, keys that identify it, converter), tried in this order on a file's first record.
+DETECTORS: list[tuple[str, tuple[str, ...], Callable[[dict], dict]]] = [
+    ("messages", ("messages",), from_messages),
+    ("sharegpt", ("conversations",), from_sharegpt),
+    ("alpaca", ("instruction", "output"), from_alpaca),
+    ("query/response", ("response",), from_query_response),
+    ("tokens", ("input_ids",), from_tokens),
+]
+
+
+def detect_schema(record) -> tuple[str, Callable[[dict], dict]]:
+    if isinstance(record, dict):
+        for name, keys, convert in DETECTORS:
+            if all(k in record for k in keys):
+                return name, convert
+        got = f"keys {sorted(record)[:8]}"
+    else:
+        got = f"a {type(record).__name__}"
+    raise SchemaMismatch(f"first record has {got}; accepted schemas: {SCHEMAS}")
+
+
+# ---------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------
+
+
+def _note(message: str) -> None:
+    print(f"tunerkit: {message}", file=sys.stderr, flush=True)
+
+
+def _iter_jsonl(path: Path) -> Iterator:
+    with path.open(encoding="utf-8") as fh:
+        lines = fh.readlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == last:  # a file cut off in its last line: keep the whole records before it
+                _note(f"{path}: last line is not whole JSON ({err.msg}); kept the {i} lines before it")
+                return
+            raise UserError(f"{path}: line {i + 1} is not valid JSON ({err.msg})", key="dataset",
+                            hint="one JSON object per line") from None
+
+
+def _is_truncation(err: json.JSONDecodeError, text: str) -> bool:
+    """The decode failed because the text ended, not because the JSON is wrong."""
+    return err.msg.startswith("Unterminated string") or err.pos >= len(text.rstrip())
+
+
+def iter_json_array(path: Path) -> Iterator:
+    """Records of a ``.json`` file one by one; a truncated array keeps its whole records."""
+    text = path.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    i, n = 0, len(text)
+    while i < n and text[i].isspace():
+        i += 1
+    if i < n and text[i] != "[":  # a single object (or a JSON-lines file named .json)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            yield from _iter_jsonl(path)
+            return
+        if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+            yield from obj["data"]
+        else:
+            yield obj
+        return
+    i += 1
+    count = 0
+    while True:
+        while i < n and (text[i].isspace() or text[i] == ","):
+            i += 1
+        if i >= n:
+            _note(f"{path}: the JSON array is cut off; kept its {count} whole records")
+            return
+        if text[i] == "]":
+            return
+        try:
+            obj, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as err:
+            if _is_truncation(err, text):
+                _note(f"{path}: the JSON array is cut off mid-record; kept its {count} whole records")
+                return
+            line = text.count("\n", 0, err.pos) + 1
+            raise UserError(f"{path}: invalid JSON at line {line} ({err.msg})", key="dataset",
+                            hint="a JSON array of records, or JSON lines (.jsonl)") from None
+        count += 1
+        yield obj
+
+
+def iter_raw(path: Path) -> Iterator:
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+        return _iter_jsonl(path)
     if path.suffix == ".json":
-        with path.open(encoding="utf-8") as fh:
-            data = json.load(fh)
-        return data if isinstance(data, list) else [data]
+        return iter_json_array(path)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    raise UserError(f"unsupported data file type '{path.suffix}'", key="dataset", hint="use .jsonl, .json or .parquet")
+        return iter(pq.read_table(path).to_pylist())
+    raise UserError(f"unsupported data file type '{path.suffix}'", key="dataset",
+                    hint="use .jsonl, .json or .parquet")
+
+
+def read_raw(path: Path) -> list[dict]:
+    return list(iter_raw(path))
+
+
+def convert_all(raw, source: str, convert: Callable[[dict], dict] | None = None) -> list[dict]:
+    """Convert raw records with ``convert`` (or the schema detected on the first record)."""
+    records = []
+    skipped = 0
+    for index, r in enumerate(raw):
+        try:
+            if convert is None:
+                _, convert = detect_schema(r)
+            out = convert(r)
+        except (SchemaMismatch, KeyError, TypeError) as err:
+            what = f"missing field {err}" if isinstance(err, KeyError) else str(err)
+            raise UserError(f"{source}: record {index + 1}: {what}", key="dataset",
+                            hint=f"accepted schemas: {SCHEMAS}") from None
+        if out is None or ("messages" in out and not out["messages"]):
+            skipped += 1  # an empty conversation trains nothing
+            continue
+        records.append(out)
+    if skipped:
+        _note(f"{source}: skipped {skipped} empty records")
+    return records
 
 
 def read_records(path: Path) -> list[dict]:
-    raw = read_raw(path)
-    try:
-        return [to_messages(r) for r in raw]
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: {err}", key="dataset", hint=f"accepted schemas: {SCHEMAS}") from None
+    """Every record of a local data file as ``{"messages": [...]}`` (or tokens)."""
+    path = Path(path)
+    records = convert_all(iter_raw(path), str(path))
+    if not records:
+        raise UserError(f"{path}: no records", key="dataset", hint=f"accepted schemas: {SCHEMAS}")
+    return records
+
+
+def to_messages(record: dict) -> dict:
+    """One record of any accepted schema as ``{"messages": [...]}`` (kept for callers of the old API)."""
+    _, convert = detect_schema(record)
+    return convert(record)

@@ -31,15 +31,19 @@ def check_source(spec: str, key: str) -> None:
         if name not in TASKS:
             raise UserError(f"unknown builtin dataset '{name}'", key=key, hint=f"known: {', '.join(TASKS)}")
     elif kind == "synthetic":
-        from tunerkit.data.synthetic import DISTRIBUTIONS, parse_spec
+        from tunerkit.data.synthetic import DISTRIBUTIONS, resolve_stats
 
-        name, params = parse_spec(spec)
-        if name != "lengths" or params.get("dist", "cls-fudan-news-zh") not in DISTRIBUTIONS:
-            raise UserError(f"unknown synthetic dataset '{spec}'", key=key,
-                            hint=f"synthetic:lengths?dist=NAME with NAME one of {', '.join(DISTRIBUTIONS)}")
+        try:
+            resolve_stats(spec)
+        except ValueError as err:
+            raise UserError(f"bad synthetic dataset '{spec}': {err}", key=key,
+                            hint=f"synthetic:lengths?dist=NAME&rows=N with NAME one of {', '.join(DISTRIBUTIONS)}") from None
     elif kind == "file":
-        if not Path(spec).expanduser().exists():
+        path = Path(spec).expanduser()
+        if not path.exists():
             raise UserError(f"dataset file not found: {spec}", key=key, hint="check the path (relative to where you run tunerkit)")
+        if path.suffix not in DATA_SUFFIXES:
+            raise UserError(f"unsupported data file type '{path.suffix}'", key=key, hint="use .jsonl, .json or .parquet")
     else:
         from tunerkit.data import registry
 

@@ -1,0 +1,34 @@
+"""Finding the decoder blocks of a transformers causal LM, whatever its family calls them."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tunerkit.errors import RowFailed
+
+
+def decoder_layers(model: nn.Module) -> tuple[nn.Module, str]:
+    """(owner, attribute) of the ModuleList holding the decoder blocks: ``owner.<attribute>[i]``.
+
+    transformers models expose their decoder through ``get_decoder()`` with a ``layers`` list
+    (Llama, Qwen2, Mistral, ...); older remote-code models keep it elsewhere, so fall back to
+    the longest ModuleList in the model.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is not None and isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        return decoder, "layers"
+    best: tuple[nn.Module, str] | None = None
+    best_len = 0
+    for owner in model.modules():
+        for attr, child in owner.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) > best_len:
+                best, best_len = (owner, attr), len(child)
+    if best is None:
+        raise RowFailed(f"found no decoder layers in {type(model).__name__}")
+    return best
+
+
+def text_config(model: nn.Module):
+    """The config that holds num_hidden_layers (the text part of a multimodal config)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -1,0 +1,120 @@
+"""adalora: SVD-shaped LoRA whose rank budget is pruned to ``target_r`` during training.
+
+PEFT's AdaLoraConfig with the seed's settings. Two things only a training loop can do:
+
+- ``total_step`` must be the real number of optimizer steps, which the loop knows only
+  after the data is tokenized (after ``apply_tuner``). The config is built with a
+  placeholder and set in ``on_train_begin``; PEFT's rank allocator holds the same config
+  object, so the budget schedule sees the real value.
+- ``update_and_allocate`` must run after every optimizer step, while the gradients still
+  exist (``on_step_end``: after ``optimizer.step()``, before ``zero_grad()``).
+
+Steps are numbered from 1 (the number of optimizer steps done, counting this one, like
+HF Trainer's ``state.global_step`` at step end): the last step is then
+``total_step - tfinal``, where PEFT fixes the final rank pattern at exactly ``target_r``
+per matrix on average (Zhang et al. 2023, https://arxiv.org/abs/2303.10512).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunerkit import hookimpl, option
+from tunerkit.errors import RowFailed
+from tunerkit_plugins.lora import LoRA, resolve_targets
+
+
+@dataclass
+class AdaLoRAOptions:
+    target_r: int = option(8, "average rank per adapted matrix after pruning")
+    init_r: int = option(12, "rank every adapted matrix starts with")
+    tinit: int = option(0, "optimizer steps before pruning starts")
+    tfinal: int = option(0, "optimizer steps at the end with the final ranks fixed")
+    deltaT: int = option(1, "steps between two budget allocations")
+    beta1: float = option(0.85, "EMA factor of the sensitivity")
+    beta2: float = option(0.85, "EMA factor of the uncertainty")
+    orth_reg_weight: float = option(0.5, "weight of the orthogonality regulariser on P and Q")
+    alpha: float = option(32.0, "scaling numerator, as LoRA's")
+    dropout: float = option(0.05, "dropout on the adapter's input")
+    targets: str | list[str] = option("DEFAULT", "DEFAULT (the family's q,k,v), ALL (every linear but the head), or module names")
+
+    def __post_init__(self):
+        if not 1 <= self.target_r <= self.init_r:
+            raise ValueError(f"need 1 <= target_r <= init_r, got target_r={self.target_r}, init_r={self.init_r}")
+        if self.tinit < 0 or self.tfinal < 0 or self.deltaT < 1:
+            raise ValueError("tinit and tfinal must be >= 0 and deltaT >= 1")
+        for name in ("beta1", "beta2"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.orth_reg_weight < 0:
+            raise ValueError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def _budget_phase_error(o: AdaLoRAOptions, total_steps: int) -> str | None:
+    if o.tinit >= total_steps - o.tfinal:
+        return (f"adalora: tinit={o.tinit} and tfinal={o.tfinal} leave no pruning phase in "
+                f"{total_steps} optimizer steps (need tinit < steps - tfinal)")
+    return None
+
+
+class AdaLoRA(LoRA):
+    name = "adalora"
+    summary = "AdaLoRA (PEFT): SVD adapters, rank budget pruned from init_r to target_r"
+    Options = AdaLoRAOptions
+
+    def peft_config_kwargs(self, ctx) -> dict:
+        o = self.options
+        preset = getattr(ctx.model_source, "preset", None)
+        # Placeholder until on_train_begin knows the real step count; max_steps is the best early guess.
+        placeholder = max(ctx.settings.max_steps or 0, o.tinit + o.tfinal + 1)
+        return dict(target_r=o.target_r, init_r=o.init_r, tinit=o.tinit, tfinal=o.tfinal, deltaT=o.deltaT,
+                    beta1=o.beta1, beta2=o.beta2, orth_reg_weight=o.orth_reg_weight, total_step=placeholder,
+                    lora_alpha=o.alpha, lora_dropout=o.dropout,
+                    target_modules=resolve_targets(o.targets, ctx.model, preset), task_type="CAUSAL_LM")
+
+    def peft_config(self, ctx):
+        from peft import AdaLoraConfig
+
+        return AdaLoraConfig(**self.peft_config_kwargs(ctx))
+
+    @staticmethod
+    def adalora_model(ctx):
+        """The AdaLoraModel inside the (possibly DDP-wrapped) PeftModel."""
+        return ctx.unwrapped_model().base_model
+
+    @staticmethod
+    def config(ctx):
+        model = AdaLoRA.adalora_model(ctx)
+        return model.peft_config[model.trainable_adapter_name]
+
+    @hookimpl
+    def validate(self, row):
+        if row.settings.max_steps:
+            return _budget_phase_error(self.options, row.settings.max_steps)
+        return None
+
+    @hookimpl
+    def on_train_begin(self, ctx):
+        reason = _budget_phase_error(self.options, ctx.total_steps)
+        if reason:
+            raise RowFailed(reason)
+        self.config(ctx).total_step = ctx.total_steps
+
+    @hookimpl
+    def on_step_end(self, ctx):
+        self.adalora_model(ctx).update_and_allocate(ctx.global_step + 1)
+
+    @hookimpl
+    def collect_metrics(self, ctx):
+        model = self.adalora_model(ctx)
+        allocator = model.rankallocator
+        pattern = self.config(ctx).rank_pattern
+        # rank_pattern: per adapted matrix, which singular triplets survive; none yet = nothing pruned.
+        final = sum(sum(keep) for keep in pattern.values()) if pattern else allocator.init_bgt
+        return {"lora_targets": str(self.peft_config_kwargs(ctx)["target_modules"]),
+                "adalora_total_step": self.config(ctx).total_step,
+                "adalora_init_budget": allocator.init_bgt, "adalora_target_budget": allocator.target_bgt,
+                "adalora_rank_budget": final,
+                "adalora_mean_rank": final / max(len(allocator.name_set), 1)}

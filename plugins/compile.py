@@ -1,0 +1,96 @@
+"""compile: regional ``torch.compile`` of every decoder layer.
+
+Compiling each repeated block (``layer.compile()``) instead of the whole model is
+PyTorch's "regional compilation" recipe: the decoder layers share one code object, so
+one compiled graph serves all of them and cold start costs one layer, not the model.
+The loss head, the embedding and the optimizer stay eager, so kernel patches (liger's
+fused cross-entropy) and the loop's hooks are untouched.
+
+Varying lengths: with ``dynamic = true`` the layers are compiled with symbolic shapes
+from the start (parameters stay static; ``torch._dynamo.config.force_parameter_static_shapes``),
+so padding-free and packed batches whose token counts change every step reuse one graph
+instead of recompiling. ``dynamic = false`` specialises on every new length.
+
+Gradient checkpointing keeps working: transformers checkpoints the layer call, and the
+recompute in the backward runs the same compiled code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from tunerkit import Plugin, hookimpl, option
+from tunerkit.errors import RowFailed
+
+#: Compiled graphs one code object may keep. Decoder layers share their code; some torch
+#: versions still guard per layer, and the default (8) would drop the rest to eager.
+RECOMPILE_LIMIT = 64
+
+
+@dataclass
+class CompileOptions:
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = option(
+        "default", "torch.compile mode")
+    dynamic: bool = option(True, "symbolic sequence lengths: varlen batches reuse one graph instead of recompiling")
+    backend: str = option("inductor", "torch.compile backend (inductor; aot_eager or eager to debug)")
+    fullgraph: bool = option(False, "fail instead of falling back to eager at a graph break")
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers model: its ``GradientCheckpointingLayer`` modules."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def _limit_name() -> str:
+    config = torch._dynamo.config
+    return "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+
+
+class Compile(Plugin):
+    name = "compile"
+    summary = "regional torch.compile of each decoder layer (symbolic lengths for varlen batches)"
+    Options = CompileOptions
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.layers: list[torch.nn.Module] = []
+        self.saved_limit: int | None = None
+
+    @hookimpl
+    def on_train_begin(self, ctx):
+        # After every wrap (PEFT) and gradient checkpointing: compilation is lazy, the first
+        # step traces the final layer, adapters included.
+        layers = decoder_layers(ctx.unwrapped_model())
+        if not layers:
+            raise RowFailed("compile found no decoder layer (transformers GradientCheckpointingLayer) to compile")
+        o = self.options
+        import torch._dynamo
+
+        name = _limit_name()
+        self.saved_limit = getattr(torch._dynamo.config, name)
+        setattr(torch._dynamo.config, name, max(self.saved_limit, RECOMPILE_LIMIT))
+        mode = None if o.mode == "default" else o.mode
+        for layer in layers:
+            layer.compile(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
+        self.layers = layers
+        ctx.log(f"compiled {len(layers)} decoder layers ({o.backend}, mode {o.mode}, dynamic {o.dynamic})")
+
+    @hookimpl
+    def collect_metrics(self, ctx):
+        return {"compiled_layers": len(self.layers)}
+
+    @hookimpl
+    def teardown(self, ctx):
+        import torch._dynamo
+
+        if self.saved_limit is not None:
+            setattr(torch._dynamo.config, _limit_name(), self.saved_limit)
+            self.saved_limit = None
+        self.layers = []
+        # Forget this row's graphs: they hold its model's modules and would only miss later.
+        torch._dynamo.reset()

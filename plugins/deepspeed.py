@@ -1,0 +1,187 @@
+"""deepspeed: ZeRO stage 2 or 3 (optionally offloading to CPU) through accelerate's DeepSpeedPlugin.
+
+The row's own optimizer and scheduler keep working: accelerate hands the torch optimizer to
+``deepspeed.initialize``, which wraps it in the ZeRO optimizer (and swaps AdamW for
+DeepSpeedCPUAdam when the optimizer is offloaded). Everything the loop already does itself
+stays with the loop, so the DeepSpeed config carries neither an optimizer nor a scheduler
+section, and accumulates over one micro-batch: the core normalises the loss over the whole
+accumulation window, and the loop tells DeepSpeed where a window ends.
+
+:func:`make_deepspeed_accelerator` is shared with ``sequence_parallel`` (Ulysses runs inside
+the DeepSpeed engine): a row with either plugin or both gets the same Accelerator.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from tunerkit import Plugin, hookimpl, option
+
+INSTALL_HINT = "pip install 'tunerkit[multigpu]' (deepspeed>=0.17)"
+
+
+@dataclass
+class DeepSpeedOptions:
+    zero_stage: int = option(2, "ZeRO stage: 2 shards gradients and optimizer states, 3 also the weights")
+    offload_optimizer: Literal["none", "cpu"] = option("none", "keep optimizer states (and the step) on the CPU")
+    offload_param: Literal["none", "cpu"] = option("none", "keep weights on the CPU between uses (stage 3 only)")
+    config: str | None = option(None, "a DeepSpeed JSON config to start from (its zero_optimization wins over the options)")
+
+    def __post_init__(self):
+        if self.zero_stage not in (2, 3):
+            raise ValueError(f"zero_stage must be 2 or 3, got {self.zero_stage}")
+        if self.offload_param != "none" and self.zero_stage != 3:
+            raise ValueError("offload_param needs zero_stage = 3 (only stage 3 partitions the weights)")
+
+
+def deepspeed_missing() -> str | None:
+    if importlib.util.find_spec("deepspeed") is None:
+        return f"deepspeed is not installed ({INSTALL_HINT})"
+    return None
+
+
+def read_config_file(path: str) -> dict:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"DeepSpeed config file {path} not found")
+    try:
+        config = json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"DeepSpeed config file {path} is not JSON: {err.msg} (line {err.lineno})") from None
+    clash = [k for k in ("optimizer", "scheduler") if k in config]
+    if clash:
+        raise ValueError(f"DeepSpeed config file {path} sets {' and '.join(clash)}: the row's optimizer and "
+                         f"scheduler come from tunerkit (remove the section)")
+    return config
+
+
+def model_dtype(settings) -> torch.dtype:
+    from tunerkit.core import resolve_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_dtype(settings.dtype, device)
+
+
+def deepspeed_config(settings, options: DeepSpeedOptions | None) -> dict:
+    """The DeepSpeed config of a row; ``options`` None (a sequence-parallel row without ZeRO) = stage 0."""
+    if options is not None and options.config:
+        config = read_config_file(options.config)
+    else:
+        config = {}
+    if "zero_optimization" not in config:
+        zero: dict = {"stage": options.zero_stage if options is not None else 0}
+        if options is not None and options.offload_optimizer != "none":
+            zero["offload_optimizer"] = {"device": options.offload_optimizer, "pin_memory": True}
+        if options is not None and options.offload_param != "none":
+            zero["offload_param"] = {"device": options.offload_param, "pin_memory": True}
+        config["zero_optimization"] = zero
+    dtype = model_dtype(settings)
+    # Keys the loop owns: it accumulates micro-batches itself (the loss is already normalised over
+    # the window, so DeepSpeed must not divide it by its own accumulation count), clips at the
+    # row's max_grad_norm (DeepSpeed clips inside its step, the loop's clip call only reads the
+    # norm back), and the weights' dtype is the row's.
+    config.update({
+        "train_micro_batch_size_per_gpu": settings.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": settings.max_grad_norm,
+        "bf16": {**config.get("bf16", {}), "enabled": dtype == torch.bfloat16},
+        "fp16": {**config.get("fp16", {}), "enabled": dtype == torch.float16},
+    })
+    config.pop("train_batch_size", None)  # accelerate derives it from the two above and the world size
+    return config
+
+
+def attention_for_sequence_parallel(settings) -> str:
+    """The transformers attention implementation the model will load with (Ulysses wraps that one)."""
+    from tunerkit.models.loading import attn_implementation
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return attn_implementation(settings.attention, device)[0]
+
+
+def make_deepspeed_accelerator(ctx):
+    """One Accelerator for the row: ZeRO from the ``deepspeed`` options, Ulysses from ``sequence_parallel``'s."""
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(ctx.settings, ctx.options("deepspeed")))
+    kwargs = {}
+    sp = ctx.options("sequence_parallel")
+    if sp is not None and sp.sp_size > 1:
+        from accelerate.utils import ParallelismConfig
+        from accelerate.utils.dataclasses import DeepSpeedSequenceParallelConfig
+
+        kwargs["parallelism_config"] = ParallelismConfig(
+            sp_backend="deepspeed", sp_size=sp.sp_size,
+            sp_handler=DeepSpeedSequenceParallelConfig(
+                sp_seq_length_is_variable=True, sp_attn_implementation=attention_for_sequence_parallel(ctx.settings)))
+    if not torch.cuda.is_available():
+        # accelerate only runs DeepSpeed on an accelerator unless told the backend: gloo on CPU.
+        from accelerate.utils import InitProcessGroupKwargs
+
+        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+    # accelerate keeps one state per process: rows run one after another in the same process,
+    # so drop what an earlier row set up (the process group itself stays).
+    reset_accelerate_state()
+    return Accelerator(deepspeed_plugin=plugin, **kwargs)
+
+
+def reset_accelerate_state() -> None:
+    """Forget accelerate's per-process state, so the next Accelerator is built from its own arguments."""
+    import os
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    # Set by Accelerator(deepspeed_plugin=...); left behind it turns the next row's plain
+    # Accelerator() into a default DeepSpeed one.
+    os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+
+
+class DeepSpeed(Plugin):
+    name = "deepspeed"
+    summary = "DeepSpeed ZeRO-2/3 (optional CPU offload) through accelerate; launch with gpus = N"
+    Options = DeepSpeedOptions
+
+    @hookimpl
+    def validate(self, row):
+        missing = deepspeed_missing()
+        if missing:
+            return missing
+        if self.options.config:
+            try:
+                read_config_file(self.options.config)
+            except ValueError as err:
+                return str(err)
+        return None
+
+    @hookimpl
+    def setup_distributed(self, ctx):
+        return make_deepspeed_accelerator(ctx)
+
+    @hookimpl(wrapper=True)
+    def compute_loss(self, ctx, model, batch):
+        # accelerator.backward() runs DeepSpeed's optimizer step whenever sync_gradients is set,
+        # and nothing else in the loop clears it: mark every micro-batch but the window's last
+        # as accumulation-only (the public setter; the same thing accelerate's accumulate() does).
+        ctx.accelerator.sync_gradients = ctx.is_last_micro_step
+        return (yield)
+
+    @hookimpl
+    def collect_metrics(self, ctx):
+        config = getattr(ctx.accelerator, "deepspeed_config", None) or {}
+        zero = config.get("zero_optimization", {})
+        return {"deepspeed_zero_stage": zero.get("stage"),
+                "deepspeed_offload_optimizer": (zero.get("offload_optimizer") or {}).get("device", "none"),
+                "deepspeed_offload_param": (zero.get("offload_param") or {}).get("device", "none")}
+
+    @hookimpl
+    def teardown(self, ctx):
+        reset_accelerate_state()

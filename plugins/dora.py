@@ -1,0 +1,19 @@
+"""dora: weight-decomposed LoRA — a trained magnitude per output row times a LoRA-updated direction.
+
+PEFT's ``use_dora`` initialises the magnitude vector from the norms of the *loaded* base
+weight (``apply_tuner`` runs after ``load_model``), so the model's output is unchanged at
+init. DoRA costs an extra weight-norm per adapted layer and step: expect it slower than
+LoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353).
+"""
+
+from __future__ import annotations
+
+from tunerkit_plugins.lora import LoRA
+
+
+class DoRA(LoRA):
+    name = "dora"
+    summary = "weight-decomposed LoRA (PEFT use_dora): magnitude vector + LoRA direction"
+
+    def peft_config_kwargs(self, ctx) -> dict:
+        return {**super().peft_config_kwargs(ctx), "use_dora": True}

@@ -1,0 +1,286 @@
+"""galore: full fine-tuning whose optimizer state lives in a low-rank gradient subspace.
+
+GaLore (Zhao et al. 2024, arXiv:2403.03507) projects the gradient ``G`` (m x n) of every
+targeted 2-D weight onto ``r`` singular vectors of a recent gradient (``P^T G``, refreshed by
+an SVD every ``update_proj_gap`` steps), runs Adam/Adafactor on the small projected matrix and
+projects the update back (``scale * P N``). The weights still all train; only the optimizer
+state shrinks from 2·m·n to 2·r·n numbers per matrix. Q-GaLore (Zhang et al. 2024,
+arXiv:2407.08296) adds 8-bit optimizer state, projections stored in ``proj_bits`` bits and
+lazy refreshes: a layer whose subspace stops moving (mean cosine similarity of the last
+``queue_size`` refreshes >= ``cos_threshold``) refreshes ``gamma_proj`` times less often.
+
+Targets: every ``nn.Linear`` except the output head, plus the input embedding when
+``with_embedding``; everything else (norms, biases, head, embedding) trains with the same
+optimizer at full rank. Implemented on galore-torch (GaLoreAdamW, GaLoreAdamW8bit,
+GaLoreAdafactor) and q-galore-torch (QGaLoreAdamW8bit), imported only when a row runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from tunerkit import Plugin, hookimpl, option
+from tunerkit.errors import RowFailed, UserError
+from tunerkit_plugins._optimizer_state import state_gib
+from tunerkit_plugins._per_parameter import PerParameterScheduler, build_per_parameter
+
+
+@dataclass
+class GaLoreOptions:
+    rank: int = option(128, "rank r of the gradient projection (the seed's table: 128, 64, 32)")
+    update_proj_gap: int = option(50, "optimizer steps between two SVD refreshes of the projection (the seed's benchmark: 200)")
+    scale: float = option(1.0, "factor on the projected-back update")
+    proj_type: Literal["std", "reverse_std", "right", "left", "full"] = option(
+        "std", "which side is projected: std = the smaller dimension of each matrix")
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = option(
+        "adamw", "GaLoreAdamW, GaLoreAdamW8bit (bitsandbytes, GPU only) or GaLoreAdafactor")
+    with_embedding: bool = option(False, "also project the input embedding's gradient")
+    per_parameter: bool = option(
+        False, "one optimizer per parameter, stepped inside backward: whole-model gradients never coexist;"
+               " single GPU only, no gradient clipping")
+    quantize: bool = option(False, "Q-GaLore (q-galore-torch): 8-bit AdamW state and lazy layer-adaptive refreshes; GPU only")
+    proj_quant: bool = option(False, "Q-GaLore: keep the projection matrices in proj_bits bits (needs quantize)")
+    proj_bits: int = option(4, "bits of a quantized projection matrix")
+    proj_group_size: int = option(256, "values sharing one scale in a quantized projection matrix")
+    cos_threshold: float = option(0.4, "Q-GaLore: mean cosine similarity of successive projections above which refreshes slow down")
+    gamma_proj: float = option(2.0, "Q-GaLore: factor by which a stable layer's refresh gap grows")
+    queue_size: int = option(5, "Q-GaLore: refreshes averaged for the cosine similarity")
+
+    def __post_init__(self):
+        for name in ("rank", "update_proj_gap", "proj_group_size", "queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.proj_bits <= 8:
+            raise ValueError(f"proj_bits must be in 1..8, got {self.proj_bits}")
+        if self.gamma_proj < 1:
+            raise ValueError(f"gamma_proj must be >= 1, got {self.gamma_proj}")
+        if self.proj_quant and not self.quantize:
+            raise ValueError("proj_quant needs quantize = true (it is a Q-GaLore option)")
+        if self.quantize and self.optimizer != "adamw":
+            raise ValueError(f"quantize uses Q-GaLore's 8-bit AdamW; optimizer must be 'adamw', got {self.optimizer!r}")
+        if self.quantize and self.proj_type != "std":
+            raise ValueError(f"q-galore-torch projects only with proj_type 'std', got {self.proj_type!r}")
+
+
+def galore_targets(model: nn.Module, with_embedding: bool) -> list[tuple[str, nn.Parameter]]:
+    """(name, weight) of every trainable matrix whose gradient is projected.
+
+    Every ``nn.Linear`` except the output head; the input embedding when ``with_embedding``
+    (a head tied to it then shares the projected weight).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    targets, seen = [], set()
+    for name, module in model.named_modules():
+        wanted = (isinstance(module, nn.Linear) and module is not head) or (with_embedding and module is embed)
+        weight = getattr(module, "weight", None) if wanted else None
+        if weight is None or weight.ndim != 2 or not weight.requires_grad or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        targets.append((f"{name}.weight", weight))
+    return targets
+
+
+# -- the libraries ------------------------------------------------------------------------
+
+
+def _require(module: str, package: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise RowFailed(f"galore needs the {package} package (pip install {package})")
+
+
+def _bnb_lost_positional_args() -> bool:
+    """True for bitsandbytes releases whose Optimizer2State no longer takes percentile_clipping.
+
+    galore-torch 1.0 and q-galore-torch 1.0 pass ``percentile_clipping, block_wise``
+    positionally; those releases read them as ``max_unorm=100, skip_zeros=True``.
+    """
+    from bitsandbytes.optim.optimizer import Optimizer2State
+
+    return "percentile_clipping" not in inspect.signature(Optimizer2State.__init__).parameters
+
+
+def _restore_bnb_defaults(optimizer) -> None:
+    """Undo the shifted positional arguments: no update-norm clipping, zeros not skipped."""
+    if _bnb_lost_positional_args():
+        optimizer.args.max_unorm = 0.0
+        optimizer.args.skip_zeros = False
+
+
+def _q_galore_adamw8bit():
+    _require("q_galore_torch", "q-galore-torch")
+    _require("bitsandbytes", "bitsandbytes")
+    from q_galore_torch import QGaLoreAdamW8bit
+
+    if not _bnb_lost_positional_args():
+        return QGaLoreAdamW8bit
+    from bitsandbytes.optim.optimizer import Optimizer2State
+
+    class QGaLoreAdamW8bitCompat(QGaLoreAdamW8bit):
+        """q-galore-torch 1.0's own update_step reads the removed percentile_clipping setting;
+        the bitsandbytes update it copied is otherwise the same, so use the current one."""
+
+        def update_step(self, group, p, gindex, pindex, flag_use_float_grad=False):
+            if flag_use_float_grad:  # Q-GaLore's int8 weights: not wired here
+                raise RowFailed("8-bit weights (float_grad) are not supported by tunerkit's galore")
+            Optimizer2State.update_step(self, group, p, gindex, pindex)
+
+    return QGaLoreAdamW8bitCompat
+
+
+def build_optimizer(options: GaLoreOptions, groups: list[dict], lr: float):
+    """The galore-torch / q-galore-torch optimizer for ``groups`` (GaLore keys on projected groups)."""
+    if options.quantize:
+        opt = _q_galore_adamw8bit()(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        _restore_bnb_defaults(opt)
+        return opt
+    _require("galore_torch", "galore-torch")
+    if options.optimizer == "adamw":
+        from galore_torch import GaLoreAdamW
+
+        # eps as torch's AdamW (the core's optimizer), not galore-torch's 1e-6
+        return GaLoreAdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, no_deprecation_warning=True)
+    if options.optimizer == "adamw8bit":
+        _require("bitsandbytes", "bitsandbytes")
+        from galore_torch import GaLoreAdamW8bit
+
+        opt = GaLoreAdamW8bit(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        _restore_bnb_defaults(opt)
+        return opt
+    from galore_torch import GaLoreAdafactor
+
+    # a fixed learning rate from the schedule, as the seed ran it (no relative steps)
+    return GaLoreAdafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+
+
+def _scheduler_like_core(ctx, optimizer):
+    from transformers import get_scheduler
+
+    warmup = int(ctx.settings.warmup_ratio * ctx.total_steps)
+    return get_scheduler(ctx.settings.lr_scheduler, optimizer, num_warmup_steps=warmup,
+                         num_training_steps=max(ctx.total_steps, 1))
+
+
+def _distributed(row) -> bool:
+    return row.settings.gpus > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+# -- the plugin ---------------------------------------------------------------------------
+
+
+class GaLore(Plugin):
+    name = "galore"
+    summary = "GaLore / Q-GaLore: full fine-tuning with low-rank projected optimizer state (galore-torch)"
+    Options = GaLoreOptions
+    requires = ("full",)
+    # LISA re-chooses what trains under the optimizer's feet; ZeRO flattens the 2-D weights GaLore projects.
+    conflicts = ("lisa", "deepspeed")
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.targets: list[tuple[str, nn.Parameter]] = []
+        self.per_parameter = None  # PerParameterOptimizer when options.per_parameter
+
+    @hookimpl
+    def validate(self, row):
+        import torch
+
+        o = self.options
+        if o.per_parameter and _distributed(row):
+            return ("galore per_parameter steps each parameter inside backward, before data-parallel gradients"
+                    " are averaged; use gpus = 1 or per_parameter = false")
+        if (o.quantize or o.optimizer == "adamw8bit") and not torch.cuda.is_available():
+            what = "quantize (Q-GaLore)" if o.quantize else "optimizer 'adamw8bit'"
+            return f"galore {what} needs a CUDA GPU: its bitsandbytes step calls torch.cuda.synchronize()"
+        needs = [("galore_torch", "galore-torch")]
+        if o.quantize:
+            needs = [("q_galore_torch", "q-galore-torch"), ("bitsandbytes", "bitsandbytes")]
+        elif o.optimizer == "adamw8bit":
+            needs.append(("bitsandbytes", "bitsandbytes"))
+        for module, package in needs:
+            if importlib.util.find_spec(module) is None:
+                return f"galore needs the {package} package (pip install {package})"
+        return None
+
+    def projection_settings(self) -> dict:
+        """The GaLore keys of a projected parameter group, as galore-torch / q-galore-torch read them."""
+        o = self.options
+        settings = {"rank": o.rank, "update_proj_gap": o.update_proj_gap, "scale": o.scale, "proj_type": o.proj_type}
+        if o.quantize:
+            settings.update(quant=o.proj_quant, quant_n_bit=o.proj_bits, quant_group_size=o.proj_group_size,
+                            cos_threshold=o.cos_threshold, gamma_proj=o.gamma_proj, queue_size=o.queue_size)
+        return settings
+
+    @hookimpl
+    def param_groups(self, ctx):
+        model = ctx.unwrapped_model()
+        self.targets = galore_targets(model, self.options.with_embedding)
+        projected = {id(p) for _, p in self.targets}
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad or id(p) in projected:
+                continue
+            # the core's rule: no weight decay on biases and norms
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        wd = ctx.settings.weight_decay
+        groups = [{"params": [p for _, p in self.targets], "weight_decay": wd, **self.projection_settings()},
+                  {"params": decay, "weight_decay": wd},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    @hookimpl
+    def make_optimizer(self, ctx, groups):
+        lr = ctx.settings.learning_rate
+        if not self.options.per_parameter:
+            return build_optimizer(self.options, groups, lr)
+        if ctx.world_size > 1:
+            raise UserError("galore per_parameter cannot run data-parallel", key="galore.per_parameter",
+                            hint="use gpus = 1 or per_parameter = false")
+        if ctx.settings.max_grad_norm > 0:
+            ctx.log(f"galore per_parameter: max_grad_norm={ctx.settings.max_grad_norm} is not applied"
+                    " (each parameter steps before the whole gradient exists)")
+        self.per_parameter = build_per_parameter(groups, lambda g: build_optimizer(self.options, g, lr),
+                                                 should_step=lambda: ctx.is_last_micro_step)
+        return self.per_parameter
+
+    @hookimpl
+    def make_scheduler(self, ctx):
+        if self.per_parameter is None:
+            return None  # the core's schedule on the one optimizer
+        return PerParameterScheduler([_scheduler_like_core(ctx, opt) for opt in self.per_parameter.optimizers.values()])
+
+    @hookimpl
+    def collect_metrics(self, ctx):
+        o = self.options
+        if self.per_parameter is not None:
+            optimizer = self.per_parameter
+            inner = next(iter(optimizer.optimizers.values()), None)
+        else:
+            optimizer = ctx.optimizer
+            inner = getattr(optimizer, "optimizer", optimizer)  # inside accelerate's wrapper
+        target_params = sum(p.numel() for _, p in self.targets)
+        return {
+            "galore_rank": o.rank,
+            "galore_update_proj_gap": o.update_proj_gap,
+            "galore_optimizer": type(inner).__name__,
+            "galore_per_parameter": o.per_parameter,
+            "galore_with_embedding": o.with_embedding,
+            "galore_quantize": o.quantize,
+            "galore_proj_quant": o.proj_quant,
+            "galore_target_matrices": len(self.targets),
+            "galore_target_params": target_params,
+            "galore_target_params_m": target_params / 1e6,
+            "galore_grad_clipping": not o.per_parameter and ctx.settings.max_grad_norm > 0,
+            "galore_optimizer_state_gib": state_gib(dict(optimizer.state)) if optimizer is not None else None,
+        }
+
+    @hookimpl
+    def teardown(self, ctx):
+        if self.per_parameter is not None:
+            self.per_parameter.remove_hooks()

@@ -1,0 +1,124 @@
+"""liger: liger-kernel's fused Triton kernels for the model's architecture.
+
+``liger_kernel.transformers.apply_liger_kernel_to_<model_type>(model=...)`` swaps in:
+RoPE, RMSNorm and SwiGLU kernels, and a causal-LM ``forward`` whose loss is the fused
+linear cross-entropy (``lm_head`` and cross-entropy computed chunk by chunk, so the
+``tokens x vocab`` logits are never materialised: at Qwen's 151,936-token vocabulary that
+is the largest single activation of a step).
+
+Loss normalisation: the core's ``compute_loss`` calls ``model(**batch, num_items_in_batch=N)``.
+liger's patched forward passes ``num_items_in_batch`` on to its loss, which then uses
+``reduction="sum"`` and divides by ``N`` (``liger_kernel.transformers.model.loss_utils``),
+the same token-summed normalisation as transformers' own loss, so no compute_loss of
+our own is needed and gradient accumulation stays exact.
+
+The patch runs in ``modify_model``, before any tuner wraps the model: PEFT's LoRA layers
+then wrap the patched modules, and ``PeftModel.forward`` reaches the patched forward.
+liger rebinds a few names of the architecture's modeling module (e.g.
+``modeling_qwen2.apply_rotary_pos_emb``) for the whole process; ``teardown`` puts them back
+so a later row in the same process (a benchmark comparing with and without) runs plain.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from tunerkit import Plugin, hookimpl, option
+from tunerkit.errors import RowFailed
+
+INSTALL_HINT = "pip install liger-kernel"
+
+
+@dataclass
+class LigerOptions:
+    rope: bool = option(True, "liger's rotary position embedding kernel")
+    rms_norm: bool = option(True, "liger's RMSNorm kernel")
+    swiglu: bool = option(True, "liger's fused SwiGLU MLP (silu(gate) * up in one kernel)")
+    fused_linear_cross_entropy: bool = option(
+        True, "lm_head + cross-entropy in chunks: the tokens x vocab logits are never materialised")
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def patch_function(model_type: str):
+    """liger's ``apply_liger_kernel_to_<model_type>``, or ``None`` when it has none."""
+    import liger_kernel.transformers as lt
+
+    return getattr(lt, f"apply_liger_kernel_to_{model_type}", None)
+
+
+def preset_arch(model: str) -> str | None:
+    from tunerkit.models.presets import get_preset
+
+    preset = get_preset(model)
+    return preset.arch if preset is not None else None
+
+
+class Liger(Plugin):
+    name = "liger"
+    summary = "liger-kernel's fused Triton kernels: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy (CUDA)"
+    Options = LigerOptions
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._restore: list[tuple[object, dict]] = []
+
+    @hookimpl
+    def validate(self, row):
+        if not torch.cuda.is_available():
+            return "liger's Triton kernels need a CUDA GPU and none is visible; drop 'liger' on this machine"
+        if not liger_available():
+            return f"liger needs the liger-kernel package, which is not installed ({INSTALL_HINT})"
+        arch = preset_arch(row.settings.model)
+        if arch is not None and patch_function(arch) is None:
+            return f"liger-kernel has no kernels for the '{arch}' architecture of model '{row.settings.model}'"
+        return None
+
+    @hookimpl
+    def modify_model(self, ctx):
+        if ctx.device.type != "cuda":
+            raise RowFailed("liger's Triton kernels need a CUDA GPU (this row runs on "
+                            f"{ctx.device.type}); drop 'liger' here")
+        if not liger_available():
+            raise RowFailed(f"liger needs the liger-kernel package ({INSTALL_HINT})")
+        model = ctx.unwrapped_model()
+        model_type = getattr(model.config, "model_type", "")
+        apply = patch_function(model_type)
+        if apply is None:
+            raise RowFailed(f"liger-kernel has no kernels for model type '{model_type}'")
+        o = self.options
+        # liger rebinds names of the model class's own module (its RMSNorm and MLP classes,
+        # the rotary helper) for the whole process: remember what they were.
+        modules = [sys.modules[type(model).__module__]]
+        before = [dict(vars(m)) for m in modules]
+        flags = dict(rope=o.rope, rms_norm=o.rms_norm, swiglu=o.swiglu,
+                     fused_linear_cross_entropy=o.fused_linear_cross_entropy, cross_entropy=False)
+        accepted = inspect.signature(apply).parameters
+        apply(model=model, **{k: v for k, v in flags.items() if k in accepted})
+        for module, saved in zip(modules, before):
+            changed = {k: v for k, v in saved.items() if vars(module).get(k) is not v}
+            if changed:
+                self._restore.append((module, changed))
+        ctx.log("liger kernels: " + (", ".join(self.kernels()) or "none"))
+
+    def kernels(self) -> list[str]:
+        return [k for k in ("rope", "rms_norm", "swiglu", "fused_linear_cross_entropy") if getattr(self.options, k)]
+
+    @hookimpl
+    def collect_metrics(self, ctx):
+        return {"liger_kernels": self.kernels()}
+
+    @hookimpl
+    def teardown(self, ctx):
+        # Put back every module-level name liger rebound, so later rows build plain modules.
+        for module, changed in reversed(self._restore):
+            for key, value in changed.items():
+                setattr(module, key, value)
+        self._restore.clear()

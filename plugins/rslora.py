@@ -1,0 +1,17 @@
+"""rslora: rank-stabilised LoRA — the update is scaled by alpha/sqrt(r) instead of alpha/r.
+
+Everything else is LoRA (same options, same defaults, same targets); PEFT's
+``use_rslora`` switches the scaling (Kalajdzievski 2023, https://arxiv.org/abs/2312.03732).
+"""
+
+from __future__ import annotations
+
+from tunerkit_plugins.lora import LoRA
+
+
+class RsLoRA(LoRA):
+    name = "rslora"
+    summary = "rank-stabilised LoRA (PEFT use_rslora): scale alpha/sqrt(r)"
+
+    def peft_config_kwargs(self, ctx) -> dict:
+        return {**super().peft_config_kwargs(ctx), "use_rslora": True}

@@ -1,0 +1,43 @@
+"""adalora: update_and_allocate after every optimizer step, total_step = the real step count, ranks pruned."""
+
+import pytest
+
+from tunerkit.errors import UserError
+
+
+def test_budget_is_allocated_every_step_down_to_target(tiny_row, run_tiny, monkeypatch):
+    from peft.tuners.adalora.model import AdaLoraModel
+
+    calls = []
+    original = AdaLoraModel.update_and_allocate
+
+    def spy(self, global_step):
+        config = self.peft_config[self.trainable_adapter_name]
+        grads = [p.grad is not None for n, p in self.model.named_parameters() if "lora_" in n and p.requires_grad]
+        calls.append({"step": global_step, "total_step": config.total_step, "grads": all(grads) and bool(grads)})
+        return original(self, global_step)
+
+    monkeypatch.setattr(AdaLoraModel, "update_and_allocate", spy)
+    # No max_steps: the step count comes from the data (16 samples / batch 4, one epoch), known only
+    # after apply_tuner built the config.
+    m = run_tiny(tiny_row("adalora", max_steps=None, epochs=1.0))
+    steps = m["optimizer_steps"]
+    assert steps == 4
+    assert [c["step"] for c in calls] == list(range(1, steps + 1))
+    assert all(c["total_step"] == steps for c in calls)
+    assert all(c["grads"] for c in calls), "called before zero_grad, with every adapter gradient present"
+    assert m["adalora_total_step"] == steps
+    # q, k, v of 4 layers: 12 matrices, init_r 12 -> 144; target_r 8 -> 96, reached at the last step.
+    assert m["adalora_init_budget"] == 12 * 12
+    assert m["adalora_target_budget"] == 12 * 8
+    assert m["adalora_rank_budget"] == m["adalora_target_budget"] < m["adalora_init_budget"]
+    assert m["adalora_mean_rank"] == pytest.approx(8.0)
+
+
+def test_schedule_without_pruning_phase_is_rejected(tiny_row):
+    from tunerkit.validation import validate_row
+
+    with pytest.raises(UserError, match="no pruning phase"):
+        validate_row(tiny_row("adalora", max_steps=2, adalora={"tinit": 2}), file="<test>")
+    with pytest.raises(UserError, match="target_r"):
+        tiny_row("adalora", adalora={"target_r": 16, "init_r": 12})

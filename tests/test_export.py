@@ -1,0 +1,52 @@
+"""tunerkit export: a PEFT adapter merged into its base loads with plain transformers, same outputs."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tunerkit.cli import main
+
+
+@pytest.fixture
+def saved_lora(tiny_row, tiny_context, tmp_path):
+    """A tiny LoRA row's adapter folder (non-zero B, as after training) and the adapted model."""
+    ctx = tiny_context(tiny_row("lora", lora={"targets": "ALL", "rank": 4}))
+    with torch.no_grad():
+        for name, p in ctx.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    ctx.hook.save_artifacts(ctx=ctx, out_dir=tmp_path / "row")
+    return tmp_path / "row" / "model", ctx.model.eval()
+
+
+def test_merged_checkpoint_matches_the_adapted_model(saved_lora, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir, adapted = saved_lora
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(main, ["export", str(adapter_dir), "--base", "tiny-llama", "--merge", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert AutoTokenizer.from_pretrained(out) is not None
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=0, atol=1e-4)
+
+
+def test_export_mistakes_are_one_line_errors(saved_lora, tmp_path):
+    adapter_dir, _ = saved_lora
+    runner = CliRunner()
+    cases = [
+        (["export", str(adapter_dir), "--base", "tiny-llama", "--out", str(tmp_path / "a")], "--merge"),
+        (["export", str(tmp_path / "nowhere"), "--base", "tiny-llama", "--merge", "--out", str(tmp_path / "b")],
+         "no adapter_config.json"),
+        (["export", str(adapter_dir), "--merge", "--out", str(tmp_path / "c")], "--base"),
+        (["export", str(adapter_dir), "--base", "tiny-qwen2", "--merge", "--out", str(tmp_path / "d")],
+         "does not fit base"),
+        (["export", str(adapter_dir), "--base", "tiny-llama", "--merge", "--out", str(adapter_dir)], "not empty"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and result.output.count("\n") == 1

@@ -1,0 +1,96 @@
+"""Bad input exits 2 with one line naming file, table and key, and writes nothing."""
+
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from tunerkit.cli import main
+
+GOOD = """
+[recipe]
+name = "t"
+[defaults]
+model = "tiny-llama"
+dataset = "builtin:arithmetic"
+max_train_samples = 8
+batch_size = 4
+gradient_accumulation_steps = 1
+max_length = 64
+max_steps = 1
+gradient_checkpointing = false
+evaluate = []
+[[row]]
+name = "lora"
+plugins = ["lora"]
+lora = { rank = 4 }
+"""
+
+
+def run_cli(tmp_path, text, *extra):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(textwrap.dedent(text))
+    db = tmp_path / "db.sqlite"
+    result = CliRunner().invoke(main, ["run", str(recipe), "--db", str(db), "--no-progress",
+                                       "--runs-dir", str(tmp_path / "runs"), *extra])
+    return result, recipe, db
+
+
+@pytest.mark.parametrize("mutation, expect", [
+    (('max_length = 64', 'max_lenght = 64'), ["[defaults]", "max_lenght", "did you mean 'max_length'"]),
+    (('plugins = ["lora"]', 'plugins = ["lorra"]'), ["row 'lora'", "plugins", "unknown plugin 'lorra'", "did you mean 'lora'"]),
+    (('max_length = 64', 'max_length = "long"'), ["[defaults]", "max_length", "expected int"]),
+    (('lora = { rank = 4 }', 'lora = { rank = 4.5 }'), ["row 'lora'.lora", "rank", "expected int"]),
+    (('lora = { rank = 4 }', 'lora = { rnk = 4 }'), ["rnk", "did you mean 'rank'"]),
+    (('dataset = "builtin:arithmetic"', 'dataset = "data/missing.jsonl"'), ["row 'lora'", "dataset", "not found"]),
+    (('plugins = ["lora"]', 'plugins = ["lora", "full"]'), ["row 'lora'", "plugins", "'lora' and 'full'"]),
+    (('model = "tiny-llama"', 'model = "qwen-72b-chat"\ndtype = "fp32"'), ["row 'lora'", "model", "GiB"]),
+    (('[[row]]', '[[row]\n'), ["r.toml", "malformed TOML"]),
+])
+def test_bad_recipe_exits_2_with_one_line(tmp_path, mutation, expect):
+    old, new = mutation
+    assert old in GOOD
+    result, recipe, db = run_cli(tmp_path, GOOD.replace(old, new, 1))
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.strip() and not l.startswith("tunerkit: no CUDA")]
+    assert len(lines) == 1, result.output
+    assert str(recipe) in lines[0]
+    for fragment in expect:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in result.output
+    assert not db.exists(), "nothing may be written for a bad recipe"
+
+
+def test_missing_recipe_file(tmp_path):
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.toml"), "--db", str(tmp_path / "db")])
+    assert result.exit_code == 2
+    assert "nope.toml" in result.output and "not found" in result.output
+
+
+def test_unknown_profile_and_only(tmp_path):
+    result, recipe, db = run_cli(tmp_path, GOOD, "--profile", "gpu")
+    assert result.exit_code == 2 and "no profile 'gpu'" in result.output
+    result, recipe, db = run_cli(tmp_path, GOOD, "--only", "nosuchrow")
+    assert result.exit_code == 2 and "nosuchrow" in result.output
+    assert not db.exists()
+
+
+def test_failed_row_is_recorded_and_run_goes_on(tmp_path):
+    from tunerkit.store import Store
+
+    text = GOOD + """
+[[row]]
+name = "starved"
+plugins = ["full"]
+max_length = 4
+[[row]]
+name = "full"
+plugins = ["full"]
+"""
+    result, recipe, db = run_cli(tmp_path, text)
+    assert result.exit_code == 0, result.output
+    records = {r["row"]: r for r in Store(db).latest()}
+    assert records["starved"]["status"] == "failed"
+    assert "no training samples left" in records["starved"]["reason"]
+    assert records["lora"]["status"] == "ok" and records["full"]["status"] == "ok"
+    assert records["full"]["metrics"]["tokens_per_s"] > 0

@@ -30,8 +30,9 @@ ROWS = [
 ]
 
 #: The seed's reported trainable parameters on qwen-7b-chat (millions), where it gave one.
-SEED_QWEN_7B = {"lora (DEFAULT)": 4.1943, "lora (ALL)": 17.8913, "adalora": 26.8389, "adapter": 33.6896,
-                "dora": 19.2512, "llamapro": 809.5826}
+SEED_QWEN_7B = {"lora (DEFAULT)": 4.1943, "lora (ALL)": 17.8913, "rslora": 17.8913, "dora": 19.2512,
+                "lora+": 17.8913, "adalora": 26.8389, "lora + neftune": 17.8913, "adapter": 33.6896,
+                "llamapro": 809.5826, "full": 7721.3245}
 
 
 def count_on_meta(plugins: list[str], model: str = "qwen-7b-chat", **tables) -> dict:
@@ -67,7 +68,7 @@ def main() -> None:
     for label, plugins, tables in ROWS:
         c = count_on_meta(plugins, args.model, **tables)
         ref = f"{seed[label]:.4f}" if label in seed else ""
-        print(f"| {label} | {c['trainable_params'] / 1e6:.4f} | {c['trainable_pct']:.2f} | {ref} |")
+        print(f"| {label} | {c['trainable_params'] / 1e6:.4f} | {c['trainable_pct']:.4f} | {ref} |")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,16 @@ class AdaLoRA(LoRA):
         return model.peft_config[model.trainable_adapter_name]
 
     @hookimpl
+    def apply_tuner(self, ctx):
+        super().apply_tuner(ctx)
+        # PEFT creates each layer's ``ranknum`` (the constant rank divisor) frozen, but re-wraps it as a
+        # new, trainable Parameter when it moves the adapter to the base layer's dtype or device (a bf16
+        # or GPU model): AdamW would then change the divisor. It is a constant: keep it frozen.
+        for name, p in ctx.model.named_parameters():
+            if ".ranknum." in name:
+                p.requires_grad_(False)
+
+    @hookimpl
     def validate(self, row):
         if row.settings.max_steps:
             return _budget_phase_error(self.options, row.settings.max_steps)

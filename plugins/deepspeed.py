@@ -129,7 +129,26 @@ def make_deepspeed_accelerator(ctx):
     # accelerate keeps one state per process: rows run one after another in the same process,
     # so drop what an earlier row set up (the process group itself stays).
     reset_accelerate_state()
-    return Accelerator(deepspeed_plugin=plugin, **kwargs)
+    accelerator = Accelerator(deepspeed_plugin=plugin, **kwargs)
+    # accelerate announces a ZeRO-3 config to transformers, which then builds models inside
+    # deepspeed.zero.Init (weights partitioned at creation, numel() = 0, initialised
+    # differently). Load the model whole instead, exactly as without DeepSpeed: the engine
+    # partitions it at prepare(), and parameter counts and random init stay comparable.
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    return accelerator
+
+
+def mark_accumulation_boundary(ctx) -> None:
+    """Tell accelerate whether this micro-batch ends the accumulation window.
+
+    Under DeepSpeed, ``accelerator.backward()`` runs the engine's optimizer step whenever
+    ``sync_gradients`` is set, and nothing else in the loop clears it: every micro-batch but
+    the window's last is marked accumulation-only (the public setter; accelerate's own
+    ``accumulate()`` does the same). Called right before the micro-batch's backward.
+    """
+    ctx.accelerator.sync_gradients = ctx.is_last_micro_step
 
 
 def reset_accelerate_state() -> None:
@@ -168,10 +187,7 @@ class DeepSpeed(Plugin):
 
     @hookimpl(wrapper=True)
     def compute_loss(self, ctx, model, batch):
-        # accelerator.backward() runs DeepSpeed's optimizer step whenever sync_gradients is set,
-        # and nothing else in the loop clears it: mark every micro-batch but the window's last
-        # as accumulation-only (the public setter; the same thing accelerate's accumulate() does).
-        ctx.accelerator.sync_gradients = ctx.is_last_micro_step
+        mark_accumulation_boundary(ctx)
         return (yield)
 
     @hookimpl

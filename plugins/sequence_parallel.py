@@ -24,7 +24,7 @@ import torch
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit_plugins.deepspeed import (attention_for_sequence_parallel, deepspeed_missing,
-                                        make_deepspeed_accelerator)
+                                        make_deepspeed_accelerator, mark_accumulation_boundary)
 
 IGNORE_INDEX = -100
 
@@ -136,6 +136,8 @@ class SequenceParallel(Plugin):
         # when labels is not None.
         if "shift_labels" in batch and "labels" not in batch:
             batch["labels"] = batch["shift_labels"]
+        if self.sp_size > 1:
+            mark_accumulation_boundary(ctx)
         return (yield)
 
     @hookimpl

@@ -30,6 +30,6 @@ def test_core_mixes_into_train_but_not_into_eval(tiny_row):
         return CoreDefaults()._all_records(ctx)
 
     mixed, base = records(row), records(plain)
-    assert len(base["train"]) == 12 and len(mixed["train"]) == 12 + 6
-    assert mixed["train"][:12] == base["train"]
+    assert len(base["train"]) == 16 and len(mixed["train"]) == 16 + 8
+    assert mixed["train"][:16] == base["train"]
     assert mixed["eval"] == base["eval"]

@@ -41,3 +41,12 @@ def test_schedule_without_pruning_phase_is_rejected(tiny_row):
         validate_row(tiny_row("adalora", max_steps=2, adalora={"tinit": 2}), file="<test>")
     with pytest.raises(UserError, match="target_r"):
         tiny_row("adalora", adalora={"target_r": 16, "init_r": 12})
+
+
+def test_rank_divisor_stays_frozen_in_bf16(tiny_row, tiny_context):
+    # PEFT re-creates ``ranknum`` as a trainable Parameter when it casts the adapter to a bf16 base.
+    ctx = tiny_context(tiny_row("adalora", dtype="bf16"))
+    ranknums = [p for n, p in ctx.model.named_parameters() if ".ranknum." in n]
+    assert len(ranknums) == 12 and not any(p.requires_grad for p in ranknums)
+    trainable = [n for n, p in ctx.model.named_parameters() if p.requires_grad]
+    assert trainable and all(("lora_A" in n or "lora_B" in n or "lora_E" in n) for n in trainable)

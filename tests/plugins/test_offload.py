@@ -25,8 +25,7 @@ def test_checkpoint_scope_moves_exactly_the_layer_inputs(tiny_row, tiny_context)
     """With checkpointing, one tensor per decoder layer leaves: its input, kept for the recompute."""
     from tunerkit.loop import enable_gradient_checkpointing
 
-    row = tiny_row("lora", "offload", gradient_checkpointing=True, offload={"min_bytes": 0}, **{
-        k: v for k, v in ROW.items() if k != "lora"})
+    row = tiny_row("lora", "offload", gradient_checkpointing=True, offload={"min_bytes": 0}, **ROW)
     ctx = tiny_context(row)
     enable_gradient_checkpointing(ctx.model)
     ctx.model.train()

@@ -65,16 +65,26 @@ def lognormal_params(stats: LengthStats) -> tuple[float, float]:
     a plain lognormal with that mean and sd would lose mean and spread to the clamp, so the
     unclamped targets are corrected until the clamped moments match.
     """
+    def params(mean: float, sd: float) -> tuple[float, float]:
+        sigma2 = math.log1p((sd / mean) ** 2)
+        return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
+
+    plain = params(stats.mean, stats.sd)
+    # The widest spread any distribution on [min, max] with this mean can have; beyond it
+    # (e.g. a small max given by hand) the targets hold before clamping only.
+    if stats.sd >= 0.98 * math.sqrt((stats.mean - stats.min) * (stats.max - stats.mean)):
+        return plain
     mean_u, sd_u = stats.mean, stats.sd
-    for _ in range(50):
-        sigma2 = math.log1p((sd_u / mean_u) ** 2)
-        mu, sigma = math.log(mean_u) - sigma2 / 2, math.sqrt(sigma2)
+    for _ in range(100):
+        mu, sigma = params(mean_u, sd_u)
         mean_c, sd_c = _clamped_moments(mu, sigma, stats.min, stats.max)
         if abs(mean_c - stats.mean) < 1e-6 * stats.mean and abs(sd_c - stats.sd) < 1e-6 * stats.sd:
-            break
+            return mu, sigma
         mean_u += stats.mean - mean_c
-        sd_u *= stats.sd / sd_c
-    return mu, sigma
+        sd_u *= stats.sd / max(sd_c, 1e-9)
+        if not (mean_u > 0 and math.isfinite(sd_u)):
+            break
+    return plain
 
 
 def sample_lengths(stats: LengthStats, n: int, rng: np.random.Generator) -> np.ndarray:

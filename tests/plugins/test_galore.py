@@ -170,10 +170,10 @@ def test_quantized_galore_wiring(monkeypatch):
     from tunerkit_plugins.galore import GaLore, GaLoreOptions, build_optimizer
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-    options = GaLoreOptions(rank=8, update_proj_gap=2, quantize=True, proj_quant=True)
+    options = GaLoreOptions(rank=16, update_proj_gap=2, quantize=True, proj_quant=True)
     torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(1024, 512))  # a projected state of 8192 values: bitsandbytes keeps it in 8 bits
-    b = torch.nn.Parameter(torch.randn(512))
+    w = torch.nn.Parameter(torch.randn(512, 256))  # a projected state of 8192 values: bitsandbytes keeps it in 8 bits
+    b = torch.nn.Parameter(torch.randn(256))
     groups = [{"params": [w], "weight_decay": 0.0, **GaLore(options).projection_settings()},
               {"params": [b], "weight_decay": 0.0}]
     opt = build_optimizer(options, groups, lr=1e-3)
@@ -182,9 +182,9 @@ def test_quantized_galore_wiring(monkeypatch):
         before = w.detach().clone()
         w.grad, b.grad = torch.randn_like(w), torch.randn_like(b)
         opt.step()
-        assert numeric_rank(w.detach() - before) == 8
+        assert numeric_rank(w.detach() - before) == 16
     state = opt.state[w]
-    assert state["state1"].dtype == torch.uint8 and state["state1"].shape == (1024, 8)  # 8-bit, rank-8 state
+    assert state["state1"].dtype == torch.uint8 and state["state1"].shape == (512, 16)  # 8-bit, rank-16 state
     projector = state["projector"]
     assert projector.ortho_matrix.dtype == torch.uint8 and int(projector.ortho_matrix.max()) < 2 ** 4
     assert projector.svd_count == 2  # refreshed at steps 0 and 2

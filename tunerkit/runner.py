@@ -74,6 +74,8 @@ def run_recipe(recipe, store: Store, *, resume: bool = False, runs_dir: Path = P
                         traceback.print_exc()
             finally:
                 bar.close()
+            if status == "ok":
+                metrics["wall_seconds"] = time.time() - started  # load + train + evaluate
             env = environment(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
             if is_main:
                 store.record(recipe=recipe.name, row=row, repeat=repeat, status=status, reason=reason,

@@ -1,0 +1,693 @@
+"""The fast path beside the plain HF + PEFT baseline, in one process on one GPU.
+
+    PYTHONUNBUFFERED=1 python bench/fast_path.py --check-loss        # the whole thing, ~7 min on an H100
+    python bench/fast_path.py --list                                  # config names
+    python bench/fast_path.py --configs 7b/baseline,7b/lora+liger     # a selection
+    python bench/fast_path.py --smoke                                 # tiny shapes on CPU: the script's plumbing
+
+(a) Baseline, written with plain transformers + peft (no tunerkit code in the training
+path): the qwen-7b-chat preset's shape (Qwen2, hidden 4096, 32 layers, ffn 11008, vocab
+151936, random bf16 weights), LoRA r8 alpha 32 dropout 0.05 on q,k,v, batch 1, gradient
+checkpointing (non-reentrant), SDPA, torch fused AdamW, transformers' loss.
+(b) tunerkit rows through ``tunerkit.loop.run_row`` with the switches of the fast path
+(liger, offload, compile, padding_free, packing).
+
+Same samples everywhere: ``tunerkit.data.synthetic`` draws the seed's cls-fudan-news-zh
+lengths (``synthetic:lengths``), each sample cut to its first 2048 tokens. The baseline
+walks them in the order tunerkit's loader does (``torch.randperm`` under the row's seed);
+tunerkit rows get the same truncated samples handed in by a bench-only hook object
+(packing rows need rows of 16k tokens while samples stay cut at 2048, which no single
+``max_length`` gives), and every trained sample is hashed: batch-1 rows must train the
+baseline's samples in the baseline's order, packed rows only samples of the same set.
+
+Timing: each config runs warm-up steps, then timed steps (a fixed count for batch-1
+configs, a fixed token budget for packed ones), timed like tunerkit's loop (synchronised
+step wall time, data transfer and optimizer step included). Model FLOPs count the
+matmuls a step must do: forward 2N, input gradients 2N, weight gradients 2N only for
+trained weights (LoRA: 4N frozen + 6N adapters per token; full: 6N), N = every linear
+weight incl. the LM head, plus causal attention 6*L^2*hidden per layer and sample. MFU
+divides them by the step time and 790 TFLOP/s (an 8192^3 bf16 matmul on the H100); HFU
+adds the forward recompute of gradient checkpointing.
+
+Every config is wrapped in try/except (OOM included) and printed as it finishes; JSON
+goes to $OUT/fast_path.json (and --json) after every config, so a cut run keeps its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runnable from a checkout without installation
+    sys.path.insert(0, str(REPO))
+
+import tunerkit  # noqa: E402
+from tunerkit.hookspecs import hookimpl  # noqa: E402
+
+PEAK_TFLOPS = 790.0
+GIB = 1024 ** 3
+SPEC = "synthetic:lengths"  # dist=cls-fudan-news-zh, 2000 rows
+
+
+# -----------------------------------------------------------------------------------------
+# Configs
+# -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    name: str
+    family: str  # "7b" (LoRA on the 7b shape) or "1.8b" (full fine-tuning on the 1.8b shape)
+    plugins: list[str] = field(default_factory=list)  # empty: the plain baseline
+    options: dict = field(default_factory=dict)
+    pack_factor: int = 0  # packed rows of pack_factor * sample_max tokens (0: one sample per step)
+    default: bool = True
+    note: str = ""
+
+    @property
+    def baseline(self) -> bool:
+        return not self.plugins
+
+
+def lora(*extra, **options):
+    return ["lora", *extra]
+
+
+CONFIGS = [
+    Config("7b/baseline", "7b", note="plain transformers + peft"),
+    Config("7b/lora+liger", "7b", ["lora", "liger"]),
+    Config("7b/lora+liger+offload", "7b", ["lora", "liger", "offload"]),
+    Config("7b/lora+padding_free+liger+offload", "7b", ["lora", "padding_free", "liger", "offload"],
+           note="batch 1 through the varlen kernel"),
+    Config("7b/lora+packing16k+liger", "7b", ["lora", "packing", "liger"], pack_factor=8),
+    Config("7b/lora+packing16k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=8),
+    Config("7b/lora+packing32k+liger", "7b", ["lora", "packing", "liger"], pack_factor=16),
+    Config("1.8b/baseline", "1.8b", note="plain transformers, full fine-tuning"),
+    Config("1.8b/full+packing16k+liger", "1.8b", ["full", "packing", "liger"], pack_factor=8),
+    Config("7b/lora+liger+offload+compile", "7b", ["lora", "liger", "offload", "compile"]),
+    # Not in the default set (time): select with --configs.
+    Config("7b/lora", "7b", ["lora"], default=False, note="tunerkit with no switch: the loop's own overhead"),
+    Config("7b/lora+packing16k", "7b", ["lora", "packing"], pack_factor=8, default=False),
+    Config("7b/lora+packing16k+liger+compile", "7b", ["lora", "packing", "liger", "compile"], pack_factor=8,
+           default=False),
+    Config("7b/lora+packing32k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=16,
+           default=False),
+    Config("7b/lora+packing32k+liger+compile", "7b", ["lora", "packing", "liger", "compile"], pack_factor=16,
+           default=False),
+    Config("7b/lora+packing64k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=32,
+           default=False),
+    Config("7b/lora+liger+compile", "7b", ["lora", "liger", "compile"], default=False),
+    Config("1.8b/full+liger", "1.8b", ["full", "liger"], default=False),
+    Config("1.8b/full+packing16k+liger+offload", "1.8b", ["full", "packing", "liger", "offload"], pack_factor=8,
+           default=False),
+]
+BY_NAME = {c.name: c for c in CONFIGS}
+
+TARGETS = [
+    # (label, family, minimum ratio, memory test)
+    (">= 2.5x baseline tokens/s at <= baseline peak allocated", "7b", 2.5, lambda m, base: m <= base),
+    (">= 3x baseline tokens/s at < 40 GiB allocated", "7b", 3.0, lambda m, base: m < 40.0),
+    ("> 1.36x baseline tokens/s at <= 15.0 GiB allocated", "7b", 1.36, lambda m, base: m <= 15.0),
+    (">= 2x baseline tokens/s, 1.8b full fine-tuning", "1.8b", 2.0, lambda m, base: True),
+]
+
+
+# -----------------------------------------------------------------------------------------
+# Data: the same truncated samples, in tunerkit's loader order
+# -----------------------------------------------------------------------------------------
+
+
+def make_samples(vocab: int, seed: int, sample_max: int) -> list[dict]:
+    """tunerkit's synthetic samples (dataset order), each cut to its first ``sample_max`` tokens."""
+    from tunerkit.data.synthetic import synthetic_records
+
+    out = []
+    for r in synthetic_records(SPEC, vocab, seed):
+        ids = r["input_ids"][:sample_max]
+        out.append({"input_ids": ids, "labels": list(ids)})
+    return out
+
+
+def loader_order(n: int, seed: int) -> list[int]:
+    """The order tunerkit's training loader visits ``n`` samples (shuffle=True, generator seeded by the row seed)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def token_hash(ids) -> str:
+    arr = np.asarray(ids, dtype=np.int64)
+    return hashlib.sha1(arr.tobytes()).hexdigest()[:16]
+
+
+class TokenIdsOnly:
+    """The tokenizer a row of token ids needs: a pad id (the data is synthetic token ids)."""
+
+    pad_token_id = 0
+    eos_token_id = 0
+    bos_token_id = None
+    pad_token = eos_token = "<pad>"
+
+
+class BenchProbe:
+    """Bench-only hooks registered beside a row's plugins.
+
+    Hands the row the bench's samples and no tokenizer, and records, for every
+    micro-batch, the token hash and length of each sample inside it (for the same-samples
+    check and the attention FLOPs).
+    """
+
+    def __init__(self, samples: list[dict]):
+        self.samples = samples
+        self.steps: list[dict] = []
+
+    @hookimpl(tryfirst=True)
+    def load_tokenizer(self, ctx):
+        return TokenIdsOnly()
+
+    @hookimpl(tryfirst=True)
+    def load_dataset(self, ctx, split):
+        return list(self.samples) if split == "train" else []
+
+    @hookimpl(wrapper=True)
+    def compute_loss(self, ctx, model, batch):
+        ids = batch["input_ids"].detach().cpu()
+        if "cu_seq_lens_q" in batch:
+            cu = batch["cu_seq_lens_q"].reshape(-1).tolist()
+            flat = ids.reshape(-1)
+            docs = [flat[s:e] for s, e in zip(cu[:-1], cu[1:]) if e > s]
+        else:
+            mask = batch.get("attention_mask")
+            lengths = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+            docs = [ids[i, :n] for i, n in enumerate(lengths)]
+        while len(self.steps) <= ctx.global_step:
+            self.steps.append({"lengths": [], "hashes": []})
+        step = self.steps[ctx.global_step]
+        step["lengths"] += [int(d.numel()) for d in docs]
+        step["hashes"] += [token_hash(d.numpy()) for d in docs]
+        return (yield)
+
+
+@contextlib.contextmanager
+def probe_installed(probe: BenchProbe):
+    """run_row builds its plugin manager in tunerkit.loop.build_context; add the probe there."""
+    import tunerkit.loop as loop
+    from tunerkit.context import RunContext
+    from tunerkit.core import CoreDefaults
+    from tunerkit.plugins import get_plugin, make_manager
+
+    original = loop.build_context
+
+    def build_context(row, out_dir):
+        instances = [get_plugin(name)(row.options[name]) for name in row.plugins]
+        pm = make_manager([CoreDefaults(), probe], instances)
+        return RunContext(row=row, hook=pm.hook, out_dir=out_dir)
+
+    loop.build_context = build_context
+    try:
+        yield
+    finally:
+        loop.build_context = original
+
+
+# -----------------------------------------------------------------------------------------
+# FLOPs
+# -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Shape:
+    hidden: int
+    layers: int
+    layer_params: int  # matmul weights of one decoder layer
+    head_params: int  # the LM head
+
+    @classmethod
+    def of(cls, preset) -> "Shape":
+        head_dim = preset.hidden // preset.heads
+        kv = preset.kv_heads * head_dim
+        attn = 2 * preset.hidden * preset.hidden + 2 * preset.hidden * kv
+        mlp = 3 * preset.hidden * preset.ffn
+        return cls(preset.hidden, preset.layers, attn + mlp, preset.hidden * preset.vocab)
+
+    @property
+    def dense(self) -> int:
+        return self.layers * self.layer_params + self.head_params
+
+
+def step_flops(shape: Shape, lengths: list[int], trained: str, adapter_params: int,
+               checkpointing: bool) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) of one step over samples of ``lengths`` tokens."""
+    tokens = sum(lengths)
+    sq = sum(n * n for n in lengths)
+    if trained == "full":
+        per_token = 6 * shape.dense
+    else:  # frozen base: forward and input gradients only; adapters train
+        per_token = 4 * shape.dense + 6 * adapter_params
+    attention = 6 * sq * shape.hidden * shape.layers  # causal: fwd 2 L^2 h, bwd 4 L^2 h per layer
+    model = per_token * tokens + attention
+    hardware = model
+    if checkpointing:  # every decoder layer's forward runs twice (not the head)
+        recompute = 2 * (shape.layers * shape.layer_params + (adapter_params if trained != "full" else 0)) * tokens
+        hardware += recompute + 2 * sq * shape.hidden * shape.layers
+    return float(model), float(hardware)
+
+
+# -----------------------------------------------------------------------------------------
+# Runs
+# -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Family:
+    model: str  # preset name
+    trained: str  # "lora" or "full"
+
+
+def device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def reset_peaks() -> None:
+    free_memory()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peaks() -> dict:
+    if not torch.cuda.is_available():
+        return {"peak_alloc_gib": None, "peak_reserved_gib": None}
+    return {"peak_alloc_gib": torch.cuda.max_memory_allocated() / GIB,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB}
+
+
+def run_baseline(fam: Family, args, samples: list[dict], order: list[int], steps: int, warmup: int,
+                 lora_dropout: float) -> dict:
+    """Plain transformers + peft: the stack the seed's tool used. No tunerkit code trains here."""
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from tunerkit.models.presets import get_preset
+
+    preset = get_preset(fam.model)
+    dev = device()
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    reset_peaks()
+    config = preset.config()
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)  # tunerkit's presets draw their random weights under seed 0: the same weights
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    if fam.trained == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=lora_dropout,
+                                                 target_modules=["q_proj", "k_proj", "v_proj"], task_type="CAUSAL_LM"))
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model.config.use_cache = False
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n.lower()]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n.lower())]
+    groups = [g for g in ({"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0})
+              if g["params"]]
+    trainable = sum(p.numel() for _, p in named)
+    optimizer = torch.optim.AdamW(groups, lr=1e-4, fused=dev.type == "cuda")
+    total = warmup + steps
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=int(0.03 * total), num_training_steps=total)
+    params = [p for _, p in named]
+    losses, seconds, lengths, hashes = [], [], [], []
+    for step in range(total):
+        sample = samples[order[step % len(order)]]
+        sync()
+        start = time.perf_counter()
+        ids = torch.tensor([sample["input_ids"]], device=dev)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(out.loss))
+        sync()
+        seconds.append(time.perf_counter() - start)
+        lengths.append([len(sample["input_ids"])])
+        hashes.append([token_hash(sample["input_ids"])])
+        del out, ids
+    result = {"status": "ok", **peaks(), "trainable_params": trainable, "losses": losses,
+              "step_seconds": seconds, "lengths": lengths, "hashes": hashes, "warmup": warmup,
+              "attention": "sdpa"}
+    del model, optimizer, scheduler, params, named, groups, decay, no_decay
+    free_memory()
+    return result
+
+
+def tunerkit_row(cfg: Config, fam: Family, args, steps: int, warmup: int, lora_dropout: float):
+    from tunerkit.recipe import make_row
+
+    pack = cfg.pack_factor * args.sample_max if cfg.pack_factor else args.sample_max
+    tables = {}
+    if "lora" in cfg.plugins:
+        tables["lora"] = {"rank": 8, "alpha": 32.0, "dropout": lora_dropout, "targets": ["q_proj", "k_proj", "v_proj"]}
+    for name, opts in cfg.options.items():
+        tables[name] = dict(opts)
+    return make_row(cfg.name.replace("/", "_"), cfg.plugins, model=fam.model, dataset=SPEC, dtype="auto",
+                    attention="sdpa", gradient_checkpointing=True, batch_size=1, gradient_accumulation_steps=1,
+                    max_length=pack, truncation_strategy="truncation_right", learning_rate=1e-4,
+                    lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.01, max_grad_norm=1.0,
+                    max_steps=warmup + steps, timing_warmup_steps=warmup, evaluate=[], val_size=0,
+                    seed=args.seed, **tables)
+
+
+def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int, warmup: int,
+                 lora_dropout: float) -> dict:
+    from tunerkit.loop import run_row
+
+    row = tunerkit_row(cfg, fam, args, steps, warmup, lora_dropout)
+    probe = BenchProbe(samples)
+    with tempfile.TemporaryDirectory() as tmp, probe_installed(probe):
+        m = run_row(row, Path(tmp) / "row")
+    mem = (m.get("memory") or [{}])[0]
+    return {"status": "ok", "peak_alloc_gib": mem.get("peak_allocated_gib"),
+            "peak_reserved_gib": mem.get("peak_reserved_gib"), "trainable_params": m.get("trainable_params"),
+            "losses": m.get("train_loss_curve", []), "lengths": [s["lengths"] for s in probe.steps],
+            "hashes": [s["hashes"] for s in probe.steps], "warmup": m.get("timing_warmup_steps", warmup),
+            "loop_tokens_per_s": m.get("tokens_per_s"), "loop_samples_per_s": m.get("samples_per_s"),
+            "attention": m.get("attention"), "packing_efficiency": m.get("packing_efficiency"),
+            "offload_gib_per_step": m.get("offload_gib_per_step"), "compiled_layers": m.get("compiled_layers"),
+            "liger_kernels": m.get("liger_kernels")}
+
+
+def summarise(result: dict, shape: Shape, trained: str) -> dict:
+    """Throughput and utilisation over the timed steps."""
+    warm = result["warmup"]
+    lengths = result["lengths"][warm:]
+    tokens = sum(sum(s) for s in lengths)
+    samples = sum(len(s) for s in lengths)
+    if "step_seconds" in result:  # the baseline timed its own steps
+        seconds = sum(result["step_seconds"][warm:])
+    else:  # tunerkit's loop timed them: recover the timed wall time from its tokens/s
+        seconds = tokens / result["loop_tokens_per_s"] if result.get("loop_tokens_per_s") else 0.0
+    adapter = result.get("trainable_params") or 0
+    model_f = hw_f = 0.0
+    for step in lengths:
+        mf, hf = step_flops(shape, step, trained, adapter, checkpointing=True)
+        model_f += mf
+        hw_f += hf
+    out = {"timed_steps": len(lengths), "timed_tokens": tokens, "timed_samples": samples,
+           "tokens_per_step": tokens / max(len(lengths), 1)}
+    if seconds > 0:
+        out.update(tokens_per_s=tokens / seconds, samples_per_s=samples / seconds,
+                   mfu_pct=100 * model_f / seconds / (PEAK_TFLOPS * 1e12),
+                   hfu_pct=100 * hw_f / seconds / (PEAK_TFLOPS * 1e12))
+    return out
+
+
+def same_samples(result: dict, baseline: dict | None, all_hashes: set[str], batch_one: bool) -> str:
+    trained = [h for step in result["hashes"] for h in step]
+    if not trained:
+        return "no record"
+    if any(h not in all_hashes for h in trained):
+        return "NO: trained samples outside the common set"
+    if not batch_one:
+        return "same set (packed)"
+    if baseline is None or not baseline.get("hashes"):
+        return "same set"
+    base = [h for step in baseline["hashes"] for h in step]
+    k = min(len(base), len(trained))
+    return "same order" if base[:k] == trained[:k] else "NO: different order"
+
+
+# -----------------------------------------------------------------------------------------
+# Loss agreement
+# -----------------------------------------------------------------------------------------
+
+
+def check_loss(args, fams, samples, order) -> dict:
+    """50 steps of the baseline and of a batch-1 fast path on the same samples and weights."""
+    cfg = BY_NAME[args.check_config]
+    if cfg.pack_factor:
+        raise SystemExit("--check-config must be a batch-1 config (packed steps hold other samples than the baseline's)")
+    fam = fams[cfg.family]
+    print(f"\n== loss agreement: {cfg.name} vs {cfg.family}/baseline, {args.check_steps} steps, "
+          f"LoRA dropout {args.check_dropout} ==", flush=True)
+    out = {"config": cfg.name, "steps": args.check_steps, "lora_dropout": args.check_dropout}
+    try:
+        base = run_baseline(fam, args, samples, order, args.check_steps, 0, args.check_dropout)
+        fast = run_tunerkit(cfg, fam, args, samples, args.check_steps, 0, args.check_dropout)
+    except Exception as err:  # noqa: BLE001 - report and go on to the speed table
+        out["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        print(out["status"], flush=True)
+        free_memory()
+        return out
+    a, b = np.array(base["losses"]), np.array(fast["losses"])
+    n = min(len(a), len(b))
+    rel = np.abs(a[:n] - b[:n]) / np.maximum(np.abs(a[:n]), 1e-6)
+    same = same_samples(fast, base, {h for s in base["hashes"] for h in s}, batch_one=True)
+    ok = n == args.check_steps and rel.max() <= args.check_rtol and same == "same order"
+    out.update(status="ok", baseline_losses=a.tolist(), fast_losses=b.tolist(), max_rel_diff=float(rel.max()),
+               mean_rel_diff=float(rel.mean()), final_baseline=float(a[n - 1]), final_fast=float(b[n - 1]),
+               same_samples=same, rtol=args.check_rtol, agree=bool(ok))
+    print(f"steps compared {n}; max |rel diff| {rel.max():.2e}, mean {rel.mean():.2e} (tolerance {args.check_rtol:g}); "
+          f"final loss baseline {a[n - 1]:.4f} fast {b[n - 1]:.4f}; samples: {same} -> "
+          f"{'AGREE' if ok else 'DISAGREE'}", flush=True)
+    return out
+
+
+# -----------------------------------------------------------------------------------------
+# Output
+# -----------------------------------------------------------------------------------------
+
+COLUMNS = [("config", 40), ("tok/s", 8), ("samp/s", 7), ("x base", 6), ("alloc", 6), ("resv", 6), ("MFU%", 5),
+           ("HFU%", 5), ("tok/step", 8), ("samples", 18)]
+
+
+def header() -> str:
+    return "  ".join(name.ljust(w) if i == 0 else name.rjust(w) for i, (name, w) in enumerate(COLUMNS))
+
+
+def fmt(v, spec) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def line(r: dict) -> str:
+    if r["status"] != "ok":
+        return f"{r['name']:<40}  {r['status']}"
+    vals = [r["name"], fmt(r.get("tokens_per_s"), ",.0f"), fmt(r.get("samples_per_s"), ".2f"),
+            fmt(r.get("x_baseline"), ".2f"), fmt(r.get("peak_alloc_gib"), ".1f"), fmt(r.get("peak_reserved_gib"), ".1f"),
+            fmt(r.get("mfu_pct"), ".0f"), fmt(r.get("hfu_pct"), ".0f"), fmt(r.get("tokens_per_step"), ",.0f"),
+            r.get("same_samples", "")]
+    return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, (_, w)) in enumerate(zip(vals, COLUMNS)))
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda,
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+           "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
+    for pkg in ("transformers", "peft", "accelerate", "liger-kernel", "triton", "flash-attn"):
+        try:
+            env[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            env[pkg] = None
+    return env
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(path)
+
+
+def targets(results: list[dict]) -> list[dict]:
+    verdicts = []
+    for label, family, ratio, memory_ok in TARGETS:
+        base = next((r for r in results if r["name"] == f"{family}/baseline" and r["status"] == "ok"), None)
+        met = [r["name"] for r in results
+               if base is not None and r["status"] == "ok" and r["name"] != base["name"]
+               and r["name"].startswith(family + "/") and (r.get("x_baseline") or 0) >= ratio
+               and (ratio != 1.36 or r["x_baseline"] > ratio)
+               and r.get("peak_alloc_gib") is not None and memory_ok(r["peak_alloc_gib"], base["peak_alloc_gib"])]
+        verdicts.append({"target": label, "met_by": met, "measured": base is not None})
+    return verdicts
+
+
+# -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="default", help="comma-separated names, 'default' or 'all' (see --list)")
+    p.add_argument("--list", action="store_true", help="print the configs and exit")
+    p.add_argument("--steps", type=int, default=24, help="timed steps of a one-sample-per-step config")
+    p.add_argument("--warmup", type=int, default=4, help="warm-up steps of a one-sample-per-step config")
+    p.add_argument("--packed-tokens", type=int, default=160_000,
+                   help="timed-token budget of a packed config (its timed steps = budget / row size)")
+    p.add_argument("--packed-warmup", type=int, default=2, help="warm-up steps of a packed config")
+    p.add_argument("--sample-max", type=int, default=2048, help="samples are cut to their first N tokens")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout of every LoRA config (the seed's)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--model", default="qwen-7b-chat", help="preset of the 7b (LoRA) family")
+    p.add_argument("--full-model", default="qwen-1_8b-chat", help="preset of the 1.8b (full fine-tuning) family")
+    p.add_argument("--check-loss", action="store_true", help="first run the 50-step loss-agreement check")
+    p.add_argument("--check-config", default="7b/lora+liger+offload", help="the fast path the check compares")
+    p.add_argument("--check-steps", type=int, default=50)
+    p.add_argument("--check-dropout", type=float, default=0.0,
+                   help="LoRA dropout in the check (0: compare the math, not dropout masks)")
+    p.add_argument("--check-rtol", type=float, default=2e-2, help="largest per-step relative loss difference allowed")
+    p.add_argument("--time-limit", type=float, default=450.0,
+                   help="start no further config once this many seconds have passed")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny shapes for a CPU plumbing check: tiny presets, 64-token samples, 3+1 steps")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.full_model, args.sample_max = "tiny-qwen2", "tiny-qwen2", 64
+        args.steps, args.warmup, args.packed_warmup, args.packed_tokens = 3, 1, 1, 1024
+        args.check_steps = 4
+    return args
+
+
+def select(spec: str) -> list[Config]:
+    if spec == "default":
+        return [c for c in CONFIGS if c.default]
+    if spec == "all":
+        return list(CONFIGS)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown config(s): {', '.join(unknown)} (see --list)")
+    return [BY_NAME[n] for n in names]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for c in CONFIGS:
+            print(f"{c.name:<42} {'default' if c.default else 'opt-in':8} {c.note}")
+        return 0
+    chosen = select(args.configs)
+    started = time.perf_counter()
+    out_path = Path(os.environ["OUT"]) / "fast_path.json" if os.environ.get("OUT") else None
+
+    from tunerkit.models.presets import get_preset
+    from tunerkit.plugins import registry
+
+    fams = {"7b": Family(args.model, "lora"), "1.8b": Family(args.full_model, "full")}
+    shapes = {k: Shape.of(get_preset(f.model)) for k, f in fams.items()}
+    vocab = get_preset(args.model).vocab
+    if get_preset(args.full_model).vocab != vocab:
+        raise SystemExit("both families must share a vocabulary (the samples are token ids)")
+    samples = make_samples(vocab, args.seed, args.sample_max)
+    order = loader_order(len(samples), args.seed)
+    all_hashes = {token_hash(s["input_ids"]) for s in samples}
+    env = environment()
+    plugins = registry()
+    print(f"fast path bench: {env['device']}, torch {env['torch']}, transformers {env['transformers']}, "
+          f"peft {env['peft']}, liger-kernel {env['liger-kernel']}", flush=True)
+    print(f"samples: {len(samples)} from {SPEC} (seed {args.seed}), cut at {args.sample_max} tokens, mean "
+          f"{np.mean([len(s['input_ids']) for s in samples]):.0f}; plugins found: "
+          f"{', '.join(sorted(n for n, c in plugins.items() if not getattr(c, 'load_error', None)))}", flush=True)
+    payload = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}, "peak_tflops": PEAK_TFLOPS,
+               "results": [], "loss_check": None, "targets": None}
+
+    if args.check_loss:
+        payload["loss_check"] = check_loss(args, fams, samples, order)
+        write_json(out_path, payload)
+        write_json(args.json, payload)
+
+    print("\n" + header(), flush=True)
+    results: list[dict] = payload["results"]
+    for cfg in chosen:
+        if time.perf_counter() - started > args.time_limit:
+            r = {"name": cfg.name, "status": f"skipped: past --time-limit {args.time_limit:.0f} s"}
+            results.append(r)
+            print(line(r), flush=True)
+            continue
+        fam = fams[cfg.family]
+        missing = [p for p in cfg.plugins if p not in plugins or getattr(plugins[p], "load_error", None)]
+        t0 = time.perf_counter()
+        r = {"name": cfg.name, "plugins": cfg.plugins, "model": fam.model,
+             "tokens_per_row": cfg.pack_factor * args.sample_max if cfg.pack_factor else None}
+        if missing:
+            r["status"] = f"skipped: plugin(s) not available: {', '.join(missing)}"
+        else:
+            if cfg.pack_factor:
+                warmup = args.packed_warmup
+                steps = max(2, math.ceil(args.packed_tokens / (cfg.pack_factor * args.sample_max)))
+            else:
+                warmup, steps = args.warmup, args.steps
+            try:
+                if cfg.baseline:
+                    raw = run_baseline(fam, args, samples, order, steps, warmup, args.lora_dropout)
+                else:
+                    raw = run_tunerkit(cfg, fam, args, samples, steps, warmup, args.lora_dropout)
+                r.update({k: v for k, v in raw.items() if k not in ("hashes", "lengths", "step_seconds")})
+                r.update(summarise(raw, shapes[cfg.family], fam.trained))
+                base = next((b for b in results if b["name"] == f"{cfg.family}/baseline" and b["status"] == "ok"), None)
+                base_raw = base.get("_raw") if base else None
+                r["same_samples"] = same_samples(raw, base_raw, all_hashes, batch_one=not cfg.pack_factor)
+                if cfg.baseline:
+                    r["_raw"] = {"hashes": raw["hashes"]}
+                if base is not None and r.get("tokens_per_s") and base.get("tokens_per_s"):
+                    r["x_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
+            except torch.OutOfMemoryError:
+                r["status"] = "OOM"
+            except Exception as err:  # noqa: BLE001 - one failed config must not end the run
+                r["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+                if args.smoke or os.environ.get("FAST_PATH_TRACEBACK"):
+                    traceback.print_exc()
+            if "status" not in r:
+                r["status"] = "ok"
+            free_memory()
+        r["wall_s"] = time.perf_counter() - t0
+        results.append(r)
+        print(line(r), flush=True)
+        payload["targets"] = targets(results)
+        write_json(out_path, {**payload, "results": [{k: v for k, v in x.items() if k != "_raw"} for x in results]})
+        write_json(args.json, {**payload, "results": [{k: v for k, v in x.items() if k != "_raw"} for x in results]})
+
+    print("\nsamples/s and tokens/s count real (unpadded) samples and tokens of the timed steps; alloc/resv: "
+          "peak GiB allocated/reserved over the whole config (weights included); MFU/HFU: % of "
+          f"{PEAK_TFLOPS:.0f} TFLOP/s, HFU with the recompute of gradient checkpointing.", flush=True)
+    for v in payload["targets"] or []:
+        state = ("met by " + ", ".join(v["met_by"])) if v["met_by"] else ("not met" if v["measured"] else "baseline not run")
+        print(f"target {v['target']}: {state}", flush=True)
+    print(f"total {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

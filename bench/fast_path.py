@@ -84,10 +84,6 @@ class Config:
         return not self.plugins
 
 
-def lora(*extra, **options):
-    return ["lora", *extra]
-
-
 CONFIGS = [
     Config("7b/baseline", "7b", note="plain transformers + peft"),
     Config("7b/lora+liger", "7b", ["lora", "liger"]),
@@ -119,11 +115,11 @@ CONFIGS = [
 BY_NAME = {c.name: c for c in CONFIGS}
 
 TARGETS = [
-    # (label, family, minimum ratio, memory test)
-    (">= 2.5x baseline tokens/s at <= baseline peak allocated", "7b", 2.5, lambda m, base: m <= base),
-    (">= 3x baseline tokens/s at < 40 GiB allocated", "7b", 3.0, lambda m, base: m < 40.0),
-    ("> 1.36x baseline tokens/s at <= 15.0 GiB allocated", "7b", 1.36, lambda m, base: m <= 15.0),
-    (">= 2x baseline tokens/s, 1.8b full fine-tuning", "1.8b", 2.0, lambda m, base: True),
+    # (label, family, speed test on the ratio to the baseline, memory test on (peak alloc, baseline's))
+    (">= 2.5x baseline tokens/s at <= baseline peak allocated", "7b", lambda x: x >= 2.5, lambda m, base: m <= base),
+    (">= 3x baseline tokens/s at < 40 GiB allocated", "7b", lambda x: x >= 3.0, lambda m, base: m < 40.0),
+    ("> 1.36x baseline tokens/s at <= 15.0 GiB allocated", "7b", lambda x: x > 1.36, lambda m, base: m <= 15.0),
+    (">= 2x baseline tokens/s, 1.8b full fine-tuning", "1.8b", lambda x: x >= 2.0, lambda m, base: True),
 ]
 
 
@@ -533,12 +529,11 @@ def write_json(path: Path | None, payload: dict) -> None:
 
 def targets(results: list[dict]) -> list[dict]:
     verdicts = []
-    for label, family, ratio, memory_ok in TARGETS:
+    for label, family, fast_enough, memory_ok in TARGETS:
         base = next((r for r in results if r["name"] == f"{family}/baseline" and r["status"] == "ok"), None)
         met = [r["name"] for r in results
                if base is not None and r["status"] == "ok" and r["name"] != base["name"]
-               and r["name"].startswith(family + "/") and (r.get("x_baseline") or 0) >= ratio
-               and (ratio != 1.36 or r["x_baseline"] > ratio)
+               and r["name"].startswith(family + "/") and fast_enough(r.get("x_baseline") or 0)
                and r.get("peak_alloc_gib") is not None and memory_ok(r["peak_alloc_gib"], base["peak_alloc_gib"])]
         verdicts.append({"target": label, "met_by": met, "measured": base is not None})
     return verdicts
@@ -567,7 +562,7 @@ def parse_args(argv=None):
     p.add_argument("--check-dropout", type=float, default=0.0,
                    help="LoRA dropout in the check (0: compare the math, not dropout masks)")
     p.add_argument("--check-rtol", type=float, default=2e-2, help="largest per-step relative loss difference allowed")
-    p.add_argument("--time-limit", type=float, default=450.0,
+    p.add_argument("--time-limit", type=float, default=420.0,
                    help="start no further config once this many seconds have passed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--smoke", action="store_true",
@@ -661,6 +656,7 @@ def main(argv=None) -> int:
                 r["same_samples"] = same_samples(raw, base_raw, all_hashes, batch_one=not cfg.pack_factor)
                 if cfg.baseline:
                     r["_raw"] = {"hashes": raw["hashes"]}
+                    r["x_baseline"] = 1.0
                 if base is not None and r.get("tokens_per_s") and base.get("tokens_per_s"):
                     r["x_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
             except torch.OutOfMemoryError:

@@ -35,6 +35,10 @@ class _GroupsOnly:
         self.groups = groups
 
 
+def _no_decay(name: str, p) -> bool:
+    return p.ndim < 2 or "norm" in name.lower()
+
+
 class LoRAPlus(LoRA):
     name = "loraplus"
     summary = "LoRA+ (PEFT grouping): lora_B at lr * lr_ratio, lora_A at lr, embeddings at lr_embedding"
@@ -44,11 +48,18 @@ class LoRAPlus(LoRA):
     def param_groups(self, ctx):
         from peft.optimizers import create_loraplus_optimizer
 
-        o = self.options
-        built = create_loraplus_optimizer(ctx.model, _GroupsOnly, lr=ctx.settings.learning_rate,
-                                          loraplus_lr_ratio=o.lr_ratio, loraplus_lr_embedding=o.lr_embedding,
-                                          loraplus_weight_decay=ctx.settings.weight_decay)
-        return [g for g in built.groups if g["params"]]
+        o, s = self.options, ctx.settings
+        built = create_loraplus_optimizer(ctx.model, _GroupsOnly, lr=s.learning_rate, loraplus_lr_ratio=o.lr_ratio,
+                                          loraplus_lr_embedding=o.lr_embedding, loraplus_weight_decay=s.weight_decay)
+        # PEFT decides the learning rates. Weight decay follows the rule of every other row (none on
+        # biases and norms): PEFT only exempts nn.LayerNorm, so it would decay RMSNorm weights.
+        names = {id(p): n for n, p in ctx.model.named_parameters()}
+        groups = []
+        for group in built.groups:
+            exempt = [p for p in group["params"] if _no_decay(names[id(p)], p)]
+            decayed = [p for p in group["params"] if not _no_decay(names[id(p)], p)]
+            groups += [{**group, "params": decayed}, {**group, "params": exempt, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
 
     @hookimpl
     def collect_metrics(self, ctx):

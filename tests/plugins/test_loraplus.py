@@ -3,8 +3,8 @@
 import pytest
 
 
-def lr_by_name(ctx, optimizer):
-    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+def lr_by_name(ctx, optimizer, key="lr"):
+    lr_of = {id(p): g[key] for g in optimizer.param_groups for p in g["params"]}
     return {n: lr_of.get(id(p)) for n, p in ctx.model.named_parameters() if p.requires_grad}
 
 
@@ -31,6 +31,10 @@ def test_param_groups_follow_loraplus(tiny_row, tiny_context):
         seen.add(kind)
         assert got == pytest.approx(want), name
     assert seen == {"embedding", "B", "A", "1-D"}
+    # Weight decay as in every row: the row's value on matrices, none on norms and biases.
+    decay = lr_by_name(ctx, optimizer, key="weight_decay")
+    assert {d for n, d in decay.items() if "lora_" in n} == {ctx.settings.weight_decay}
+    assert decay["base_model.model.model.norm.weight"] == 0.0
 
 
 def test_options_change_the_ratio_and_plain_lora_keeps_one_lr(tiny_row, tiny_context):

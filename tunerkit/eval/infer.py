@@ -56,6 +56,7 @@ class SpeedResult:
     prompt_tokens: int = 0
     prompts: int = 0
     notes: list[str] = field(default_factory=list)
+    outputs: list[list[int]] = field(default_factory=list)  # the new tokens of every timed prompt
 
     @property
     def tokens_per_s(self) -> float:
@@ -234,6 +235,7 @@ def measure_speed(model, prompts: list[list[int]], new_tokens: int, backend: str
             _sync(device)
             result.seconds += time.perf_counter() - start
             result.tokens += int(out.shape[1])
+            result.outputs.append(out[0].tolist())
     finally:
         model.train(was_training)
     return result

@@ -56,6 +56,8 @@ class Preset:
         attn = self.hidden * self.hidden * 2 + self.hidden * kv * 2  # q, o, k, v
         if self.qkv_bias:
             attn += self.hidden + 2 * kv
+            if self.arch == "llama":  # Llama's attention_bias also puts a bias on o_proj
+                attn += self.hidden
         mlp = 3 * self.hidden * self.ffn
         norms = 2 * self.hidden
         embed = self.vocab * self.hidden

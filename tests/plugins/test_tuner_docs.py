@@ -1,0 +1,38 @@
+"""Each model-side tuner has a page in docs/tuners whose options table matches its options dataclass."""
+
+from pathlib import Path
+
+import pytest
+
+from tunerkit.options import describe
+from tunerkit.plugins import get_plugin
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "tuners"
+PAGES = ["rslora", "dora", "adalora", "loraplus", "adapter", "llamapro", "neftune"]
+
+
+def documented_options(page: str) -> dict[str, str]:
+    """option name -> default cell of the page's options table."""
+    rows = {}
+    for line in (DOCS / f"{page}.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[0] != "`option`":
+            rows[cells[0].strip("`")] = cells[2].strip("`")
+    return rows
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_lists_every_option_with_its_default(name):
+    page = (DOCS / f"{name}.md").read_text()
+    assert "arxiv.org" in page and "## Cost" in page
+    documented = documented_options(name)
+    options = {opt: default for opt, _, default, _ in describe(get_plugin(name).Options)}
+    assert set(documented) == set(options)
+    for opt, default in options.items():
+        assert documented[opt] in (repr(default), str(default), f'"{default}"'), (opt, documented[opt], default)
+
+
+def test_index_links_every_page():
+    index = (DOCS / "README.md").read_text()
+    for name in PAGES:
+        assert f"({name}.md)" in index

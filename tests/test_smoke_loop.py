@@ -6,3 +6,14 @@ def test_lora_row_trains_and_reports(tiny_row, run_tiny):
     assert len(m["train_loss_curve"]) == 3
     assert m["tokens_per_s"] > 0 and m["samples_per_s"] > 0
     assert "eval_loss" in m
+
+
+def test_eval_only_reference_row(tiny_row, run_tiny):
+    m = run_tiny(tiny_row(train=False))
+    assert m["trainable_params"] == 0
+    assert "optimizer_steps" not in m
+    assert m["eval_loss"] > 0
+
+
+def test_empty_mix_table_switches_mixing_off(tiny_row):
+    assert tiny_row("lora", mix={}).settings.mix is None

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from tunerkit.context import RunContext
-from tunerkit.core import CoreDefaults, count_shifted_labels, resolve_dtype
+from tunerkit.core import CoreDefaults, resolve_dtype
+from tunerkit.distributed import count_label_tokens, data_parallel_size, global_throughput
 from tunerkit.errors import RowFailed
 from tunerkit.metrics import Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
 from tunerkit.models.loading import resolve_model
@@ -69,12 +70,14 @@ def _run(ctx: RunContext, progress) -> dict:
     ctx.model = hook.load_model(ctx=ctx)
     ctx.tokenizer = hook.load_tokenizer(ctx=ctx)
     hook.modify_model(ctx=ctx)
+    ctx.metrics["random_weights"] = ctx.model_source.random_weights
+    if not s.train:
+        return _evaluate_only(ctx)
     hook.apply_tuner(ctx=ctx)
     params = count_parameters(ctx.model)
     if params["trainable_params"] == 0:
         raise RowFailed("nothing to train: no plugin of this row made any parameter trainable")
     ctx.metrics.update(params)
-    ctx.metrics["random_weights"] = ctx.model_source.random_weights
     if s.gradient_checkpointing:
         enable_gradient_checkpointing(ctx.model)
     ctx.model.train()
@@ -118,10 +121,11 @@ def _run(ctx: RunContext, progress) -> dict:
             from tunerkit.eval.loss import eval_loss
 
             eval_curve.append((ctx.global_step, eval_loss(ctx).get("eval_loss")))
-        if s.token_budget and throughput.total_tokens * ctx.world_size >= s.token_budget:
+        if s.token_budget and throughput.total_tokens * data_parallel_size(ctx) >= s.token_budget:
             break
     hook.on_train_end(ctx=ctx)
     ctx.metrics.update(throughput.summary())
+    ctx.metrics.update(global_throughput(ctx, throughput))
     ctx.metrics["train_loss_curve"] = losses
     ctx.metrics["train_loss"] = float(np.mean(losses[-max(1, len(losses) // 10):])) if losses else None
     if eval_curve:
@@ -130,17 +134,37 @@ def _run(ctx: RunContext, progress) -> dict:
     ctx.metrics["attention"] = ctx.attention_used
     ctx.metrics["world_size"] = ctx.world_size
 
-    # -- evaluation and results ----------------------------------------------------
+    return _finish(ctx)
+
+
+def _finish(ctx: RunContext) -> dict:
+    """Evaluation, plugin metrics and artifacts: the end of every row."""
+    hook = ctx.hook
     with Timer(ctx.device) as t:
         for result in hook.evaluate(ctx=ctx):
             ctx.metrics.update(result or {})
     ctx.metrics["eval_seconds"] = t.seconds
     for result in hook.collect_metrics(ctx=ctx):
         ctx.metrics.update(result or {})
-    if s.save:
+    if ctx.settings.save:
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         hook.save_artifacts(ctx=ctx, out_dir=ctx.out_dir)
     return ctx.metrics
+
+
+def _evaluate_only(ctx: RunContext) -> dict:
+    """A reference row: the loaded model, evaluated without training."""
+    ctx.model.eval()
+    ctx.metrics.update(count_parameters(ctx.model))
+    ctx.metrics.update({"trainable_params": 0, "trainable_params_m": 0.0, "trainable_pct": 0.0})
+    for split in ("eval",):
+        records = ctx.hook.load_dataset(ctx=ctx, split=split)
+        if records is not None:
+            ctx.datasets[split] = ctx.hook.tokenize_dataset(ctx=ctx, split=split, records=records)
+            ctx.hook.transform_dataset(ctx=ctx, split=split)
+            ctx.collators[split] = ctx.hook.make_collator(ctx=ctx, split=split)
+    ctx.metrics["attention"] = ctx.attention_used
+    return _finish(ctx)
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -169,14 +193,14 @@ def plan_steps(ctx: RunContext, loader: DataLoader) -> int:
         batches = len(loader)
     except TypeError:  # iterable dataset: length unknown
         batches = ctx.metrics.get("train_samples", 0) // s.batch_size or 1
-    batches = math.ceil(batches / ctx.world_size)
+    batches = math.ceil(batches / data_parallel_size(ctx))
     per_epoch = math.ceil(batches / s.gradient_accumulation_steps)
     steps = max(1, math.ceil(per_epoch * s.epochs))
     if s.token_budget:
         ds = ctx.datasets["train"]
         mean_tokens = ctx.metrics.get("train_mean_tokens") or (
             np.mean([len(r["input_ids"]) for r in ds]) if not isinstance(ds, IterableDataset) else s.max_length)
-        per_step = mean_tokens * s.batch_size * s.gradient_accumulation_steps * ctx.world_size
+        per_step = mean_tokens * s.batch_size * s.gradient_accumulation_steps * data_parallel_size(ctx)
         steps = min(steps, max(1, math.ceil(s.token_budget / per_step)))
     return steps
 
@@ -207,7 +231,7 @@ def train_step(ctx: RunContext, window: list[dict]) -> tuple[float, int, int, in
     hook, model, acc = ctx.hook, ctx.model, ctx.accelerator
     samples = sum(b.pop("num_samples", b["input_ids"].shape[0]) for b in window)
     tokens = sum(b.pop("num_tokens", b["input_ids"].numel()) for b in window)
-    local_labels = sum(int((b["shift_labels"] != -100).sum()) if "shift_labels" in b else count_shifted_labels(b["labels"]) for b in window)
+    local_labels = sum(count_label_tokens(b) for b in window)
     global_labels = local_labels
     if ctx.world_size > 1:
         global_labels = int(acc.reduce(torch.tensor(local_labels, device=ctx.device), reduction="sum"))
@@ -218,6 +242,8 @@ def train_step(ctx: RunContext, window: list[dict]) -> tuple[float, int, int, in
     for i, batch in enumerate(window):
         ctx.micro_step = i
         batch = {k: (v.to(ctx.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        # DeepSpeed steps its optimizer inside backward() whenever sync_gradients is set.
+        acc.sync_gradients = ctx.is_last_micro_step
         sync = contextlib.nullcontext() if ctx.is_last_micro_step else acc.no_sync(model)
         with sync:
             loss = hook.compute_loss(ctx=ctx, model=model, batch=batch)

@@ -68,6 +68,7 @@ class Settings:
     infer_new_tokens: int = option(64, "new tokens per infer_speed prompt")
 
     # --- run ---------------------------------------------------------------------
+    train: bool = option(True, "false = evaluate the loaded model only (a reference row like the seed's *-eval)")
     gpus: int = option(1, "GPUs this row runs on (tunerkit launches itself when > 1)")
     repeats: int = option(1, "how many times the row is measured")
     save: bool = option(False, "write artifacts (adapters, checkpoints) under the run folder")
@@ -81,6 +82,8 @@ class Settings:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.mix == {}:
+            self.mix = None  # `mix = {}` in a profile switches mixing off (TOML has no null)
         if self.mix is not None:
             unknown = set(self.mix) - {"dataset", "ratio"}
             if unknown or "dataset" not in self.mix:

@@ -203,8 +203,10 @@ def main(argv=None) -> int:
             json_path.write_text(json.dumps(report, indent=2, default=str))
     print()
     print(table(report["rows"]))
-    print("tokens/s leave out the first 2 steps (GaLore's SVD refresh happens in step 1 of every update_proj_gap);"
-          " 'opt state' is the optimizer state the plugin measured at the end.")
+    warm = settings(args)["timing_warmup_steps"]
+    print(f"tokens/s leave out the first {warm} step(s), which hold GaLore's first SVD refresh (then one every"
+          f" update_proj_gap={GALORE['update_proj_gap']} steps); 'opt state' is the optimizer state the plugin measured"
+          " at the end; 'train M' the parameters training at the end (LISA: the active set).")
     for line in verdicts(report["rows"]):
         print(line)
     if json_path is not None:

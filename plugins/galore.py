@@ -26,9 +26,13 @@ from typing import Literal
 from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
-from tunerkit.errors import RowFailed, UserError
+from tunerkit.errors import RowFailed
 from tunerkit_plugins._optimizer_state import state_gib
 from tunerkit_plugins._per_parameter import PerParameterScheduler, build_per_parameter
+
+
+#: galore-torch's class for each ``optimizer`` choice
+OPTIMIZER_CLASSES = {"adamw": "GaLoreAdamW", "adamw8bit": "GaLoreAdamW8bit", "adafactor": "GaLoreAdafactor"}
 
 
 @dataclass
@@ -239,9 +243,8 @@ class GaLore(Plugin):
         lr = ctx.settings.learning_rate
         if not self.options.per_parameter:
             return build_optimizer(self.options, groups, lr)
-        if ctx.world_size > 1:
-            raise UserError("galore per_parameter cannot run data-parallel", key="galore.per_parameter",
-                            hint="use gpus = 1 or per_parameter = false")
+        if ctx.world_size > 1:  # validate() refuses gpus > 1; this catches a launch by hand
+            raise RowFailed("galore per_parameter cannot run data-parallel: use one process or per_parameter = false")
         if ctx.settings.max_grad_norm > 0:
             ctx.log(f"galore per_parameter: max_grad_norm={ctx.settings.max_grad_norm} is not applied"
                     " (each parameter steps before the whole gradient exists)")
@@ -258,17 +261,12 @@ class GaLore(Plugin):
     @hookimpl
     def collect_metrics(self, ctx):
         o = self.options
-        if self.per_parameter is not None:
-            optimizer = self.per_parameter
-            inner = next(iter(optimizer.optimizers.values()), None)
-        else:
-            optimizer = ctx.optimizer
-            inner = getattr(optimizer, "optimizer", optimizer)  # inside accelerate's wrapper
+        optimizer = self.per_parameter if self.per_parameter is not None else ctx.optimizer
         target_params = sum(p.numel() for _, p in self.targets)
         return {
             "galore_rank": o.rank,
             "galore_update_proj_gap": o.update_proj_gap,
-            "galore_optimizer": type(inner).__name__,
+            "galore_optimizer": "QGaLoreAdamW8bit" if o.quantize else OPTIMIZER_CLASSES[o.optimizer],
             "galore_per_parameter": o.per_parameter,
             "galore_with_embedding": o.with_embedding,
             "galore_quantize": o.quantize,

@@ -91,14 +91,18 @@ class LISA(Plugin):
         self.rng = random.Random(ctx.settings.seed)
         for layer in self.layers:
             _set_trainable(layer, False, ctx.optimizer)
-        if not o.train_embeddings:
-            _set_trainable(model.get_input_embeddings(), False, ctx.optimizer)
+        embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+        tied = head is not None and head.weight is embed.weight
+        if not o.train_embeddings and tied and o.train_head:
+            ctx.log("lisa: the embedding is tied to the head and train_head is on, so it keeps training")
+        elif not o.train_embeddings:
+            _set_trainable(embed, False, ctx.optimizer)
             # The core makes the embedding output require grad for checkpointing; non-reentrant
             # checkpointing does not need it, and without it backward stops at the lowest active layer.
             if hasattr(model, "disable_input_require_grads"):
                 model.disable_input_require_grads()
-        if not o.train_head and model.get_output_embeddings() is not None:
-            _set_trainable(model.get_output_embeddings(), False, ctx.optimizer)
+        if not o.train_head and head is not None:
+            _set_trainable(head, False, ctx.optimizer)
 
     @hookimpl
     def on_step_begin(self, ctx):

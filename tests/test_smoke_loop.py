@@ -17,3 +17,14 @@ def test_eval_only_reference_row(tiny_row, run_tiny):
 
 def test_empty_mix_table_switches_mixing_off(tiny_row):
     assert tiny_row("lora", mix={}).settings.mix is None
+
+
+def test_preset_on_synthetic_tokens_needs_no_tokenizer(tiny_row, tiny_context):
+    ctx = tiny_context(tiny_row("lora", dataset="synthetic:lengths?rows=8&mean=40&sd=10&min=8&max=64"))
+    assert ctx.tokenizer is None
+
+
+def test_synthetic_row_trains_without_tokenizer(tiny_row, run_tiny):
+    m = run_tiny(tiny_row("lora", dataset="synthetic:lengths?rows=8&mean=40&sd=10&min=8&max=64", val_size=0,
+                          evaluate=[]))
+    assert m["optimizer_steps"] == 2 and m["train_tokens"] > 0

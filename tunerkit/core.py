@@ -46,6 +46,11 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def load_tokenizer(self, ctx):
+        s = ctx.settings
+        uses_text = any(spec and sources.kind_of(spec) != "synthetic"
+                        for spec in (s.dataset, s.eval_dataset, (s.mix or {}).get("dataset")))
+        if ctx.model_source.random_weights and not uses_text:
+            return None  # a preset on synthetic token ids needs no tokenizer (nor the bundled model)
         tok = loading.load_tokenizer(ctx.model_source)
         ensure_template(tok, ctx.settings.chat_template)
         return tok

@@ -31,15 +31,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_context(row, out_dir: Path) -> RunContext:
+def build_context(row, out_dir: Path, extra_plugins=()) -> RunContext:
+    """The row's plugin manager and context; ``extra_plugins`` (objects with hookimpls) join the row's."""
     instances = [get_plugin(name)(row.options[name]) for name in row.plugins]
     pm = make_manager([CoreDefaults()], instances)
+    for extra in extra_plugins:
+        pm.register(extra)
     return RunContext(row=row, hook=pm.hook, out_dir=out_dir)
 
 
-def run_row(row, out_dir: Path, progress=None) -> dict:
+def run_row(row, out_dir: Path, progress=None, extra_plugins=()) -> dict:
     """Train and evaluate one row; return its metrics. Raises on failure (the runner records it)."""
-    ctx = build_context(row, out_dir)
+    ctx = build_context(row, out_dir, extra_plugins)
     try:
         return _run(ctx, progress)
     finally:

@@ -8,8 +8,9 @@ import torch
 from tunerkit_plugins.compile import decoder_layers
 
 # Dropout 0: compiled dropout draws its masks from another generator than eager.
+# Gradient checkpointing on, as in every speed row: the recompute runs the compiled layer again.
 ROW = dict(lora={"rank": 4, "dropout": 0.0}, max_steps=2, batch_size=2, max_train_samples=4, max_length=48,
-           evaluate=[])
+           evaluate=[], gradient_checkpointing=True)
 
 
 @pytest.fixture(autouse=True)

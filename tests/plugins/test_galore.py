@@ -144,7 +144,7 @@ def test_galore_row_runs_through_the_loop(tiny_row, run_tiny):
     assert m["optimizer_steps"] == 2
     assert m["galore_rank"] == 4 and m["galore_per_parameter"] is True
     assert m["galore_target_matrices"] == 28
-    assert m["galore_optimizer"] == "AdamW"
+    assert m["galore_optimizer"] == "GaLoreAdamW"
     assert m["galore_grad_clipping"] is False
     assert 0 < m["galore_optimizer_state_gib"]
     assert all(loss == loss for loss in m["train_loss_curve"])  # no NaN

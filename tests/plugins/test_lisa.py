@@ -16,11 +16,16 @@ def token_batch(seed: int, rows: int = 2, length: int = 12) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-def started(tiny_row, tiny_context, steps: int, **lisa):
+def started(tiny_row, tiny_context, steps: int, checkpointing: bool = False, **lisa):
     """A tiny lisa context with the core's optimizer, after on_train_begin, plus its LISA instance."""
     from accelerate import Accelerator
 
+    from tunerkit.loop import enable_gradient_checkpointing
+
     ctx = tiny_context(tiny_row("full", "lisa", lisa=lisa, max_steps=steps))
+    if checkpointing:
+        enable_gradient_checkpointing(ctx.model)  # as the loop does, before on_train_begin
+    ctx.model.train()
     ctx.accelerator = Accelerator(cpu=True)
     ctx.total_steps = steps
     ctx.optimizer = ctx.hook.make_optimizer(ctx=ctx, groups=ctx.hook.param_groups(ctx=ctx))
@@ -94,8 +99,10 @@ def test_draws_follow_the_seed(tiny_row, tiny_context):
 
 
 def test_frozen_embeddings_and_head_hold_no_state(tiny_row, tiny_context):
-    ctx, lisa = started(tiny_row, tiny_context, steps=1, activated_layers=1, step_interval=5,
+    # with the core's (non-reentrant) checkpointing, which no longer needs the embedding output to require grad
+    ctx, lisa = started(tiny_row, tiny_context, steps=1, checkpointing=True, activated_layers=1, step_interval=5,
                         train_embeddings=False, train_head=False)
+    assert not getattr(ctx.model, "_require_grads_hooks", None)
     got = step_recording_grads(ctx, 0)
     assert "model.embed_tokens.weight" not in got and "lm_head.weight" not in got
     assert not ctx.optimizer.state.get(ctx.model.model.embed_tokens.weight)
@@ -131,3 +138,12 @@ def test_bad_rows_fail_early(tiny_row):
         validate_row(tiny_row("full", "lisa", gpus=2), file="t.toml")
     assert "\n" not in str(err.value)
     validate_row(tiny_row("full", "lisa"), file="t.toml")
+
+
+def test_a_tied_embedding_follows_train_head(tiny_row, tiny_context):
+    ctx = tiny_context(tiny_row("full", "lisa", lisa={"train_embeddings": False}, max_steps=1))
+    model = ctx.model
+    model.lm_head.weight = model.model.embed_tokens.weight  # tie them, as SmolLM2 does
+    ctx.optimizer = None
+    ctx.hook.on_train_begin(ctx=ctx)
+    assert model.model.embed_tokens.weight.requires_grad  # the head trains, so the shared tensor does

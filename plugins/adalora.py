@@ -1,6 +1,6 @@
 """adalora: SVD-shaped LoRA whose rank budget is pruned to ``target_r`` during training.
 
-PEFT's AdaLoraConfig with the seed's settings. Two things only a training loop can do:
+PEFT's AdaLoraConfig with the seed's settings, plus what only a training loop can do:
 
 - ``total_step`` must be the real number of optimizer steps, which the loop knows only
   after the data is tokenized (after ``apply_tuner``). The config is built with a
@@ -8,6 +8,9 @@ PEFT's AdaLoraConfig with the seed's settings. Two things only a training loop c
   object, so the budget schedule sees the real value.
 - ``update_and_allocate`` must run after every optimizer step, while the gradients still
   exist (``on_step_end``: after ``optimizer.step()``, before ``zero_grad()``).
+- PEFT adds the orthogonality regulariser to the loss of every micro-batch; it is scaled
+  by 1 / micro-batches per step so it weighs ``orth_reg_weight`` per optimizer step
+  whatever the gradient accumulation, as in the seed.
 
 Steps are numbered from 1 (the number of optimizer steps done, counting this one, like
 HF Trainer's ``state.global_step`` at step end): the last step is then
@@ -85,7 +88,7 @@ class AdaLoRA(LoRA):
         return ctx.unwrapped_model().base_model
 
     @staticmethod
-    def config(ctx):
+    def adalora_config(ctx):
         model = AdaLoRA.adalora_model(ctx)
         return model.peft_config[model.trainable_adapter_name]
 
@@ -110,7 +113,21 @@ class AdaLoRA(LoRA):
         reason = _budget_phase_error(self.options, ctx.total_steps)
         if reason:
             raise RowFailed(reason)
-        self.config(ctx).total_step = ctx.total_steps
+        # The allocator holds the same config object today; set both so a copy in a later PEFT still sees it.
+        self.adalora_config(ctx).total_step = ctx.total_steps
+        self.adalora_model(ctx).rankallocator.set_total_step(ctx.total_steps)
+
+    @hookimpl
+    def on_step_begin(self, ctx):
+        # PEFT adds orth_reg_weight * regulariser to the loss of every forward pass, i.e. once per
+        # micro-batch, while the core's loss is already normalised over the whole accumulation window:
+        # unscaled, the regulariser would weigh window_size times more than the seed's (HF Trainer
+        # divided the summed loss by the accumulation steps). Scale it to one weight per optimizer step.
+        self.adalora_config(ctx).orth_reg_weight = self.options.orth_reg_weight / max(ctx.window_size, 1)
+
+    @hookimpl
+    def on_train_end(self, ctx):
+        self.adalora_config(ctx).orth_reg_weight = self.options.orth_reg_weight  # as saved with the adapter
 
     @hookimpl
     def on_step_end(self, ctx):
@@ -120,11 +137,11 @@ class AdaLoRA(LoRA):
     def collect_metrics(self, ctx):
         model = self.adalora_model(ctx)
         allocator = model.rankallocator
-        pattern = self.config(ctx).rank_pattern
+        pattern = self.adalora_config(ctx).rank_pattern
         # rank_pattern: per adapted matrix, which singular triplets survive; none yet = nothing pruned.
         final = sum(sum(keep) for keep in pattern.values()) if pattern else allocator.init_bgt
         return {"lora_targets": str(self.peft_config_kwargs(ctx)["target_modules"]),
-                "adalora_total_step": self.config(ctx).total_step,
+                "adalora_total_step": self.adalora_config(ctx).total_step,
                 "adalora_init_budget": allocator.init_bgt, "adalora_target_budget": allocator.target_bgt,
                 "adalora_rank_budget": final,
                 "adalora_mean_rank": final / max(len(allocator.name_set), 1)}

@@ -4,7 +4,7 @@ Each layer's MLP output ``h`` becomes ``h + up(gelu(down(h)))`` with ``down: hid
 and ``up: dim -> hidden`` (Houlsby et al. 2019, https://arxiv.org/abs/1902.00751, placed
 as in the seed: after the MLP only). Weights start Xavier-uniform and biases
 normal(std 1e-6), as the seed initialised them; so, unlike LoRA, the model's output moves
-at init.
+at init (``zero_init_up`` starts the up projection at zero instead).
 
 The bottleneck is registered as a child ``adapter`` of each MLP module and added by a
 forward hook on that MLP, so base weights keep their checkpoint keys
@@ -37,6 +37,8 @@ CONFIG_FILE = "adapter_config.json"
 @dataclass
 class AdapterOptions:
     dim: int = option(128, "bottleneck width")
+    zero_init_up: bool = option(False, "start the up projection at zero: the adapter adds nothing at init "
+                                       "(false = the seed's Xavier init, which moves the output at once)")
 
     def __post_init__(self):
         if self.dim < 1:
@@ -46,7 +48,7 @@ class AdapterOptions:
 class Bottleneck(nn.Module):
     """up(gelu(down(h))): the residual branch added to an MLP's output."""
 
-    def __init__(self, hidden: int, dim: int, *, dtype=None, device=None):
+    def __init__(self, hidden: int, dim: int, *, zero_init_up: bool = False, dtype=None, device=None):
         super().__init__()
         self.down = nn.Linear(hidden, dim, dtype=dtype, device=device)
         self.act = nn.GELU()
@@ -54,6 +56,9 @@ class Bottleneck(nn.Module):
         for linear in (self.down, self.up):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.normal_(linear.bias, std=1e-6)
+        if zero_init_up:
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
 
     def forward(self, h):
         return self.up(self.act(self.down(h)))
@@ -70,7 +75,7 @@ def _mlp_of(layer: nn.Module) -> nn.Module:
     raise RowFailed(f"adapter: no MLP ({', '.join(MLP_NAMES)}) in {type(layer).__name__}")
 
 
-def install_adapters(model: nn.Module, dim: int) -> int:
+def install_adapters(model: nn.Module, dim: int, zero_init_up: bool = False) -> int:
     """Put a bottleneck after every decoder layer's MLP; return how many."""
     owner, attr = decoder_layers(model)
     layers = getattr(owner, attr)
@@ -78,7 +83,7 @@ def install_adapters(model: nn.Module, dim: int) -> int:
     for layer in layers:
         mlp = _mlp_of(layer)
         ref = next(mlp.parameters())
-        mlp.adapter = Bottleneck(hidden, dim, dtype=ref.dtype, device=ref.device)
+        mlp.adapter = Bottleneck(hidden, dim, zero_init_up=zero_init_up, dtype=ref.dtype, device=ref.device)
         mlp.register_forward_hook(_add_bottleneck)
     return len(layers)
 
@@ -124,7 +129,7 @@ class Adapter(Plugin):
     @hookimpl
     def apply_tuner(self, ctx):
         ctx.model.requires_grad_(False)
-        install_adapters(ctx.model, self.options.dim)  # new modules train by default
+        install_adapters(ctx.model, self.options.dim, self.options.zero_init_up)  # new modules train by default
 
     @hookimpl
     def save_artifacts(self, ctx, out_dir):

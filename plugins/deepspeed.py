@@ -5,7 +5,8 @@ The row's own optimizer and scheduler keep working: accelerate hands the torch o
 DeepSpeedCPUAdam when the optimizer is offloaded). Everything the loop already does itself
 stays with the loop, so the DeepSpeed config carries neither an optimizer nor a scheduler
 section, and accumulates over one micro-batch: the core normalises the loss over the whole
-accumulation window, and the loop tells DeepSpeed where a window ends.
+accumulation window, and the loop marks the window's last micro-batch (``sync_gradients``),
+the only one whose ``accelerator.backward()`` runs DeepSpeed's optimizer step.
 
 :func:`make_deepspeed_accelerator` is shared with ``sequence_parallel`` (Ulysses runs inside
 the DeepSpeed engine): a row with either plugin or both gets the same Accelerator.
@@ -31,7 +32,8 @@ class DeepSpeedOptions:
     zero_stage: int = option(2, "ZeRO stage: 2 shards gradients and optimizer states, 3 also the weights")
     offload_optimizer: Literal["none", "cpu"] = option("none", "keep optimizer states (and the step) on the CPU")
     offload_param: Literal["none", "cpu"] = option("none", "keep weights on the CPU between uses (stage 3 only)")
-    config: str | None = option(None, "a DeepSpeed JSON config to start from (its zero_optimization wins over the options)")
+    config: str | None = option(None, "a DeepSpeed JSON config to start from (its zero_optimization wins "
+                                      "over the options)")
 
     def __post_init__(self):
         if self.zero_stage not in (2, 3):
@@ -140,17 +142,6 @@ def make_deepspeed_accelerator(ctx):
     return accelerator
 
 
-def mark_accumulation_boundary(ctx) -> None:
-    """Tell accelerate whether this micro-batch ends the accumulation window.
-
-    Under DeepSpeed, ``accelerator.backward()`` runs the engine's optimizer step whenever
-    ``sync_gradients`` is set, and nothing else in the loop clears it: every micro-batch but
-    the window's last is marked accumulation-only (the public setter; accelerate's own
-    ``accumulate()`` does the same). Called right before the micro-batch's backward.
-    """
-    ctx.accelerator.sync_gradients = ctx.is_last_micro_step
-
-
 def reset_accelerate_state() -> None:
     """Forget accelerate's per-process state, so the next Accelerator is built from its own arguments."""
     import os
@@ -184,11 +175,6 @@ class DeepSpeed(Plugin):
     @hookimpl
     def setup_distributed(self, ctx):
         return make_deepspeed_accelerator(ctx)
-
-    @hookimpl(wrapper=True)
-    def compute_loss(self, ctx, model, batch):
-        mark_accumulation_boundary(ctx)
-        return (yield)
 
     @hookimpl
     def collect_metrics(self, ctx):

@@ -1,12 +1,12 @@
 """llamapro: block expansion — insert identity-initialised copies of decoder blocks and train only them.
 
-After every ``layers / num_new_blocks`` original blocks, a deep copy of the block just
-before is inserted with its attention output projection (``o_proj``) and MLP down
-projection (``down_proj``) zeroed: both residual branches then add nothing, so the
-expanded model computes exactly what the original did. Every block's ``layer_idx`` is
-renumbered (the KV cache is indexed by it) and the config gets the new layer count, so
-generation works and ``save_pretrained`` writes a checkpoint plain transformers loads
-(Wu et al. 2024, https://arxiv.org/abs/2401.02415).
+After every ``layers // num_new_blocks`` original blocks (``num_new_blocks`` times), a
+deep copy of the block just before is inserted with its attention output projection
+(``o_proj``) and MLP down projection (``down_proj``) zeroed: both residual branches then
+add nothing, so the expanded model computes exactly what the original did. Every block's
+``layer_idx`` is renumbered (the KV cache is indexed by it) and the config gets the new
+layer count, so generation works and ``save_pretrained`` writes a checkpoint plain
+transformers loads (Wu et al. 2024, https://arxiv.org/abs/2401.02415).
 
 Expansion happens in ``modify_model``; ``apply_tuner`` freezes all but the new blocks.
 """
@@ -28,7 +28,7 @@ ZEROED = ("o_proj", "down_proj")
 
 @dataclass
 class LlamaProOptions:
-    num_new_blocks: int = option(4, "blocks inserted, evenly spaced (one after every layers/num_new_blocks)")
+    num_new_blocks: int = option(4, "blocks inserted: one after every layers // num_new_blocks original blocks")
 
     def __post_init__(self):
         if self.num_new_blocks < 1:
@@ -36,8 +36,8 @@ class LlamaProOptions:
 
 
 def _layers_error(layers: int, new: int) -> str | None:
-    if layers % new:
-        return f"llamapro: num_new_blocks={new} must divide the model's {layers} layers"
+    if new > layers:
+        return f"llamapro: num_new_blocks={new} exceeds the model's {layers} layers"
     return None
 
 
@@ -62,6 +62,8 @@ def expand(model: nn.Module, num_new_blocks: int) -> list[int]:
     reason = _layers_error(len(old), num_new_blocks)
     if reason:
         raise RowFailed(reason)
+    # One new block after every `group` original ones, num_new_blocks times; when the count does not
+    # divide the layers (SmolLM2-135M has 30), the last `layers % num_new_blocks` blocks get none.
     group = len(old) // num_new_blocks
     config = text_config(model)
     old_types = getattr(config, "layer_types", None)
@@ -69,7 +71,7 @@ def expand(model: nn.Module, num_new_blocks: int) -> list[int]:
     for i, block in enumerate(old):
         stack.append(block)
         types.append(old_types[i] if old_types else None)
-        if (i + 1) % group == 0:
+        if (i + 1) % group == 0 and len(new_indices) < num_new_blocks:
             new_indices.append(len(stack))
             stack.append(identity_copy(block))
             types.append(types[-1])  # the copy attends the way the block it copies does

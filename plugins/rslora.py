@@ -6,12 +6,21 @@ Everything else is LoRA (same options, same defaults, same targets); PEFT's
 
 from __future__ import annotations
 
-from tunerkit_plugins.lora import LoRA
+from dataclasses import dataclass
+
+from tunerkit import option
+from tunerkit_plugins.lora import LoRA, LoRAOptions
+
+
+@dataclass
+class RsLoRAOptions(LoRAOptions):
+    alpha: float = option(32.0, "scaling numerator: the update is scaled by alpha / sqrt(r)")
 
 
 class RsLoRA(LoRA):
     name = "rslora"
     summary = "rank-stabilised LoRA (PEFT use_rslora): scale alpha/sqrt(r)"
+    Options = RsLoRAOptions
 
     def peft_config_kwargs(self, ctx) -> dict:
         return {**super().peft_config_kwargs(ctx), "use_rslora": True}

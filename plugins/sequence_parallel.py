@@ -24,7 +24,7 @@ import torch
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit_plugins.deepspeed import (attention_for_sequence_parallel, deepspeed_missing,
-                                        make_deepspeed_accelerator, mark_accumulation_boundary)
+                                        make_deepspeed_accelerator, reset_accelerate_state)
 
 IGNORE_INDEX = -100
 
@@ -79,6 +79,8 @@ class SequenceParallel(Plugin):
     name = "sequence_parallel"
     summary = "Ulysses sequence parallelism (DeepSpeed through accelerate): sp_size GPUs share each sequence"
     Options = SequenceParallelOptions
+    # Their varlen boundaries (cu_seq_lens) cannot be cut along the sequence.
+    conflicts = ("packing", "padding_free")
 
     @property
     def sp_size(self) -> int:
@@ -98,7 +100,7 @@ class SequenceParallel(Plugin):
             return "sequence_parallel needs attention = 'sdpa' or 'flash' (Ulysses cannot use eager's 4-D mask)"
         if s.batch_size != 1:
             return ("sequence_parallel needs batch_size = 1 (Ulysses fixes the micro-batch size; "
-                    "use gradient_accumulation_steps or packing for more tokens per step)")
+                    "use gradient_accumulation_steps for more samples per step)")
         from tunerkit.models.loading import resolve_model
 
         preset = resolve_model(s.model).preset
@@ -136,8 +138,6 @@ class SequenceParallel(Plugin):
         # when labels is not None.
         if "shift_labels" in batch and "labels" not in batch:
             batch["labels"] = batch["shift_labels"]
-        if self.sp_size > 1:
-            mark_accumulation_boundary(ctx)
         return (yield)
 
     @hookimpl
@@ -154,6 +154,8 @@ class SequenceParallel(Plugin):
             if original is not None:
                 ALL_ATTENTION_FUNCTIONS[impl] = original
         release_sequence_parallel_groups()
+        if self.sp_size > 1:
+            reset_accelerate_state()  # else the next row's plain Accelerator() inherits DeepSpeed and Ulysses
 
 
 def release_sequence_parallel_groups() -> None:

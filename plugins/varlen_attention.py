@@ -20,6 +20,7 @@ standard SDPA mask otherwise.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -53,6 +54,7 @@ def _probe_torch_varlen():
 TORCH_VARLEN = _probe_torch_varlen()
 
 
+@functools.lru_cache(maxsize=None)  # resolved on every attention call: import once
 def _flash_attn():
     try:
         from flash_attn import flash_attn_varlen_func

@@ -130,3 +130,17 @@ def test_missing_data_is_a_one_line_user_error(tmp_path):
         {"question": "q", "A": "1", "B": "2", "C": "3", "D": "4", "answer": ""}) + "\n")
     with pytest.raises(UserError, match="no C-Eval val file with answers"):
         ceval.load(tmp_path)
+
+
+def test_rows_with_file_tasks_are_checked_before_they_run(tmp_path):
+    from tunerkit.eval.extra import check_settings
+    from tunerkit.recipe import make_row
+
+    def reason(**settings):
+        return check_settings(make_row("r", [], model="tiny-llama", **settings).settings)
+
+    assert reason(evaluate=["eval_loss", "infer_speed"]) is None
+    assert "eval_data_dir is not set" in reason(evaluate=["arc"])
+    assert reason(evaluate=["arc", "ceval", "gsm8k"], eval_data_dir=str(FIXTURES)) is None
+    (tmp_path / "arc").mkdir()
+    assert "no ceval/ folder" in reason(evaluate=["arc", "ceval"], eval_data_dir=str(tmp_path))

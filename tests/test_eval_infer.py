@@ -29,12 +29,26 @@ def test_prompts_are_fixed_length_and_deterministic(tiny_row, tiny_context):
 
 @pytest.mark.parametrize("backend", ["eager", "static"])
 def test_infer_speed_evaluator(backend, tiny_row, tiny_context):
-    ctx = tiny_context(tiny_row(infer_backend=backend, infer_prompts=2, infer_new_tokens=5))
+    ctx = tiny_context(tiny_row(infer_backend=backend, infer_prompts=2, infer_new_tokens=3))
     m = infer.infer_speed(ctx)
     assert m["infer_backend"] == backend and "infer_note" not in m
-    assert m["infer_tokens"] == 2 * 5  # exactly infer_new_tokens per prompt, EOS or not
+    assert m["infer_tokens"] == 2 * 3  # exactly infer_new_tokens per prompt, EOS or not
     assert m["infer_tokens_per_s"] > 0 and m["infer_prompt_tokens"] == infer.PROMPT_TOKENS
     assert ctx.model.training  # the evaluator restores training mode
+
+
+def test_every_prompt_yields_exactly_new_tokens_even_past_eos(tiny_row, tiny_context):
+    ctx = tiny_context(tiny_row())
+    model = ctx.model.eval()
+    prompt = infer.prompt_token_ids(1, 16, model.config.vocab_size, ctx.tokenizer)
+    ids = torch.tensor(prompt)
+    first = int(model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                               do_sample=False, pad_token_id=0)[0, -1])
+    model.generation_config.eos_token_id = first  # plain generate would stop after one token
+    assert model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                          do_sample=False, pad_token_id=0).shape[1] == 16 + 1
+    for backend in ("eager", "static"):
+        assert infer.measure_speed(model, prompt, 4, backend, CPU).tokens == 4
 
 
 def test_compiled_falls_back_to_static_without_cuda(tiny_row, tiny_context):

@@ -48,7 +48,8 @@ def relaunch_if_needed(gpus: int, argv: list[str] | None = None) -> None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world != gpus:
             raise UserError(f"the recipe asks for {gpus} GPUs but the launcher started {world} processes",
-                            key="gpus", hint=f"launch with --nproc_per_node={gpus} (times nodes), or set gpus = {world}")
+                            key="gpus",
+                            hint=f"launch with --nproc_per_node={gpus} (times nodes), or set gpus = {world}")
         return
     have = visible_gpus()
     if have < gpus:

@@ -1,11 +1,13 @@
 """adalora: update_and_allocate after every optimizer step, total_step = the real step count, ranks pruned."""
 
+import json
+
 import pytest
 
 from tunerkit.errors import UserError
 
 
-def test_budget_is_allocated_every_step_down_to_target(tiny_row, run_tiny, monkeypatch):
+def test_budget_is_allocated_every_step_down_to_target(tiny_row, run_tiny, monkeypatch, tmp_path):
     from peft.tuners.adalora.model import AdaLoraModel
 
     calls = []
@@ -14,24 +16,35 @@ def test_budget_is_allocated_every_step_down_to_target(tiny_row, run_tiny, monke
     def spy(self, global_step):
         config = self.peft_config[self.trainable_adapter_name]
         grads = [p.grad is not None for n, p in self.model.named_parameters() if "lora_" in n and p.requires_grad]
-        calls.append({"step": global_step, "total_step": config.total_step, "grads": all(grads) and bool(grads)})
+        calls.append({"step": global_step, "total_step": config.total_step,
+                      "allocator_total_step": self.rankallocator.peft_config.total_step,
+                      "budget": self.rankallocator.budget_schedule(global_step)[0],
+                      "orth_reg_weight": config.orth_reg_weight,
+                      "grads": all(grads) and bool(grads)})
         return original(self, global_step)
 
     monkeypatch.setattr(AdaLoraModel, "update_and_allocate", spy)
-    # No max_steps: the step count comes from the data (16 samples / batch 4, one epoch), known only
-    # after apply_tuner built the config.
-    m = run_tiny(tiny_row("adalora", max_steps=None, epochs=1.0))
+    # No max_steps: the step count comes from the data (8 samples, batch 1, 2 micro-batches per step,
+    # one epoch), known only after apply_tuner built the config.
+    m = run_tiny(tiny_row("adalora", max_steps=None, epochs=1.0, max_train_samples=8, batch_size=1,
+                          gradient_accumulation_steps=2, save=True))
     steps = m["optimizer_steps"]
     assert steps == 4
     assert [c["step"] for c in calls] == list(range(1, steps + 1))
-    assert all(c["total_step"] == steps for c in calls)
+    assert all(c["total_step"] == c["allocator_total_step"] == steps for c in calls)
     assert all(c["grads"] for c in calls), "called before zero_grad, with every adapter gradient present"
+    # The regulariser PEFT adds to each micro-batch's loss weighs 0.5 per optimizer step in all.
+    assert all(c["orth_reg_weight"] == 0.5 / 2 for c in calls)
     assert m["adalora_total_step"] == steps
     # q, k, v of 4 layers: 12 matrices, init_r 12 -> 144; target_r 8 -> 96, reached at the last step.
     assert m["adalora_init_budget"] == 12 * 12
     assert m["adalora_target_budget"] == 12 * 8
+    budgets = [c["budget"] for c in calls]
+    assert budgets == sorted(budgets, reverse=True) and budgets[0] < 144 and budgets[-1] == 96
     assert m["adalora_rank_budget"] == m["adalora_target_budget"] < m["adalora_init_budget"]
     assert m["adalora_mean_rank"] == pytest.approx(8.0)
+    saved = json.loads((tmp_path / "test" / "model" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "ADALORA" and saved["orth_reg_weight"] == 0.5 and saved["total_step"] == steps
 
 
 def test_schedule_without_pruning_phase_is_rejected(tiny_row):

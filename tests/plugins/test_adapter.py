@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from modelside_helpers import fresh_base, logits, sample_ids
+from .modelside_helpers import fresh_base, logits, sample_ids
 
 
 def test_trainable_params_are_the_bottlenecks(tiny_row, tiny_context):
@@ -24,13 +24,12 @@ def test_trainable_params_are_the_bottlenecks(tiny_row, tiny_context):
 
 
 def test_output_passes_through_the_adapter(tiny_row, tiny_context):
-    ctx = tiny_context(tiny_row("adapter", adapter={"dim": 16}))
-    ids = sample_ids()
-    assert not torch.allclose(logits(ctx.model, ids), logits(fresh_base(), ids))
-    for layer in ctx.model.model.layers:  # zero the up projections: back to the base model
-        torch.nn.init.zeros_(layer.mlp.adapter.up.weight)
-        torch.nn.init.zeros_(layer.mlp.adapter.up.bias)
-    torch.testing.assert_close(logits(ctx.model, ids), logits(fresh_base(), ids))
+    ids, base = sample_ids(), logits(fresh_base(), sample_ids())
+    seed_init = tiny_context(tiny_row("adapter", adapter={"dim": 16}))
+    assert not torch.allclose(logits(seed_init.model, ids), base)  # the seed's init moves the output
+    zero_up = tiny_context(tiny_row("adapter", adapter={"dim": 16, "zero_init_up": True}))
+    torch.testing.assert_close(logits(zero_up.model, ids), base)  # up = 0: the base model's output
+    assert zero_up.model.model.layers[0].mlp.adapter.down.weight.abs().sum() > 0  # still trainable
 
 
 def test_saved_adapter_loads_into_a_fresh_model(tiny_row, tiny_context, tmp_path):

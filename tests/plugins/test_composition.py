@@ -34,8 +34,8 @@ def test_bad_options_are_one_line_errors():
         assert "\n" not in str(err.value)
 
 
-def test_llamapro_must_divide_the_layers():
+def test_llamapro_cannot_add_more_blocks_than_layers():
     from tunerkit.validation import validate_row
 
-    with pytest.raises(UserError, match="must divide the model's 4 layers"):
-        validate_row(make_row("x", ["llamapro"], model="tiny-llama", llamapro={"num_new_blocks": 3}), file="<test>")
+    with pytest.raises(UserError, match="num_new_blocks=5 exceeds the model's 4 layers"):
+        validate_row(make_row("x", ["llamapro"], model="tiny-llama", llamapro={"num_new_blocks": 5}), file="<test>")

@@ -2,7 +2,7 @@
 
 import torch
 
-from modelside_helpers import fresh_base, lora_layers, logits, sample_ids
+from .modelside_helpers import fresh_base, lora_layers, logits, sample_ids
 
 PREFIX = "base_model.model."
 

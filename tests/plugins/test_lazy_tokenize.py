@@ -61,11 +61,14 @@ def test_truncation_strategy_and_counts_match_eager(tiny_row, tiny_context):
 def test_length_is_estimated_from_a_probe_when_samples_get_dropped(tiny_row, tiny_context):
     tok = tiny_context(tiny_row("lora")).tokenizer
     records = arithmetic_records(60)
-    lengths = sorted(len(encode_record(tok, r)["input_ids"]) for r in records)
-    data = lazy(tok, records, max_length=lengths[30], probe_size=20)
-    true_kept = sum(n <= lengths[30] for n in lengths)
-    assert data.probe_seen == 20 and 0 < len(data) < 60
+    lengths = [len(encode_record(tok, r)["input_ids"]) for r in records]
+    cutoff = sorted(lengths)[len(lengths) // 2] - 1  # the longest group (about half) is deleted
+    true_kept = sum(n <= cutoff for n in lengths)
+    data = lazy(tok, records, max_length=cutoff, probe_size=20)
+    assert data.probe_seen == 20
+    assert 0 < len(data) < 60 and 0 < true_kept < 60
     assert abs(len(data) - true_kept) <= 0.35 * 60  # an estimate from 20 records, not a count
+    assert sum(1 for _ in data) == true_kept  # the pass itself yields exactly the kept samples
 
 
 def test_streaming_packer_over_the_lazy_stream(tiny_row, tiny_context):

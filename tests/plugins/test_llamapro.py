@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modelside_helpers import fresh_base, logits, sample_ids
+from .modelside_helpers import fresh_base, logits, sample_ids
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-qwen2"])
@@ -17,9 +17,18 @@ def test_expanded_model_computes_what_the_original_did(tiny_row, tiny_context, m
         assert len(ctx.model.config.layer_types) == 8
     ids = sample_ids()
     torch.testing.assert_close(logits(ctx.model, ids), logits(base, ids), rtol=0, atol=1e-6)
-    generate = dict(max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+    generate = dict(max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
     with torch.no_grad():
         assert torch.equal(ctx.model.generate(ids, **generate), base.generate(ids, **generate))
+
+
+def test_uneven_count_leaves_the_last_blocks_without_a_copy(tiny_row, tiny_context):
+    # 30-layer SmolLM2 with 4 new blocks: one after every 7, none after the last 2. Here 4 layers, 3 new.
+    ctx = tiny_context(tiny_row("llamapro", llamapro={"num_new_blocks": 3}))
+    assert ctx.state["llamapro"]["new_blocks"] == [1, 3, 5]
+    assert len(ctx.model.model.layers) == ctx.model.config.num_hidden_layers == 7
+    ids = sample_ids()
+    torch.testing.assert_close(logits(ctx.model, ids), logits(fresh_base(), ids), rtol=0, atol=1e-6)
 
 
 def test_only_new_blocks_train(tiny_row, tiny_context):

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from modelside_helpers import logits, sample_ids
+from .modelside_helpers import logits, sample_ids
 
 
 def test_noise_only_in_training_with_the_right_bound(tiny_row, tiny_context):

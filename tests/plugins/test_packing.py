@@ -59,17 +59,26 @@ def test_packed_per_sample_losses_equal_unpacked(packed_ctx):
     torch.testing.assert_close(loss, alone.sum() / label_tokens, rtol=1e-5, atol=1e-5)
 
 
-def test_packed_gradients_equal_unpacked(packed_ctx):
+def test_packed_gradients_equal_unpacked_under_gradient_checkpointing(packed_ctx):
+    from tunerkit.loop import enable_gradient_checkpointing
+
     model = packed_ctx.model
+    enable_gradient_checkpointing(model)  # the varlen kwargs must reach checkpointed layers too
+    model.train()
     samples = random_samples([12, 30, 7])
     weight = model.model.layers[0].self_attn.q_proj.weight
     batch = FlatteningCollator()(samples)
     packed = summed_losses(model(**model_inputs(batch)).logits, batch["labels"], batch["cu_seq_lens_q"].reshape(-1).tolist())
     packed.sum().backward()
+    packed = packed.detach()
     grad_packed, weight.grad = weight.grad.clone(), None
+    alone = []
     for s in samples:
         ids = torch.tensor([s["input_ids"]])
-        summed_losses(model(input_ids=ids).logits, torch.tensor([s["labels"]]), [0, ids.shape[1]]).sum().backward()
+        loss = summed_losses(model(input_ids=ids).logits, torch.tensor([s["labels"]]), [0, ids.shape[1]])[0]
+        loss.backward()
+        alone.append(loss.detach())
+    torch.testing.assert_close(packed, torch.stack(alone), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(grad_packed, weight.grad, rtol=1e-4, atol=1e-6)
 
 
@@ -117,7 +126,8 @@ def test_packing_and_padding_free_exclude_each_other(tiny_row):
 
 
 def test_lora_packing_row_trains_and_counts_original_samples(tiny_row, run_tiny):
-    row = tiny_row("lora", "packing", lora={"rank": 4}, max_steps=None, epochs=1.0, batch_size=2)
+    row = tiny_row("lora", "packing", lora={"rank": 4}, max_steps=None, epochs=1.0, batch_size=2,
+                   gradient_checkpointing=True)  # the varlen kwargs must survive checkpointed layers
     m = run_tiny(row)
     assert m["attention"] == "varlen: sdpa per sample"
     assert m["packed_samples"] == 16 and m["packed_rows"] < 16

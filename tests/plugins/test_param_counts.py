@@ -1,5 +1,6 @@
 """Each tuner's trainable parameters equal an analytic count on the preset's shape (meta device, no weights)."""
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -10,11 +11,17 @@ from tunerkit.models.presets import get_preset
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "count_params.py"
 
 
-def count_on_meta(plugins, model, **tables) -> int:
+@functools.cache
+def bench_script():
+    """bench/count_params.py, whose counts docs/tuners/README.md reports: the same code is tested."""
     spec = importlib.util.spec_from_file_location("count_params", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.count_on_meta(plugins, model, **tables)["trainable_params"]
+    return module
+
+
+def count_on_meta(plugins, model, **tables) -> int:
+    return bench_script().count_on_meta(plugins, model, **tables)["trainable_params"]
 
 
 def linears(p):
@@ -77,3 +84,10 @@ def test_qwen_7b_counts_and_the_seed(row, seed_m):
     r = {"lora": 8, "dora": 8, "adalora": 12}.get(row, 0)
     split_qkv_extra = p.layers * (r * 2 * p.hidden + (2 * r if row == "adalora" else 0))
     assert (got - split_qkv_extra) / 1e6 == pytest.approx(seed_m, abs=5e-5)  # the seed printed 4 decimals
+
+
+def test_docs_table_shows_these_counts():
+    table = (Path(__file__).resolve().parents[2] / "docs" / "tuners" / "README.md").read_text()
+    p = get_preset("qwen-7b-chat")
+    for formula in (lora, dora, adalora, adapter, llamapro):
+        assert f"| {formula(p) / 1e6:.4f} |" in table, formula.__name__

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from modelside_helpers import fresh_base, lora_layers, logits, sample_ids
+from .modelside_helpers import fresh_base, lora_layers, logits, sample_ids
 
 
 def perturb_adapters(model, seed: int = 0) -> None:

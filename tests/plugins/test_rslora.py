@@ -2,7 +2,7 @@
 
 import math
 
-from modelside_helpers import lora_layers
+from .modelside_helpers import lora_layers
 
 
 def scalings(ctx) -> set[float]:

@@ -209,7 +209,11 @@ def iter_raw(path: Path) -> Iterator:
     if path.suffix == ".json":
         return iter_json_array(path)
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"reading {path.name} needs pyarrow", key="dataset",
+                            hint="pip install 'tunerkit[parquet]', or convert the file to .jsonl") from None
 
         return iter(pq.read_table(path).to_pylist())
     raise UserError(f"unsupported data file type '{path.suffix}'", key="dataset",
@@ -223,7 +227,7 @@ def read_raw(path: Path) -> list[dict]:
 def convert_all(raw, source: str, convert: Callable[[dict], dict] | None = None) -> list[dict]:
     """Convert raw records with ``convert`` (or the schema detected on the first record)."""
     records = []
-    skipped = 0
+    empty = filtered = 0
     for index, r in enumerate(raw):
         try:
             if convert is None:
@@ -233,12 +237,14 @@ def convert_all(raw, source: str, convert: Callable[[dict], dict] | None = None)
             what = f"missing field {err}" if isinstance(err, KeyError) else str(err)
             raise UserError(f"{source}: record {index + 1}: {what}", key="dataset",
                             hint=f"accepted schemas: {SCHEMAS}") from None
-        if out is None or ("messages" in out and not out["messages"]):
-            skipped += 1  # an empty conversation trains nothing
-            continue
-        records.append(out)
-    if skipped:
-        _note(f"{source}: skipped {skipped} empty records")
+        if out is None:  # a dataset's own conversion left it out (the seed's filters)
+            filtered += 1
+        elif "messages" in out and not out["messages"]:
+            empty += 1  # an empty conversation trains nothing
+        else:
+            records.append(out)
+    if empty or filtered:
+        _note(f"{source}: skipped {empty} empty records" + (f" and {filtered} filtered ones" if filtered else ""))
     return records
 
 

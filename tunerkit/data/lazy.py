@@ -36,7 +36,7 @@ class LazyTokenizedDataset(IterableDataset):
         self.prefix, self.probe_size = prefix, probe_size
         self.passes = 0
         self._probe: list[int] | None = None
-        self.probe_seen = 0
+        self._probe_seen = 0
 
     # -- one sample ------------------------------------------------------------
     def encode_one(self, record: dict) -> tuple[dict | None, str]:
@@ -86,12 +86,18 @@ class LazyTokenizedDataset(IterableDataset):
             rng = random.Random(f"{self.seed}-probe")
             picks = rng.sample(range(len(self.records)), min(self.probe_size, len(self.records)))
             self._probe = []
-            self.probe_seen = len(picks)
+            self._probe_seen = len(picks)
             for i in picks:
                 sample, _ = self.encode_one(self.records[i])
                 if sample is not None:
                     self._probe.append(len(sample["input_ids"]))
         return self._probe
+
+    @property
+    def probe_seen(self) -> int:
+        """Records the probe tokenized."""
+        self.probe_lengths()
+        return self._probe_seen
 
     def expected_samples(self) -> int:
         kept = self.probe_lengths()

@@ -62,7 +62,7 @@ def parse_tasks(text: str) -> list[str]:
 def run_tasks(model, tokenizer, tasks, data, device, *, limit, fewshot, max_new_tokens, batch_size,
               backend, infer_prompts, infer_new_tokens) -> dict:
     from tunerkit.eval import arc, ceval, gsm8k
-    from tunerkit.eval.infer import PROMPT_TOKENS, generation_model, measure_speed, prompt_token_ids
+    from tunerkit.eval.infer import speed_metrics
 
     metrics: dict = {}
     for task in tasks:
@@ -76,9 +76,7 @@ def run_tasks(model, tokenizer, tasks, data, device, *, limit, fewshot, max_new_
             metrics.update(ceval.evaluate(model, tokenizer, data, device, limit=limit, fewshot=fewshot,
                                           batch_size=batch_size))
         else:
-            vocab = (generation_model(model) or model).config.vocab_size
-            prompts = prompt_token_ids(infer_prompts, PROMPT_TOKENS, vocab, tokenizer)
-            metrics.update(measure_speed(model, prompts, infer_new_tokens, backend, device).metrics(backend))
+            metrics.update(speed_metrics(model, tokenizer, device, backend, infer_prompts, infer_new_tokens))
     return metrics
 
 

@@ -108,7 +108,7 @@ def _cache_kwarg(model) -> str:
 
 
 def _pad_id(model) -> int:
-    cfg = model.generation_config if getattr(model, "generation_config", None) is not None else None
+    cfg = getattr(model, "generation_config", None)
     for value in (getattr(cfg, "pad_token_id", None), getattr(cfg, "eos_token_id", None)):
         if isinstance(value, list):
             value = value[0] if value else None
@@ -246,11 +246,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def infer_speed(ctx) -> dict:
-    """The ``infer_speed`` evaluator: ``infer_prompts`` prompts of PROMPT_TOKENS tokens, greedy."""
-    s = ctx.settings
-    model = ctx.unwrapped_model()
+def speed_metrics(model, tokenizer, device, backend: str, prompts: int, new_tokens: int) -> dict:
+    """``infer_*`` metrics of ``prompts`` fixed prompts of PROMPT_TOKENS tokens, ``new_tokens`` each."""
     vocab = (generation_model(model) or model).config.vocab_size
-    prompts = prompt_token_ids(s.infer_prompts, PROMPT_TOKENS, vocab, ctx.tokenizer, seed=s.seed)
-    result = measure_speed(model, prompts, s.infer_new_tokens, s.infer_backend, ctx.device)
-    return result.metrics(s.infer_backend)
+    ids = prompt_token_ids(prompts, PROMPT_TOKENS, vocab, tokenizer)
+    return measure_speed(model, ids, new_tokens, backend, device).metrics(backend)
+
+
+def infer_speed(ctx) -> dict:
+    """The ``infer_speed`` evaluator (settings infer_backend, infer_prompts, infer_new_tokens)."""
+    s = ctx.settings
+    return speed_metrics(ctx.unwrapped_model(), ctx.tokenizer, ctx.device, s.infer_backend, s.infer_prompts,
+                         s.infer_new_tokens)

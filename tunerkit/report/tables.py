@@ -1,28 +1,44 @@
-"""Tables from the results database: one line per row, our numbers beside the seed's."""
+"""Tables from the results database, shaped like the seed's, our numbers beside the seed's.
+
+One table per (recipe, profile). Columns, left to right:
+
+- what the row is: its name, the model (the seed's first column), every sweep axis and
+  every setting or plugin option that differs between the rows (the seed's "Max Length",
+  "Batch Size", "LoRA Rank" ... columns), the plugins when they differ;
+- the status: ok, ``failed: <reason>`` (OOM and others), ``not implemented: <reason>``;
+- each metric as "ours" then, where the seed published it, "[seed†]". The seed's numbers
+  come from the recipe's ``reference`` tables (see :mod:`tunerkit.report.reference`) and
+  follow the seed's own accounting, so they are shown for GPU runs only.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable
 
-#: (header, metric key, format) of the default summary columns
-COLUMNS = [
-    ("trainable params (M)", "trainable_params_m", "{:.4f}"),
-    ("trainable %", "trainable_pct", "{:.4f}"),
-    ("samples/s", "samples_per_s", "{:.3f}"),
-    ("tokens/s", "tokens_per_s", "{:,.0f}"),
-    ("peak alloc GiB", "peak_allocated_gib", "{:.2f}"),
-    ("peak reserved GiB", "peak_reserved_gib", "{:.2f}"),
-    ("peak RSS GiB", "peak_rss_gib", "{:.2f}"),
-    ("train loss", "train_loss", "{:.4f}"),
-    ("eval loss", "eval_loss", "{:.4f}"),
-    ("accuracy", "accuracy", "{:.3f}"),
-    ("infer tokens/s", "infer_tokens_per_s", "{:.2f}"),
-    ("gsm8k acc", "gsm8k_acc", "{:.3f}"),
-    ("arc acc", "arc_acc", "{:.3f}"),
-    ("ceval weighted acc", "ceval_weighted_acc", "{:.3f}"),
-]
+from tunerkit.report.reference import axis_key, point_values, resolve_reference
+
+SEED_MARK = "[seed†]"
+SEED_NOTE = ("† seed: A100 / torch 2.1 / its accounting (samples/s incl. eval, reserved memory), "
+             "from the seed's Benchmark.md")
+OURS_NOTE = ("ours: samples/s and tokens/s over timed optimizer steps (warm-up and evaluation excluded), "
+             "original samples counted whatever the batching; memory = peak per device, never summed")
+RANDOM_NOTE = "random weights (model presets): speed and memory only; losses and accuracies mean nothing"
+
+#: settings shown as their own column when they differ between the rows of a table
+AXIS_SETTINGS = ("max_length", "batch_size", "gradient_accumulation_steps", "attention", "gradient_checkpointing",
+                 "gpus", "dataset", "dtype")
+#: at most this many differing plugin options get a column each; more go into one "options" column
+MAX_OPTION_COLUMNS = 3
+
+
+# ---------------------------------------------------------------------------
+# metrics: what is shown, ours and the seed's
 
 
 def flat_metrics(record: dict) -> dict:
@@ -35,35 +51,320 @@ def flat_metrics(record: dict) -> dict:
     return m
 
 
-def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+def per_device(key: str) -> Callable[[dict], Any]:
+    """A memory figure of every device: one number, or a list (one per GPU) like the seed's 73.71+78.54."""
+    def get(m: dict):
+        values = [e[key] for e in m.get("memory") or [] if key in e]
+        if not values:
+            return m.get(key)
+        return values[0] if len(values) == 1 else values
+    return get
+
+
+def steps_per_s(m: dict) -> float | None:
+    """Optimizer steps per second over the timed steps (the seed's "iter/s")."""
+    if "steps_per_s" in m:
+        return m["steps_per_s"]
+    if m.get("samples_per_s") and m.get("train_samples") and m.get("optimizer_steps"):
+        return m["samples_per_s"] * m["optimizer_steps"] / m["train_samples"]
+    return None
+
+
+@dataclass(frozen=True)
+class Metric:
+    header: str
+    ours: str | Callable[[dict], Any] | None  # a metrics key or a function of the flat metrics
+    seed: str | None = None  # the reference key
+    kind: str = "num"  # num | int | acc | pct
+    #: show our column only where the seed published this figure (context columns)
+    only_with_seed: bool = False
+
+    def our_value(self, m: dict):
+        if self.ours is None:
+            return None
+        return self.ours(m) if callable(self.ours) else m.get(self.ours)
+
+
+METRICS = [
+    Metric("trainable params (M)", "trainable_params_m", "trainable_params_m"),
+    Metric("trainable %", "trainable_pct", "trainable_pct", kind="pct"),
+    Metric("samples/s", "samples_per_s", "samples_per_s"),
+    Metric("tokens/s", "tokens_per_s", kind="int"),
+    Metric("iter/s", steps_per_s, "iter_per_s", only_with_seed=True),
+    Metric("steps", "optimizer_steps", "total_steps", kind="int", only_with_seed=True),
+    Metric("reserved GiB", per_device("peak_reserved_gib"), "memory_gib"),
+    Metric("allocated GiB", per_device("peak_allocated_gib")),
+    Metric("peak RSS GiB", "peak_rss_gib"),
+    Metric("train loss", "train_loss", "train_loss", kind="loss"),
+    Metric("eval loss", "eval_loss", "eval_loss", kind="loss"),
+    Metric("accuracy", "accuracy", kind="acc"),
+    Metric("infer tokens/s", "infer_tokens_per_s", "infer_tokens_per_s"),
+    Metric("gsm8k acc", "gsm8k_acc", "gsm8k_acc", kind="acc"),
+    Metric("arc acc", "arc_acc", "arc_acc", kind="acc"),
+    Metric("ceval weighted acc", "ceval_weighted_acc", "ceval_weighted_acc", kind="acc"),
+]
+
+
+def fmt_value(value: Any, kind: str = "num") -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "+".join(fmt_value(v, kind) for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if kind == "int" and (isinstance(value, int) or abs(value) >= 100):
+        return f"{value:,.0f}"
+    if kind in ("acc", "loss"):
+        return f"{value:.3f}"
+    if kind == "pct":
+        return f"{value:.4f}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1 or value == 0:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+# ---------------------------------------------------------------------------
+# rows: what each line is
+
+
+_SWEEP = re.compile(r"^(?P<base>.*)\[(?P<axes>[^\[\]]*)\]$")
+
+
+def split_name(name: str) -> tuple[str, list[str]]:
+    """``"qwen-7b-chat[max_length=512]"`` -> ("qwen-7b-chat", ["max_length"])."""
+    match = _SWEEP.match(name)
+    if not match:
+        return name, []
+    keys = [part.split("=", 1)[0] for part in match["axes"].split(",") if "=" in part]
+    return match["base"], keys
+
+
+def status_text(record: dict, flag_random: bool) -> str:
+    status = record["status"]
+    reason = " ".join((record.get("reason") or "").split())
+    if status == "ok":
+        text = "ok"
+    elif status == "pending":
+        text = reason if reason.startswith("not implemented") else f"not implemented: {reason}".rstrip(": ")
+    else:
+        text = f"failed: {reason or 'unknown reason'}"
+    if flag_random and (record.get("metrics") or {}).get("random_weights"):
+        text += " (random weights)"
+    return text
+
+
+def ran_on_gpu(record: dict) -> bool | None:
+    env = record.get("environment") or {}
+    if not env:
+        return None  # pending rows record no environment
+    return "cuda" in env or str(env.get("device_name", "")).lower().startswith(("nvidia", "amd"))
+
+
+def combine_repeats(records: list[dict]) -> list[dict]:
+    """One record per row: the median of every numeric metric over its ok repeats."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r.get("recipe"), r.get("profile"), r["row"]), []).append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        ok = [r for r in group if r["status"] == "ok"]
+        base = dict(ok[0] if ok else group[-1])
+        if len(ok) > 1:
+            metrics = dict(base["metrics"])
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values = [r["metrics"].get(key) for r in ok if isinstance(r["metrics"].get(key), (int, float))]
+                    metrics[key] = statistics.median(values)
+            base["metrics"] = metrics
+        base["repeats"] = f"{len(ok)}/{len(group)} ok"
+        out.append(base)
+    return out
+
+
+def order_by_row(records: list[dict]) -> list[dict]:
+    """Sweep points of one row stay together, rows in the order they first appear."""
+    first: dict[str, int] = {}
+    for i, r in enumerate(records):
+        first.setdefault(split_name(r["row"])[0], i)
+    return sorted(records, key=lambda r: first[split_name(r["row"])[0]])
+
+
+@dataclass
+class Column:
+    header: str
+    cell: Callable[[dict], str]
+
+
+def label_columns(records: list[dict]) -> list[Column]:
+    values = [point_values(r.get("config") or {}) for r in records]
+    by_id = {id(r): v for r, v in zip(records, values)}
+    swept: list[str] = []
+    for r in records:
+        for key in split_name(r["row"])[1]:
+            if key not in swept:
+                swept.append(key)
+
+    def differs(key: str) -> bool:
+        seen = {axis_key(v[key]) for v in values if key in v}
+        return len(seen) > 1
+
+    columns = [Column("row", lambda r: split_name(r["row"])[0]),
+               Column("model", lambda r: str(by_id[id(r)].get("model", "")))]
+    settings = [k for k in swept if "." not in k and k != "model"]
+    settings += [k for k in AXIS_SETTINGS if k not in settings and differs(k)]
+    for key in settings:
+        columns.append(Column(key, lambda r, k=key: axis_key(by_id[id(r)][k]) if k in by_id[id(r)] else ""))
+    plugin_sets = {"+".join((r.get("config") or {}).get("plugins") or []) for r in records}
+    if len(plugin_sets) > 1:
+        columns.append(Column("plugins", lambda r: "+".join((r.get("config") or {}).get("plugins") or []) or "-"))
+    options = [k for k in swept if "." in k]
+    option_keys = sorted({k for v in values for k in v if "." in k})
+    options += [k for k in option_keys if k not in options and differs(k)]
+    if 0 < len(options) <= MAX_OPTION_COLUMNS:
+        for key in options:
+            columns.append(Column(key, lambda r, k=key: axis_key(by_id[id(r)][k]) if k in by_id[id(r)] else ""))
+    elif options:
+        columns.append(Column("options", lambda r: " ".join(
+            f"{k}={axis_key(by_id[id(r)][k])}" for k in options if k in by_id[id(r)])))
+    if any("repeats" in r for r in records):
+        columns.append(Column("repeats", lambda r: r.get("repeats", "1/1 ok")))
+    return columns
+
+
+# ---------------------------------------------------------------------------
+# the table
+
+
+def show_seed(records: list[dict]) -> bool:
+    """The seed's numbers belong beside GPU runs; a CPU run of a small model is another experiment."""
+    where = [ran_on_gpu(r) for r in records]
+    if any(w is True for w in where):
+        return True
+    if any(w is False for w in where):
+        return False
+    return all(r.get("profile") != "cpu" for r in records)  # only pending rows: go by the profile's name
+
+
+def table_rows(records: list[dict], seed: bool | None = None, seed_header: str = SEED_MARK
+               ) -> tuple[list[str], list[list[str]]]:
+    """(headers, lines) of one table; ``seed`` forces the seed's columns on or off."""
+    records = order_by_row(combine_repeats(records))
     metrics = [flat_metrics(r) for r in records]
-    used = [c for c in COLUMNS if any(c[1] in m for m in metrics)]
-    headers = ["row", "status", *[c[0] for c in used]]
-    body = []
-    for record, m in zip(records, metrics):
-        status = record["status"] if record["status"] == "ok" else (record.get("reason") or record["status"])
-        if record["status"] == "failed":
-            status = "failed: " + status
-        if m.get("random_weights"):
-            status += " (random weights)"
-        line = [record["row"], status]
-        for _, key, fmt in used:
-            value = m.get(key)
-            line.append("" if value is None else fmt.format(value))
-        body.append(line)
+    with_seed = show_seed(records) if seed is None else seed
+    refs = [resolve_reference(r.get("reference"), r.get("config") or {}) if with_seed else {} for r in records]
+    ok = [r for r in records if r["status"] == "ok"]
+    all_random = bool(ok) and all((r.get("metrics") or {}).get("random_weights") for r in ok)
+
+    columns = label_columns(records)
+    columns.append(Column("status", lambda r: status_text(r, flag_random=not all_random)))
+    for metric in METRICS:
+        has_seed = metric.seed is not None and any(metric.seed in ref for ref in refs)
+        has_ours = any(metric.our_value(m) is not None for m in metrics)
+        if has_ours and (has_seed or not metric.only_with_seed):
+            columns.append(Column(metric.header, _cell(metric, records, metrics, ours=True)))
+        if has_seed:
+            columns.append(Column(f"{metric.header} {seed_header}", _cell(metric, records, refs, ours=False)))
+    if any("note" in ref for ref in refs):
+        by_id = {id(r): ref for r, ref in zip(records, refs)}
+        columns.append(Column(f"note {seed_header}", lambda r: str(by_id[id(r)].get("note", ""))))
+
+    headers = [c.header for c in columns]
+    body = [[c.cell(r) for c in columns] for r in records]
     return headers, body
+
+
+def _cell(metric: Metric, records: list[dict], sources: list[dict], ours: bool) -> Callable[[dict], str]:
+    by_id = {id(r): s for r, s in zip(records, sources)}
+
+    def cell(record: dict) -> str:
+        source = by_id[id(record)]
+        value = metric.our_value(source) if ours else source.get(metric.seed)
+        return fmt_value(value, metric.kind)
+
+    return cell
+
+
+# ---------------------------------------------------------------------------
+# output formats
+
+
+def _groups(records: list[dict]) -> list[list[dict]]:
+    keys = list(dict.fromkeys((r.get("recipe"), r.get("profile")) for r in records))
+    return [[r for r in records if (r.get("recipe"), r.get("profile")) == key] for key in keys]
+
+
+def environment_line(records: list[dict]) -> str:
+    env = next((r["environment"] for r in records if r.get("environment")), None)
+    if not env:
+        return ""
+    versions = env.get("versions") or {}
+    parts = [env.get("device_name", "")]
+    if env.get("gpu_count"):
+        parts[0] += f" x{env['gpu_count']}" if env["gpu_count"] > 1 else ""
+    for pkg in ("torch", "transformers", "peft"):
+        if pkg in versions:
+            parts.append(f"{pkg} {versions[pkg]}")
+    if env.get("git_revision"):
+        parts.append(f"tunerkit {env['git_revision']}")
+    return ", ".join(p for p in parts if p)
+
+
+def markdown_table(headers: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in line) + " |" for line in body]
+    return "\n".join(lines)
+
+
+def render_markdown(records: list[dict]) -> str:
+    parts = []
+    groups = _groups(records)
+    for group in groups:
+        profile = group[0].get("profile")
+        env = environment_line(group)
+        if len(groups) > 1 or profile:
+            parts.append(f"### profile: {profile or 'none'}" + (f" ({env})" if env else ""))
+        elif env:
+            parts.append(f"_{env}_")
+        ok = [r for r in group if r["status"] == "ok"]
+        if ok and all((r.get("metrics") or {}).get("random_weights") for r in ok):
+            parts.append(f"All rows: {RANDOM_NOTE}.")
+        headers, body = table_rows(group)
+        parts.append(markdown_table(headers, body))
+        notes = [OURS_NOTE]
+        if any(SEED_MARK in h for h in headers):
+            notes.append(SEED_NOTE)
+        elif any(r.get("reference") for r in group):
+            notes.append("the seed's published numbers are not shown: this profile ran on CPU, not on the "
+                         "seed's hardware and models")
+        if any("(random weights)" in line[headers.index("status")] for line in body):
+            notes.append(f"(random weights): {RANDOM_NOTE}")
+        parts.append("\n".join(f"_{n}._  " for n in notes))
+    return "\n\n".join(parts)
+
+
+def render_csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    for i, group in enumerate(_groups(records)):
+        headers, body = table_rows(group, seed_header="[seed: A100 / torch 2.1 / its accounting]")
+        if i:
+            writer.writerow([])
+        writer.writerow(["recipe", "profile", "random_weights", *headers])
+        for record, line in zip(order_by_row(combine_repeats(group)), body):
+            random = bool((record.get("metrics") or {}).get("random_weights"))
+            writer.writerow([record.get("recipe"), record.get("profile") or "", random, *line])
+    return buf.getvalue()
 
 
 def render(records: list[dict], fmt: str = "md") -> str:
     if fmt == "json":
-        return json.dumps(records, indent=2, default=str)
-    headers, body = table_rows(records)
+        out = [{**r, "seed_reference": resolve_reference(r.get("reference"), r.get("config") or {})} for r in records]
+        return json.dumps(out, indent=2, default=str)
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(headers)
-        writer.writerows(body)
-        return buf.getvalue()
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in line) + " |" for line in body]
-    return "\n".join(lines)
+        return render_csv(records)
+    return render_markdown(records)

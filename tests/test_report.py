@@ -1,0 +1,200 @@
+"""Report tables and plots from a results database filled with FAKE numbers.
+
+Every number recorded here is made up for the test (structurally real records: real rows
+from the recipes, real metric keys); none of it is a measurement or may be published.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tunerkit.recipe import load_recipe, make_row
+from tunerkit.report import plots
+from tunerkit.report.tables import SEED_MARK, SEED_NOTE, render, table_rows
+from tunerkit.store import Store
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+FAKE_GPU = {"device_name": "FAKE GPU (test data)", "cuda": "0.0", "gpu_count": 2,
+            "versions": {"torch": "0.0-test"}}
+FAKE_CPU = {"device_name": "x86_64", "versions": {"torch": "0.0-test"}}
+
+
+def fake_metrics(i: int, row, *, random_weights: bool, quality: bool = False) -> dict:
+    """Made-up metrics shaped like the loop's: no measurement behind any of them."""
+    world = row.settings.gpus
+    reserved = 8.0 + 2.5 * i + 3.0 * (i % 3)
+    params = 7721.3 if "full" in row.plugins else 4.0 + i
+    m = {
+        "trainable_params_m": params, "trainable_pct": 0.05 * (i + 1), "trainable_params": int(params * 1e6),
+        "samples_per_s": 6.0 / (1 + 0.3 * i), "tokens_per_s": 9000.0 / (1 + 0.2 * i) + 900 * (i % 3),
+        "train_samples": 64 * world, "optimizer_steps": 4, "timed_steps": 3,
+        "memory": [{"device": f"cuda:{k}", "peak_allocated_gib": reserved - 2, "peak_reserved_gib": reserved + k}
+                   for k in range(world)],
+        "train_loss_curve": [3.0 * math.exp(-0.3 * s) + 0.05 * i for s in range(8)],
+        "random_weights": random_weights, "world_size": world,
+    }
+    m["train_loss"] = m["train_loss_curve"][-1]
+    if quality:
+        m.update(eval_loss=1.5 + 0.1 * i, accuracy=0.1 * (i % 5), infer_tokens_per_s=20.0 + i)
+    if not random_weights:
+        m["memory"] = [{"device": "cpu", "peak_rss_gib": 1.0 + 0.1 * i + 0.25 * (i % 2)}]
+    return m
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    """A results DB: part of max_length_lora (bench, on a fake GPU) and of tuners (cpu)."""
+    store = Store(tmp_path / "fake.db")
+    bench = load_recipe(RECIPES / "max_length_lora.toml", "bench", check_files=False)
+    wanted = [r for r in bench.rows if r.base_name in ("qwen-1_8b-chat", "qwen-7b-chat", "qwen-72b-chat")]
+    for i, row in enumerate(wanted):
+        if row.base_name == "qwen-72b-chat" and row.settings.max_length >= 4096:
+            store.record(recipe=bench.name, row=row, repeat=0, status="failed",
+                         reason="OOM: CUDA out of memory. Tried to allocate 2.00 GiB (fake)", metrics={},
+                         environment=FAKE_GPU, started=0.0)
+        else:
+            store.record(recipe=bench.name, row=row, repeat=0, status="ok", reason=None,
+                         metrics=fake_metrics(i, row, random_weights=True), environment=FAKE_GPU, started=0.0)
+    quant = load_recipe(RECIPES / "quantization.toml", "bench", check_files=False)
+    pending = next(r for r in quant.rows if r.pending)
+    store.record(recipe=quant.name, row=pending, repeat=0, status="pending",
+                 reason=f"not implemented: {pending.pending}", metrics={}, environment={}, started=0.0)
+    cpu = load_recipe(RECIPES / "tuners.toml", "cpu", check_files=False)
+    for i, row in enumerate(r for r in cpu.rows if r.base_name in ("lora", "full", "dora", "rslora", "full+lisa_2")):
+        store.record(recipe=cpu.name, row=row, repeat=0, status="ok", reason=None,
+                     metrics=fake_metrics(i, row, random_weights=False, quality=True), environment=FAKE_CPU,
+                     started=0.0)
+    return store.path
+
+
+def records(db: Path, recipe: str) -> list[dict]:
+    return Store(db).latest(recipe)
+
+
+def line_of(md: str, *cells: str) -> str:
+    return next(line for line in md.splitlines() if all(f"| {c} |" in line for c in cells))
+
+
+def test_markdown_puts_the_seeds_numbers_beside_ours(db):
+    md = render(records(db, "max_length_lora"), "md")
+    headers = [h.strip() for h in md.splitlines()[[i for i, l in enumerate(md.splitlines()) if l.startswith("| row")][0]].split("|")]
+    assert {"row", "model", "max_length", "status", "samples/s", f"samples/s {SEED_MARK}", "tokens/s",
+            "reserved GiB", f"reserved GiB {SEED_MARK}"} <= set(headers)
+    assert SEED_NOTE in md
+    assert "All rows: random weights" in md  # every ok row ran on a preset
+    line = line_of(md, "qwen-7b-chat", "4096")
+    assert "| 2.05 |" in line and "| 35.31 |" in line  # the seed's numbers of this very sweep point
+    line = line_of(md, "qwen-1_8b-chat", "512")
+    assert "| 9.88 |" in line and "| 6.99 |" in line
+
+
+def test_failed_rows_show_their_reason_and_multi_gpu_memory_per_device(db):
+    md = render(records(db, "max_length_lora"), "md")
+    oom = line_of(md, "qwen-72b-chat", "8192")
+    assert "failed: OOM: CUDA out of memory" in oom and "OOM (2*A100)" in oom
+    two_gpus = line_of(md, "qwen-72b-chat", "1024")
+    assert "70.25+77.11" in two_gpus  # the seed's per-device figures, never summed
+    assert "+" in two_gpus.split("|")[headers_index(md, "reserved GiB")]
+
+
+def headers_index(md: str, header: str) -> int:
+    head = next(line for line in md.splitlines() if line.startswith("| row"))
+    return [h.strip() for h in head.split("|")].index(header)
+
+
+def test_pending_rows_are_reported_not_implemented(db):
+    md = render(records(db, "quantization"), "md")
+    assert "not implemented: the gptq loader plugin" in md
+    assert "| 2.05 |" in md  # the seed's numbers still show: the table keeps the seed's shape
+
+
+def test_cpu_runs_leave_the_seed_out_and_show_quality(db):
+    headers, body = table_rows(records(db, "tuners"))
+    assert not any(SEED_MARK in h for h in headers)
+    assert {"accuracy", "eval loss", "train loss", "peak RSS GiB", "plugins"} <= set(headers)
+    assert "(random weights)" not in " ".join(cell for line in body for cell in line)
+    md = render(records(db, "tuners"), "md")
+    assert "not shown: this profile ran on CPU" in md
+
+
+def test_csv_has_the_same_table_with_the_seed_columns_named(db):
+    text = render(records(db, "max_length_lora"), "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 15
+    seed_col = next(h for h in rows[0] if h.startswith("samples/s [seed"))
+    assert "A100" in seed_col and "torch 2.1" in seed_col
+    assert all(r["random_weights"] == "True" for r in rows if r["status"] == "ok")
+
+
+def test_repeats_are_combined_by_median(tmp_path):
+    store = Store(tmp_path / "r.db")
+    row = make_row("lora", ["lora"], model="tiny-llama")
+    for repeat, speed in enumerate([1.0, 5.0, 2.0]):
+        m = fake_metrics(0, row, random_weights=True)
+        m["samples_per_s"] = speed
+        store.record(recipe="r", row=row, repeat=repeat, status="ok", reason=None, metrics=m,
+                     environment=FAKE_GPU, started=0.0)
+    headers, body = table_rows(store.latest("r"))
+    assert body[0][headers.index("samples/s")] == "2.00" and body[0][headers.index("repeats")] == "3/3 ok"
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(10, 100), (12, 90), (20, 300), (5, 50), (20, 250), (30, 300)]
+    assert sorted(plots.pareto_front(points)) == [0, 2, 3]
+
+
+def test_labels_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [1.0, 1.05, 1.1, 1.0, 2.0, 2.02, 3.0, 1.02]
+    ys = [5.0, 5.1, 5.0, 4.9, 3.0, 3.05, 1.0, 5.05]
+    ax.scatter(xs, ys)
+    ax.margins(0.3)
+    plots.place_labels(ax, xs, ys, [f"a rather long row name {i}" for i in range(len(xs))])
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # annotations find their final positions while drawn
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the text, not its leader line
+    assert len(boxes) == len(xs)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+
+
+def test_plots_are_written_as_png_and_svg(db, tmp_path):
+    out = tmp_path / "plots"
+    written = plots.make_plots(records(db, "max_length_lora") + records(db, "tuners"), out)
+    names = {p.name for p in written}
+    for stem in ("max_length_lora-bench-memory_speed", "max_length_lora-bench-max_length",
+                 "max_length_lora-bench-loss_curves", "tuners-cpu-metrics", "tuners-cpu-loss_curves",
+                 "tuners-cpu-memory_speed"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    for path in written:
+        assert path.stat().st_size > 1000
+    assert (out / "max_length_lora-bench-max_length.png").read_bytes()[:4] == b"\x89PNG"
+    assert "random weights" in (out / "max_length_lora-bench-memory_speed.svg").read_text()
+    assert "random weights" not in (out / "tuners-cpu-metrics.svg").read_text()
+
+
+def test_cli_report_and_plot(db, tmp_path):
+    from tunerkit.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["report", str(RECIPES / "max_length_lora.toml"), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "| 9.88 |" in result.output
+    result = runner.invoke(main, ["plot", str(RECIPES / "tuners.toml"), "--db", str(db), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "tuners-cpu-metrics.png").exists()
+    result = runner.invoke(main, ["plot", str(RECIPES / "awq.toml"), "--db", str(db)])
+    assert result.exit_code == 2 and "no results for awq" in result.output

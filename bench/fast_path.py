@@ -36,7 +36,6 @@ goes to $OUT/fast_path.json (and --json) after every config, so a cut run keeps 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import hashlib
 import json
@@ -202,28 +201,6 @@ class BenchProbe:
         step["lengths"] += [int(d.numel()) for d in docs]
         step["hashes"] += [token_hash(d.numpy()) for d in docs]
         return (yield)
-
-
-@contextlib.contextmanager
-def probe_installed(probe: BenchProbe):
-    """run_row builds its plugin manager in tunerkit.loop.build_context; add the probe there."""
-    import tunerkit.loop as loop
-    from tunerkit.context import RunContext
-    from tunerkit.core import CoreDefaults
-    from tunerkit.plugins import get_plugin, make_manager
-
-    original = loop.build_context
-
-    def build_context(row, out_dir):
-        instances = [get_plugin(name)(row.options[name]) for name in row.plugins]
-        pm = make_manager([CoreDefaults(), probe], instances)
-        return RunContext(row=row, hook=pm.hook, out_dir=out_dir)
-
-    loop.build_context = build_context
-    try:
-        yield
-    finally:
-        loop.build_context = original
 
 
 # -----------------------------------------------------------------------------------------
@@ -396,8 +373,8 @@ def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int
 
     row = tunerkit_row(cfg, fam, args, steps, warmup, lora_dropout)
     probe = BenchProbe(samples)
-    with tempfile.TemporaryDirectory() as tmp, probe_installed(probe):
-        m = run_row(row, Path(tmp) / "row")
+    with tempfile.TemporaryDirectory() as tmp:
+        m = run_row(row, Path(tmp) / "row", extra_plugins=[probe])
     mem = (m.get("memory") or [{}])[0]
     return {"status": "ok", "peak_alloc_gib": mem.get("peak_allocated_gib"),
             "peak_reserved_gib": mem.get("peak_reserved_gib"), "trainable_params": m.get("trainable_params"),

@@ -57,15 +57,18 @@ def pick_profile(recipe_path: Path, profile: str | None) -> str | None:
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(path_type=Path))
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @click.option("--check", is_flag=True, help="validate the recipe and list its rows; run nothing")
-def run(recipe, profile, only, resume, db, runs_dir, no_progress, check):
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a setting or plugin option for every row, after the profile "
+                   "(e.g. --set token_budget=32768 --set lora.rank=16); repeatable")
+def run(recipe, profile, only, resume, db, runs_dir, no_progress, check, sets):
     """Run every row of RECIPE and record the results."""
-    from tunerkit.recipe import load_recipe
+    from tunerkit.recipe import load_recipe, parse_overrides
     from tunerkit.report.tables import render
     from tunerkit.runner import run_recipe
     from tunerkit.store import Store
 
     profile = pick_profile(recipe, profile)
-    rec = load_recipe(recipe, profile)
+    rec = load_recipe(recipe, profile, overrides=parse_overrides(sets))
     if only:
         wanted = [n.strip() for n in only.split(",") if n.strip()]
         unknown = [n for n in wanted if not any(r.base_name == n or r.name == n for r in rec.rows)]

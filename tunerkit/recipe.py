@@ -79,6 +79,30 @@ class Recipe:
 # ---------------------------------------------------------------------------
 
 
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict:
+    """``["token_budget=32768", "lora.rank=16"]`` -> ``{"token_budget": 32768, "lora": {"rank": 16}}``.
+
+    A value is read as a TOML value (numbers, booleans, lists, quoted strings); anything
+    that is not one is taken as a bare string, so ``--set model=qwen-7b-chat`` works.
+    """
+    out: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE, got {pair!r}", key="--set", hint="e.g. --set token_budget=32768")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        table, dot, option = key.partition(".")
+        if dot:
+            out.setdefault(table, {})[option] = value
+        else:
+            out[key] = value
+    return out
+
+
 def read_toml(path: Path) -> dict:
     if not path.exists():
         raise UserError("recipe file not found", file=str(path), hint="check the path; recipes live in recipes/")
@@ -93,8 +117,13 @@ def profile_names(data: dict) -> list[str]:
     return list((data.get("profiles") or {}).keys())
 
 
-def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bool = True) -> Recipe:
-    """Parse, resolve and validate a recipe; raise :class:`UserError` on any bad input."""
+def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bool = True,
+                overrides: dict | None = None) -> Recipe:
+    """Parse, resolve and validate a recipe; raise :class:`UserError` on any bad input.
+
+    ``overrides`` (``tunerkit run --set``) are settings or plugin tables applied to every
+    row after the profile, so they win over it; each row's recorded config shows them.
+    """
     path = Path(path)
     file = str(path)
     data = read_toml(path)
@@ -125,6 +154,13 @@ def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bo
     prof.pop("description", None)
     _check_section_keys(defaults, file, "defaults", allowed_extra=())
     _check_section_keys(prof, file, f"profiles.{profile}", allowed_extra=())
+    if overrides:
+        _check_section_keys(overrides, file, "--set", allowed_extra=())
+        for key, value in overrides.items():  # a plugin table merges option by option
+            if isinstance(value, dict) and isinstance(prof.get(key), dict):
+                prof[key] = {**prof[key], **value}
+            else:
+                prof[key] = value
 
     rows: list[Row] = []
     seen_names: set[str] = set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -27,6 +28,9 @@ class TunerkitGroup(click.Group):
 @click.version_option(package_name="tunerkit")
 def main():
     """Compare LLM fine-tuning methods fairly and fast."""
+    # Libraries calling each other through names transformers 5 renamed (peft asks for
+    # `is_gradient_checkpointing`) warn on every row; the warning is not the user's to act on.
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
 
 
 def pick_profile(recipe_path: Path, profile: str | None) -> str | None:

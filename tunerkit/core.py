@@ -29,6 +29,15 @@ def count_shifted_labels(labels: torch.Tensor) -> int:
     return int((labels[..., 1:] != -100).sum())
 
 
+def load_base_model(ctx, quantization_config=None):
+    """The row's model (``ctx.model_source``) in the row's dtype, attention and device; the
+    attention actually used goes to ``ctx.attention_used``. Loader plugins (quantization)
+    call this with their transformers quantization config."""
+    impl, label = loading.attn_implementation(ctx.settings.attention, ctx.device)
+    ctx.attention_used = label
+    return loading.load_pretrained(ctx.model_source, ctx.dtype, ctx.device, impl, quantization_config)
+
+
 class CoreDefaults:
     # -- model ------------------------------------------------------------------
     @hookimpl(trylast=True)
@@ -38,11 +47,15 @@ class CoreDefaults:
         return Accelerator(cpu=not torch.cuda.is_available())
 
     @hookimpl(trylast=True)
+    def weight_bits(self, row):
+        dtype = row.settings.dtype
+        if dtype == "auto":
+            dtype = "bf16" if torch.cuda.is_available() else "fp32"
+        return 8 * DTYPES[dtype].itemsize
+
+    @hookimpl(trylast=True)
     def load_model(self, ctx):
-        source = ctx.model_source
-        impl, label = loading.attn_implementation(ctx.settings.attention, ctx.device)
-        ctx.attention_used = label
-        return loading.load_pretrained(source, ctx.dtype, ctx.device, impl)
+        return load_base_model(ctx)
 
     @hookimpl(trylast=True)
     def load_tokenizer(self, ctx):

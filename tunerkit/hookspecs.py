@@ -37,6 +37,15 @@ def validate(row: Any) -> str | None:
     """
 
 
+@hookspec(firstresult=True)
+def weight_bits(row: Any) -> float | None:
+    """Bits one base-model weight takes in memory, for the does-it-fit check. First result.
+
+    The core answers from the row's dtype (16 or 32); quantized loaders return their width
+    (4 for NF4) so a model that fits only quantized is not refused.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Model side
 # ---------------------------------------------------------------------------

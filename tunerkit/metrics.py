@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -134,8 +135,20 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def logical_numel(p) -> int:
+    """Elements a parameter stands for, not what its storage holds: DeepSpeed ZeRO-3 keeps a
+    partition (``ds_numel`` is the whole), bitsandbytes packs two 4-bit weights a byte
+    (``quant_state.shape`` is the original)."""
+    if hasattr(p, "ds_numel"):
+        return int(p.ds_numel)
+    state = getattr(p, "quant_state", None)
+    if state is not None and getattr(state, "shape", None) is not None:
+        return int(math.prod(state.shape))
+    return p.numel()
+
+
 def count_parameters(model) -> dict:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(logical_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(logical_numel(p) for p in model.parameters())
     return {"trainable_params": trainable, "total_params": total,
             "trainable_params_m": trainable / 1e6, "trainable_pct": 100.0 * trainable / max(total, 1)}

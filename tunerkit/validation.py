@@ -11,8 +11,6 @@ from tunerkit.errors import UserError
 from tunerkit.models.loading import resolve_model
 from tunerkit.options import did_you_mean
 
-BYTES_PER_PARAM = {"bf16": 2, "fp16": 2, "fp32": 4}
-
 
 def available_memory_bytes() -> tuple[int, str]:
     if torch.cuda.is_available():
@@ -20,18 +18,15 @@ def available_memory_bytes() -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "CPU RAM"
 
 
-def check_fits(row, table: str, file: str) -> None:
-    """A preset whose weights alone exceed the device's memory cannot run: say so before starting."""
+def check_fits(row, table: str, file: str, bits: float) -> None:
+    """A preset whose weights alone (``bits`` each) exceed the device's memory cannot run: say so before starting."""
     source = resolve_model(row.settings.model)
     if source.preset is None:
         return
-    dtype = row.settings.dtype
-    if dtype == "auto":
-        dtype = "bf16" if torch.cuda.is_available() else "fp32"
-    need = source.preset.num_params() * BYTES_PER_PARAM[dtype]
+    need = source.preset.num_params() * bits / 8
     have, where = available_memory_bytes()
     if need > have * row.settings.gpus:
-        raise UserError(f"model '{row.settings.model}' needs {need / 2**30:.1f} GiB for its {dtype} weights alone;"
+        raise UserError(f"model '{row.settings.model}' needs {need / 2**30:.1f} GiB for its {bits:g}-bit weights alone;"
                         f" {where} has {have / 2**30:.1f} GiB", file=file, table=table, key="model",
                         hint="pick a smaller preset, a profile for this machine (--profile), or more GPUs")
 
@@ -56,8 +51,8 @@ def validate_row(row, file: str) -> None:
         if name not in known:
             raise UserError(f"unknown evaluation '{name}'", file=file, table=table, key="evaluate",
                             hint=did_you_mean(name, known) or f"known: {', '.join(known)}")
-    check_fits(row, table, file)
     ctx = build_context(row, out_dir=None)
+    check_fits(row, table, file, ctx.hook.weight_bits(row=row))
     for reason in ctx.hook.validate(row=row):
         if reason:
             raise UserError(reason, file=file, table=table, key="plugins")

@@ -118,16 +118,48 @@ def attn_implementation(choice: str, device: torch.device) -> tuple[str, str]:
     return "sdpa", "sdpa"
 
 
-def load_pretrained(source: ModelSource, dtype: torch.dtype, device: torch.device, attn: str):
+def preset_checkpoint(preset: Preset, dtype: torch.dtype) -> Path:
+    """The preset's random weights (seed 0, as :func:`load_pretrained` draws them) written once
+    as a checkpoint in the cache, for loaders that only read checkpoints (quantizing ones).
+
+    Drawn on the CPU, so a quantized row's GPU never holds the full-precision weights.
+    """
     from transformers import AutoModelForCausalLM
 
-    if source.kind == "preset":
+    target = cache_dir() / "models" / f"preset-{preset.name}-{str(dtype).removeprefix('torch.')}"
+    if (target / "config.json").exists():
+        return target
+    print(f"tunerkit: writing the random weights of preset {preset.name} to {target} (once)", flush=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(preset.config(), dtype=dtype)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".preset-"))
+    model.save_pretrained(tmp)
+    del model
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)  # atomic, as the SmolLM2 conversion
+    return target
+
+
+def load_pretrained(source: ModelSource, dtype: torch.dtype, device: torch.device, attn: str,
+                    quantization_config=None):
+    """The model in ``dtype`` on ``device``; with ``quantization_config`` (a transformers
+    quantization config), loaded through transformers' quantizer straight onto ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    if source.kind == "preset" and quantization_config is None:
         config = source.preset.config()
         config._attn_implementation = attn
         torch.manual_seed(0)  # the same random weights for every row of a recipe
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
         return model
+    if quantization_config is not None:
+        path = str(preset_checkpoint(source.preset, dtype)) if source.kind == "preset" else model_path(source)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn,
+                                                    quantization_config=quantization_config,
+                                                    device_map={"": device})
     path = model_path(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The one-GPU measurements behind docs/performance.md and docs/benchmarks.md, in parts that
+# each fit a ten-minute slot:
+#
+#   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss (issue: fast GPU path)
+#   bash bench/gpu_session.sh memory-infer  # optimizer_memory.py, infer_speed.py, check_packing_gpu.py
+#   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
+#
+# Wheels the host lacks (liger-kernel, galore-torch, q-galore-torch, bitsandbytes) are taken
+# from .whl/ when present (see bench/README.md). Results land in $OUT (default ./bench-out):
+# JSON per script, a log per part, and for `tables` the SQLite store (tunerkit.db).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/bench-out}
+mkdir -p "$OUT"
+export OUT PYTHONUNBUFFERED=1 FAST_PATH_TRACEBACK=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=$PWD:/tmp/site
+else
+  export PYTHONPATH=$PWD
+fi
+# tunerkit itself, without touching the host's torch/transformers (the `tunerkit` command).
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3
+python3 -c "import tunerkit_plugins.lora" || { echo "tunerkit did not install" >&2; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+part=${1:?part: fast-path | memory-infer | tables}
+case "$part" in
+  fast-path)
+    timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-400}" \
+      2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
+    ;;
+  memory-infer)
+    timeout 300 python3 bench/optimizer_memory.py 2>&1 | tee "$OUT/optimizer_memory.log" | grep -v -i warn
+    timeout 170 python3 bench/infer_speed.py --budget-s 150 2>&1 | tee "$OUT/infer_speed.log" | grep -v -i warn
+    timeout 60 python3 bench/check_packing_gpu.py 2>&1 | tee "$OUT/check_packing_gpu.log" | grep -v -i warn
+    ;;
+  tables)
+    # PROFILE (default bench); TABLES: "recipe:rows" items (rows comma-separated, empty for all); SET: --set pairs for every run.
+    db="$OUT/tunerkit.db"
+    for item in ${TABLES:-lora_rank: flash_attn_gc:}; do
+      recipe=${item%%:*} rows=${item#*:}
+      only=(); [ -n "$rows" ] && only=(--only "$rows")
+      sets=(); for s in ${SET:-}; do sets+=(--set "$s"); done
+      python3 -m tunerkit.cli run "recipes/$recipe.toml" -p "${PROFILE:-bench}" --resume --no-progress --db "$db" \
+        --runs-dir /tmp/runs "${only[@]}" "${sets[@]}" 2>&1 | tee -a "$OUT/tables.log" | grep -v -i warn
+    done
+    ;;
+  *) echo "unknown part $part" >&2; exit 2 ;;
+esac

@@ -76,3 +76,35 @@ def test_cli_bad_set_exits_2_and_good_set_reaches_the_rows(recipe, tmp_path):
     good = runner.invoke(main, ["run", str(recipe), "-p", "small", "--check", "--set", "model=tiny-qwen2"])
     assert good.exit_code == 0, good.output
     assert good.output.count("model=tiny-qwen2") == 2
+
+
+ROW_PROFILES = RECIPE.replace("token_budget = 1000", "token_budget = 1000\nbatch_size = 4").replace('''name = "full"
+plugins = ["full"]''', '''name = "full"
+plugins = ["full"]
+mix = { dataset = "builtin:arithmetic", ratio = 0.5 }
+profiles.small = { batch_size = 1, mix = {} }''')
+
+
+def test_a_row_can_carry_its_own_settings_for_one_profile(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(textwrap.dedent(ROW_PROFILES))
+    rows = {r.name: r for r in load_recipe(path, "small").rows}
+    plain = {r.name: r for r in load_recipe(path).rows}  # no profile: the row's profile table does not apply
+    assert rows["full"].settings.batch_size == 1 and rows["full"].settings.mix in (None, {})
+    assert rows["lora"].settings.batch_size == 4  # the profile's value: other rows untouched
+    assert plain["full"].settings.mix == {"dataset": "builtin:arithmetic", "ratio": 0.5}
+    # --set still wins over the row's own profile table
+    assert load_recipe(path, "small", overrides={"batch_size": 3}).rows[1].settings.batch_size == 3
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("profiles.smal = { batch_size = 1 }", ["row 'full'.profiles", "smal", "did you mean 'small'"]),
+    ("profiles.small = { batch_sise = 1 }", ["row 'full'.profiles.small", "batch_sise", "did you mean 'batch_size'"]),
+])
+def test_bad_row_profile_tables_name_where_they_are(tmp_path, text, expect):
+    path = tmp_path / "r.toml"
+    path.write_text(textwrap.dedent(RECIPE.replace('plugins = ["full"]', 'plugins = ["full"]\n' + text)))
+    with pytest.raises(UserError) as err:
+        load_recipe(path, "small")
+    for piece in expect:
+        assert piece in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +32,9 @@ def main():
     # Libraries calling each other through names transformers 5 renamed (peft asks for
     # `is_gradient_checkpointing`) warn on every row; the warning is not the user's to act on.
     warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
+    # bitsandbytes tries to fetch an optional CPU kernel from the hub on import and warns
+    # when it cannot (always, offline); its own CPU path runs either way.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def pick_profile(recipe_path: Path, profile: str | None) -> str | None:

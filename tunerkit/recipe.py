@@ -27,7 +27,7 @@ from tunerkit.settings import Settings
 
 TOP_LEVEL = ("recipe", "defaults", "profiles", "row")
 RECIPE_KEYS = ("name", "title", "description", "seed_table", "gpu_profile", "default_profile")
-ROW_ONLY_KEYS = ("name", "plugins", "reference", "note", "pending")
+ROW_ONLY_KEYS = ("name", "plugins", "reference", "note", "pending", "profiles")
 PROFILE_ONLY_KEYS = ("only", "description")
 SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 SETTING_TYPES = typing.get_type_hints(Settings)
@@ -154,13 +154,8 @@ def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bo
     prof.pop("description", None)
     _check_section_keys(defaults, file, "defaults", allowed_extra=())
     _check_section_keys(prof, file, f"profiles.{profile}", allowed_extra=())
-    if overrides:
-        _check_section_keys(overrides, file, "--set", allowed_extra=())
-        for key, value in overrides.items():  # a plugin table merges option by option
-            if isinstance(value, dict) and isinstance(prof.get(key), dict):
-                prof[key] = {**prof[key], **value}
-            else:
-                prof[key] = value
+    overrides = overrides or {}
+    _check_section_keys(overrides, file, "--set", allowed_extra=())
 
     rows: list[Row] = []
     seen_names: set[str] = set()
@@ -173,7 +168,9 @@ def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bo
         table = f"row '{name}'"
         if only is not None and name not in only:
             continue
-        for row in _resolve_row(raw, defaults, prof, file=file, table=table):
+        row_prof = _row_profile(raw, profile, profiles, file=file, table=table)
+        late = _merged(prof, row_prof, overrides)  # later layers win: profile, the row's own, --set
+        for row in _resolve_row(raw, defaults, late, file=file, table=table):
             row.recipe, row.profile = str(path), profile
             if row.name in seen_names:
                 raise UserError(f"duplicate row name '{row.name}'", file=file, table=table, key="name",
@@ -191,6 +188,35 @@ def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bo
     if check_files:
         validate_rows(recipe)
     return recipe
+
+
+def _row_profile(raw: dict, profile: str | None, profiles: dict, *, file: str, table: str) -> dict:
+    """A row's own settings for one profile (``[row.profiles.cpu]``), checked like a profile table.
+
+    For what only one row needs under a profile, where the profile's value would be wrong
+    for it (a packing row's batch on the CPU, say).
+    """
+    own = raw.get("profiles", {})
+    _expect_table(own, file, f"{table}.profiles")
+    for name in own:
+        if name not in profiles:
+            raise UserError(f"no profile '{name}' in [profiles]", file=file, table=f"{table}.profiles", key=name,
+                            hint=opts.did_you_mean(name, profiles) or f"profiles here: {', '.join(profiles) or 'none'}")
+    section = dict(own.get(profile, {})) if profile else {}
+    _expect_table(section, file, f"{table}.profiles.{profile}")
+    _check_section_keys(section, file, f"{table}.profiles.{profile}", allowed_extra=())
+    return section
+
+
+def _merged(*layers: dict) -> dict:
+    """Later layers win; a plugin's option table merges option by option."""
+    plugins = registry()
+    out: dict = {}
+    for layer in layers:
+        for key, value in layer.items():
+            merge = key in plugins and isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = {**out[key], **value} if merge else value  # a setting (e.g. mix = {}) replaces
+    return out
 
 
 def _expect_table(value: Any, file: str, table: str) -> None:

@@ -1,6 +1,6 @@
 """The fast path beside the plain HF + PEFT baseline, in one process on one GPU.
 
-    PYTHONUNBUFFERED=1 python bench/fast_path.py --check-loss        # the whole thing, ~7 min on an H100
+    PYTHONUNBUFFERED=1 python bench/fast_path.py --check-loss        # the whole thing; no config starts after --time-limit (420 s)
     python bench/fast_path.py --list                                  # config names
     python bench/fast_path.py --configs 7b/baseline,7b/lora+liger     # a selection
     python bench/fast_path.py --smoke                                 # tiny shapes on CPU: the script's plumbing

@@ -8,7 +8,7 @@ of optimizer steps per row. Every row is a real tunerkit row (tunerkit.recipe.ma
 through tunerkit.loop.run_row; memory is freed between rows and an out-of-memory row is
 recorded as such while the others go on.
 
-    python bench/optimizer_memory.py                       # the default rows, ~minutes on one H100
+    python bench/optimizer_memory.py                       # the default rows, qwen-7b-chat shape, one GPU
     python bench/optimizer_memory.py --rows full+lisa_2,full+lisa_2+frozen_embeddings
     python bench/optimizer_memory.py --model tiny-llama --max-length 128 --steps 3   # a CPU dry run
 

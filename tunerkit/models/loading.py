@@ -155,19 +155,19 @@ def load_pretrained(source: ModelSource, dtype: torch.dtype, device: torch.devic
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
         return model
-    if quantization_config is not None:
-        path = str(preset_checkpoint(source.preset, dtype)) if source.kind == "preset" else model_path(source)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn,
-                                                    quantization_config=quantization_config,
-                                                    device_map={"": device})
-    path = model_path(source)
+    # Quantized weights are placed by the quantizer itself (device_map); others load, then move.
+    placement = {} if quantization_config is None else {"quantization_config": quantization_config,
+                                                        "device_map": {"": device}}
+    path = str(preset_checkpoint(source.preset, dtype)) if source.kind == "preset" else model_path(source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **placement)
     except OSError as err:
         if source.kind == "hub":
             raise UserError(f"cannot fetch '{source.spec}' from the hub ({str(err).splitlines()[0][:120]})",
                             key="model", hint="offline? point model at a local directory or use a preset") from None
         raise
+    if placement:
+        return model
     return model.to(device)
 
 

@@ -2,13 +2,15 @@
 # The one-GPU measurements behind docs/performance.md and docs/benchmarks.md, in parts that
 # each fit a ten-minute slot:
 #
-#   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss (issue: fast GPU path)
+#   bash bench/gpu_session.sh smoke         # every script at tiny shapes on the GPU, about a minute
+#   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss: docs/performance.md
 #   bash bench/gpu_session.sh memory-infer  # optimizer_memory.py, infer_speed.py, check_packing_gpu.py
 #   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
 #
 # Wheels the host lacks (liger-kernel, galore-torch, q-galore-torch, bitsandbytes) are taken
 # from .whl/ when present (see bench/README.md). Results land in $OUT (default ./bench-out):
 # JSON per script, a log per part, and for `tables` the SQLite store (tunerkit.db).
+# Several parts run in order in one call: `bash bench/gpu_session.sh smoke fast-path`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/bench-out}
@@ -26,7 +28,8 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i 
 python3 -c "import tunerkit_plugins.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-part=${1:?part: fast-path | memory-infer | tables}
+[ $# -gt 0 ] || { echo "parts: smoke | fast-path | memory-infer | tables" >&2; exit 2; }
+for part in "$@"; do
 case "$part" in
   fast-path)
     timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-400}" \
@@ -48,5 +51,24 @@ case "$part" in
         --runs-dir /tmp/runs "${only[@]}" "${sets[@]}" 2>&1 | tee -a "$OUT/tables.log" | grep -v -i warn
     done
     ;;
+  smoke)
+    # GPU-only code paths (liger, compiled decoding, bf16 bnb, varlen kernels) at tiny shapes,
+    # so a bug costs a minute here rather than a whole slot.
+    timeout 120 python3 bench/fast_path.py --smoke --check-loss --json "$OUT/smoke_fast_path.json" \
+      2>&1 | tee "$OUT/smoke.log" | grep -v -i warn
+    timeout 60 python3 bench/infer_speed.py --model tiny-qwen2 --prompts 1 --prompt-tokens 16 --new-tokens 8 \
+      --out "$OUT/smoke_infer" 2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
+    timeout 60 python3 bench/check_packing_gpu.py --model tiny-llama --max-length 512 \
+      2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
+    timeout 90 python3 -c "
+from pathlib import Path; import tempfile
+from tunerkit.recipe import make_row; from tunerkit.loop import run_row
+row = make_row('bnb', ['lora', 'bnb'], model='tiny-llama', dataset='synthetic:lengths?mean=200&sd=50&min=20&max=400&rows=64',
+               max_length=256, max_steps=3, evaluate=[], val_size=0)
+m = run_row(row, Path(tempfile.mkdtemp()))
+print('bnb smoke:', m['quantized_linears'], 'quantized linears,', m['weights_gib'], 'GiB, loss', m['train_loss'], m['memory'])
+" 2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
+    ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
+done

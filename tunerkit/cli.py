@@ -146,19 +146,15 @@ def list_cmd():
 @click.option("--profile", "-p", help="only records of this profile")
 def report(recipe, db, fmt, profile):
     """Tables of recorded results (all recipes, or RECIPE's)."""
+    from tunerkit.report import recorded
     from tunerkit.report.tables import render
-    from tunerkit.store import Store
 
     name = None
     if recipe is not None:
         from tunerkit.recipe import read_toml
 
         name = (read_toml(recipe).get("recipe") or {}).get("name", recipe.stem)
-    records = Store(db).latest(name)
-    if profile:
-        records = [r for r in records if r["profile"] == profile]
-    if not records:
-        raise UserError(f"no results for {name or 'any recipe'} in {db}", hint="run 'tunerkit run RECIPE' first")
+    records = recorded(db, name, profile)
     for recipe_name in dict.fromkeys(r["recipe"] for r in records):
         subset = [r for r in records if r["recipe"] == recipe_name]
         if fmt == "md":

@@ -48,10 +48,8 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def weight_bits(self, row):
-        dtype = row.settings.dtype
-        if dtype == "auto":
-            dtype = "bf16" if torch.cuda.is_available() else "fp32"
-        return 8 * DTYPES[dtype].itemsize
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the row will run
+        return 8 * resolve_dtype(row.settings.dtype, device).itemsize
 
     @hookimpl(trylast=True)
     def load_model(self, ctx):

@@ -403,19 +403,14 @@ def make_plots(records: list[dict], out_dir: Path) -> list[Path]:
 @click.option("--profile", "-p", help="only records of this profile")
 def command(recipe, db, out_dir, profile):
     """Figures (PNG and SVG) of RECIPE's recorded results: a recipe file or a recipe name."""
-    from tunerkit.errors import UserError
-    from tunerkit.store import Store
+    from tunerkit.report import recorded
 
     name = recipe.stem
     if recipe.suffix == ".toml":
         from tunerkit.recipe import read_toml
 
         name = (read_toml(recipe).get("recipe") or {}).get("name", recipe.stem)
-    records = Store(db).latest(name)
-    if profile:
-        records = [r for r in records if r["profile"] == profile]
-    if not records:
-        raise UserError(f"no results for {name} in {db}", hint="run 'tunerkit run RECIPE' first")
+    records = recorded(db, name, profile)
     written = make_plots(records, out_dir or Path("runs") / "plots" / name)
     if not written:
         click.echo(f"nothing to plot for {name}: no finished rows with metrics")

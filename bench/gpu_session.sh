@@ -4,7 +4,9 @@
 #
 #   bash bench/gpu_session.sh smoke         # every script at tiny shapes on the GPU, about a minute
 #   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss: docs/performance.md
-#   bash bench/gpu_session.sh memory-infer  # optimizer_memory.py, infer_speed.py, check_packing_gpu.py
+#   bash bench/gpu_session.sh memory        # optimizer_memory.py: full, LISA, GaLore (GaLore's first-step SVDs take minutes)
+#   bash bench/gpu_session.sh memory-quant  # optimizer_memory.py: full beside Q-GaLore
+#   bash bench/gpu_session.sh infer         # infer_speed.py, check_packing_gpu.py
 #   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
 #
 # Wheels the host lacks (liger-kernel, galore-torch, q-galore-torch, bitsandbytes) are taken
@@ -28,17 +30,27 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i 
 python3 -c "import tunerkit_plugins.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-[ $# -gt 0 ] || { echo "parts: smoke | fast-path | memory-infer | tables" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "parts: smoke | fast-path | memory | memory-quant | infer | tables" >&2; exit 2; }
 for part in "$@"; do
 case "$part" in
   fast-path)
     timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-400}" \
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
     ;;
-  memory-infer)
-    timeout 300 python3 bench/optimizer_memory.py 2>&1 | tee "$OUT/optimizer_memory.log" | grep -v -i warn
-    timeout 170 python3 bench/infer_speed.py --budget-s 150 2>&1 | tee "$OUT/infer_speed.log" | grep -v -i warn
-    timeout 60 python3 bench/check_packing_gpu.py 2>&1 | tee "$OUT/check_packing_gpu.log" | grep -v -i warn
+  memory)
+    # One ten-minute slot: on one H200 the full, LISA-2 and LISA-4 rows of the 7b shape took
+    # half a minute together, while full+galore128 was stopped unfinished by a 300 s limit.
+    timeout 570 python3 bench/optimizer_memory.py --rows full,full+lisa_2,full+lisa_4,full+galore128,full+galore_perparam \
+      2>&1 | tee "$OUT/optimizer_memory.log" | grep -v -i warn
+    ;;
+  memory-quant)
+    timeout 570 python3 bench/optimizer_memory.py --rows full,full+galore128+quantize --json "$OUT/optimizer_memory_quant.json" \
+      2>&1 | tee "$OUT/optimizer_memory_quant.log" | grep -v -i warn
+    ;;
+  infer)
+    # Eager decoding of the 7b shape alone took 60 s (30 s of it warm-up) for 3 x 256 tokens.
+    timeout 470 python3 bench/infer_speed.py --budget-s 420 2>&1 | tee "$OUT/infer_speed.log" | grep -v -i warn
+    timeout 90 python3 bench/check_packing_gpu.py 2>&1 | tee "$OUT/check_packing_gpu.log" | grep -v -i warn
     ;;
   tables)
     # PROFILE (default bench); TABLES: "recipe:rows" items (rows comma-separated, empty for all); SET: --set pairs for every run.

@@ -65,6 +65,11 @@ class Liger(Plugin):
     name = "liger"
     summary = "liger-kernel's fused Triton kernels: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy (CUDA)"
     Options = LigerOptions
+    # Measured on one H200 (torch 2.11.0, liger-kernel 0.8.5, bench/fast_path.py): dynamo
+    # stops with an AssertionError inside LigerRMSNormFunction when the layers are compiled,
+    # so the pair is refused while the recipe is checked rather than failing on the GPU.
+    conflicts = {"compile": "liger-kernel's Triton autograd functions do not trace under torch.compile: "
+                            "dynamo fails inside LigerRMSNormFunction (torch 2.11, liger-kernel 0.8.5)"}
 
     def __init__(self, options=None):
         super().__init__(options)

@@ -198,3 +198,11 @@ def test_cli_report_and_plot(db, tmp_path):
     assert (tmp_path / "p" / "tuners-cpu-metrics.png").exists()
     result = runner.invoke(main, ["plot", str(RECIPES / "awq.toml"), "--db", str(db)])
     assert result.exit_code == 2 and "no results for awq" in result.output
+
+
+def test_the_table_says_how_many_steps_were_timed_and_under_which_budget(db):
+    # fake_metrics times 3 steps a row; the bench profile of max_length_lora sets one token budget.
+    bench = load_recipe(RECIPES / "max_length_lora.toml", "bench", check_files=False)
+    budget = bench.rows[0].settings.token_budget
+    md = render(records(db, "max_length_lora"), "md")
+    assert f"timed over 3 optimizer steps a row (token budget {budget:,} training tokens a row)" in md

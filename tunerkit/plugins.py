@@ -38,8 +38,9 @@ class Plugin:
     Options: ClassVar[type] = NoOptions
     #: Plugins filling the same slot exclude each other (e.g. two ways to choose what trains).
     slot: ClassVar[str | None] = None
-    #: Plugin names this one cannot run with, and names it needs beside it.
-    conflicts: ClassVar[tuple[str, ...]] = ()
+    #: Plugin names this one cannot run with (a tuple, or a dict of name -> the reason, which
+    #: the recipe error then quotes), and names it needs beside it.
+    conflicts: ClassVar[tuple[str, ...] | dict[str, str]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     #: A one-of requirement: at least one of these must be in the row.
     requires_any: ClassVar[tuple[str, ...]] = ()
@@ -118,8 +119,9 @@ def check_combination(names: list[str], *, file=None, table=None) -> None:
             slots[cls.slot] = name
         for other in cls.conflicts:
             if other in classes:
-                raise UserError(f"plugin '{name}' cannot run with '{other}'", file=file, table=table,
-                                key="plugins", hint=f"remove one of '{name}' and '{other}'")
+                why = cls.conflicts.get(other) if isinstance(cls.conflicts, dict) else None
+                raise UserError(f"plugin '{name}' cannot run with '{other}'" + (f" ({why})" if why else ""),
+                                file=file, table=table, key="plugins", hint=f"remove one of '{name}' and '{other}'")
         for need in cls.requires:
             if need not in classes:
                 raise UserError(f"plugin '{name}' needs '{need}' in the same row", file=file, table=table,

@@ -126,3 +126,11 @@ def test_liger_loss_matches_plain_and_honours_num_items_in_batch(tmp_path):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     finally:
         ctx.hook.teardown(ctx=ctx)
+
+
+def test_liger_with_compile_is_refused_with_the_measured_reason(tiny_row):
+    # The pair is refused while the row is built, before any machine-dependent check: on CPU and GPU alike.
+    with pytest.raises(UserError, match=r"plugin 'liger' cannot run with 'compile' \(.*torch.compile") as err:
+        tiny_row("lora", "liger", "compile")
+    message = str(err.value)
+    assert "\n" not in message and "plugins" in message and "remove one of 'liger' and 'compile'" in message

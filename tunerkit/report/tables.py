@@ -314,6 +314,20 @@ def environment_line(records: list[dict]) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def timing_note(records: list[dict]) -> str | None:
+    """How long the timed part of each row was: a table of 3 timed steps reads differently from one of 300."""
+    steps = [(r.get("metrics") or {}).get("timed_steps") for r in records if r["status"] == "ok"]
+    steps = [s for s in steps if isinstance(s, int)]
+    if not steps:
+        return None
+    budgets = {((r.get("config") or {}).get("settings") or {}).get("token_budget") for r in records if r["status"] == "ok"}
+    span = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}–{max(steps)}"
+    text = f"timed over {span} optimizer steps a row"
+    if len(budgets) == 1 and None not in budgets:
+        text += f" (token budget {next(iter(budgets)):,} training tokens a row)"
+    return text
+
+
 def markdown_table(headers: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in line) + " |" for line in body]
@@ -336,6 +350,9 @@ def render_markdown(records: list[dict]) -> str:
         headers, body = table_rows(group)
         parts.append(markdown_table(headers, body))
         notes = [OURS_NOTE]
+        timing = timing_note(group)
+        if timing:
+            notes.append(timing)
         if any(SEED_MARK in h for h in headers):
             notes.append(SEED_NOTE)
         elif any(r.get("reference") for r in group):

@@ -90,6 +90,8 @@ CONFIGS = [
     Config("7b/lora+liger+offload", "7b", ["lora", "liger", "offload"]),
     Config("7b/lora+padding_free+liger+offload", "7b", ["lora", "padding_free", "liger", "offload"],
            note="batch 1 through the varlen kernel"),
+    Config("7b/lora+packing8k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=4,
+           note="shorter packed rows: less activation memory (the <= 15 GiB target)"),
     Config("7b/lora+packing16k", "7b", ["lora", "packing"], pack_factor=8),
     Config("7b/lora+packing16k+liger", "7b", ["lora", "packing", "liger"], pack_factor=8),
     Config("7b/lora+packing16k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=8),
@@ -101,6 +103,8 @@ CONFIGS = [
     Config("7b/lora+packing16k+compile", "7b", ["lora", "packing", "compile"], pack_factor=8),
     # Not in the default set (time): select with --configs.
     Config("7b/lora+compile", "7b", ["lora", "compile"], default=False),
+    Config("7b/lora+packing4k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=2,
+           default=False),
     Config("7b/lora+packing32k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=16,
            default=False),
     Config("7b/lora+packing64k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=32,
@@ -170,9 +174,21 @@ class BenchProbe:
     check and the attention FLOPs).
     """
 
-    def __init__(self, samples: list[dict]):
+    def __init__(self, samples: list[dict], profiler=None, profile_from: int = 0, profile_steps: int = 0):
         self.samples = samples
         self.steps: list[dict] = []
+        self.profiler, self.profile_from, self.profile_steps = profiler, profile_from, profile_steps
+
+    @hookimpl
+    def on_step_begin(self, ctx):
+        if self.profiler is not None and ctx.global_step == self.profile_from:
+            self.profiler.start()
+
+    @hookimpl
+    def on_step_end(self, ctx):
+        # global_step counts finished steps and is raised after this hook: this is step global_step + 1.
+        if self.profiler is not None and ctx.global_step + 1 == self.profile_from + self.profile_steps:
+            self.profiler.stop(self.profile_steps)
 
     @hookimpl(tryfirst=True)
     def load_tokenizer(self, ctx):
@@ -285,7 +301,7 @@ def peaks() -> dict:
 
 
 def run_baseline(fam: Family, args, samples: list[dict], order: list[int], steps: int, warmup: int,
-                 lora_dropout: float) -> dict:
+                 lora_dropout: float, profiler=None) -> dict:
     """Plain transformers + peft: the stack the seed's tool used. No tunerkit code trains here."""
     from transformers import AutoModelForCausalLM, get_scheduler
 
@@ -325,6 +341,8 @@ def run_baseline(fam: Family, args, samples: list[dict], order: list[int], steps
     losses, seconds, lengths, hashes = [], [], [], []
     for step in range(total):
         sample = samples[order[step % len(order)]]
+        if profiler is not None and step == warmup:
+            profiler.start()
         sync()
         start = time.perf_counter()
         ids = torch.tensor([sample["input_ids"]], device=dev)
@@ -340,6 +358,8 @@ def run_baseline(fam: Family, args, samples: list[dict], order: list[int], steps
         lengths.append([len(sample["input_ids"])])
         hashes.append([token_hash(sample["input_ids"])])
         del out, ids
+    if profiler is not None:
+        profiler.stop(steps)
     result = {"status": "ok", **peaks(), "trainable_params": trainable, "losses": losses,
               "step_seconds": seconds, "lengths": lengths, "hashes": hashes, "warmup": warmup,
               "attention": "sdpa"}
@@ -366,11 +386,11 @@ def tunerkit_row(cfg: Config, fam: Family, args, steps: int, warmup: int, lora_d
 
 
 def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int, warmup: int,
-                 lora_dropout: float) -> dict:
+                 lora_dropout: float, profiler=None) -> dict:
     from tunerkit.loop import run_row
 
     row = tunerkit_row(cfg, fam, args, steps, warmup, lora_dropout)
-    probe = BenchProbe(samples)
+    probe = BenchProbe(samples, profiler, profile_from=warmup, profile_steps=steps)
     with tempfile.TemporaryDirectory() as tmp:
         m = run_row(row, Path(tmp) / "row", extra_plugins=[probe])
     mem = (m.get("memory") or [{}])[0]
@@ -456,6 +476,36 @@ def check_loss(args, fams, samples, order) -> dict:
           f"final loss baseline {a[n - 1]:.4f} fast {b[n - 1]:.4f}; samples: {same} -> "
           f"{'AGREE' if ok else 'DISAGREE'}", flush=True)
     return out
+
+
+# -----------------------------------------------------------------------------------------
+# Where the time goes
+# -----------------------------------------------------------------------------------------
+
+
+def profile_config(cfg: Config, fam: Family, args, samples: list[dict], order: list[int]) -> dict:
+    """A separate short run of one config: its warm-up, then --profile-steps steps under torch.profiler.
+
+    Separate from the timed run so the profiler's overhead never reaches the speed table.
+    """
+    from kernel_profile import StepProfiler
+
+    warmup = args.packed_warmup if cfg.pack_factor else args.warmup
+    prof = StepProfiler()
+    if cfg.baseline:
+        run_baseline(fam, args, samples, order, args.profile_steps, warmup, args.lora_dropout, profiler=prof)
+    else:
+        run_tunerkit(cfg, fam, args, samples, args.profile_steps, warmup, args.lora_dropout, profiler=prof)
+    return prof.result or {"note": "the profiled steps did not run"}
+
+
+def profile_line(name: str, p: dict) -> str:
+    if "gpu_busy_ms_per_step" not in p:
+        return f"{name:<40} {p.get('wall_ms_per_step', 0):8.1f} ms/step; {p.get('note', '')}"
+    kinds = ", ".join(f"{k} {v:.0f}%" for k, v in sorted((p.get("kernel_pct_by_kind") or {}).items(),
+                                                          key=lambda kv: -kv[1]))
+    return (f"{name:<40} {p.get('wall_ms_per_step', 0):8.1f} ms/step, GPU busy {p.get('gpu_busy_ms_per_step', 0):8.1f} ms "
+            f"(idle {p.get('gpu_idle_pct')}%), {p.get('kernels_per_step', 0):.0f} kernels/step; {kinds}")
 
 
 # -----------------------------------------------------------------------------------------
@@ -545,6 +595,9 @@ def parse_args(argv=None):
     p.add_argument("--time-limit", type=float, default=420.0,
                    help="start no further config once this many seconds have passed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--profile", default="", help="comma-separated configs to profile after the speed table "
+                   "(a separate short run each: where the step time goes, by kernel kind)")
+    p.add_argument("--profile-steps", type=int, default=3, help="profiled steps per --profile config")
     p.add_argument("--smoke", action="store_true",
                    help="tiny shapes for a plumbing check: tiny presets, 64-token samples, 3+1 steps (on a CPU: liger left out)")
     args = p.parse_args(argv)
@@ -658,6 +711,24 @@ def main(argv=None) -> int:
         payload["targets"] = targets(results)
         write_json(out_path, payload)
         write_json(args.json, payload)
+
+    if args.profile:
+        payload["profiles"] = {}
+        print("\n== where the time goes (torch.profiler, separate runs; kinds are by kernel name) ==", flush=True)
+        for cfg in select(args.profile):
+            if time.perf_counter() - started > args.time_limit:
+                print(f"{cfg.name:<40} skipped: past --time-limit {args.time_limit:.0f} s", flush=True)
+                continue
+            try:
+                prof = profile_config(cfg, fams[cfg.family], args, samples, order)
+            except Exception as err:  # noqa: BLE001 - a failed profile must not end the run
+                prof = {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"}
+            free_memory()
+            payload["profiles"][cfg.name] = prof
+            print(profile_line(cfg.name, prof) if "status" not in prof else f"{cfg.name:<40} {prof['status']}",
+                  flush=True)
+            write_json(out_path, payload)
+            write_json(args.json, payload)
 
     print("\nsamples/s and tokens/s count real (unpadded) samples and tokens of the timed steps; alloc/resv: "
           "peak GiB allocated/reserved over the whole config (weights included); MFU/HFU: % of "

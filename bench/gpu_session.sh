@@ -34,7 +34,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 for part in "$@"; do
 case "$part" in
   fast-path)
+    # --profile: separate short runs under torch.profiler (where the step time goes), after the table.
     timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-400}" \
+      --profile "${FAST_PATH_PROFILE:-7b/baseline,7b/lora,7b/lora+liger,7b/lora+packing16k+liger}" \
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
     ;;
   memory)
@@ -66,7 +68,8 @@ case "$part" in
   smoke)
     # GPU-only code paths (liger, compiled decoding, bf16 bnb, varlen kernels) at tiny shapes,
     # so a bug costs a minute here rather than a whole slot.
-    timeout 120 python3 bench/fast_path.py --smoke --check-loss --json "$OUT/smoke_fast_path.json" \
+    timeout 150 python3 bench/fast_path.py --smoke --check-loss --json "$OUT/smoke_fast_path.json" \
+      --profile 7b/baseline,7b/lora+packing16k+liger \
       2>&1 | tee "$OUT/smoke.log" | grep -v -i warn
     timeout 60 python3 bench/infer_speed.py --model tiny-qwen2 --prompts 1 --prompt-tokens 16 --new-tokens 8 \
       --out "$OUT/smoke_infer" 2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn

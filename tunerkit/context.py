@@ -36,7 +36,7 @@ class RunContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: free space for plugins, keyed by plugin name by convention
     state: dict[str, Any] = field(default_factory=dict)
-    #: what the attention choice resolved to ("sdpa (torch flash kernel)", ...)
+    #: what the attention choice resolved to ("sdpa (torch's fused kernels; ...)", ...)
     attention_used: str = ""
 
     @property

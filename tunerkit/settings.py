@@ -21,7 +21,7 @@ class Settings:
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = option(
         "auto", "weights' dtype; auto = bf16 on GPU, fp32 on CPU")
     attention: Literal["flash", "sdpa", "eager"] = option(
-        "flash", "flash = the flash_attn package if importable, else torch's own flash kernels")
+        "flash", "flash = the flash_attn package if importable, else torch's fused SDPA kernels")
     gradient_checkpointing: bool = option(True, "recompute activations in backward (non-reentrant)")
     chat_template: str | None = option(
         None, "named fallback template when the tokenizer has none: chatml, llama3, plain")

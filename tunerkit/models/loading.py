@@ -112,8 +112,9 @@ def attn_implementation(choice: str, device: torch.device) -> tuple[str, str]:
         except ImportError:
             pass
         if device.type == "cuda":
-            # torch's own FlashAttention-2 kernel behind SDPA (no mask tensor, is_causal=True).
-            return "sdpa", "sdpa (torch flash kernel)"
+            # SDPA with no mask tensor (is_causal=True): torch then picks among its fused kernels
+            # (FlashAttention-2, cuDNN attention on Hopper, memory-efficient), not the math path.
+            return "sdpa", "sdpa (torch's fused kernels; no flash_attn package)"
         return "sdpa", "sdpa (cpu math/flash kernel; flash_attn needs a GPU)"
     return "sdpa", "sdpa"
 

@@ -206,3 +206,38 @@ def test_the_table_says_how_many_steps_were_timed_and_under_which_budget(db):
     budget = bench.rows[0].settings.token_budget
     md = render(records(db, "max_length_lora"), "md")
     assert f"timed over 3 optimizer steps a row (token budget {budget:,} training tokens a row)" in md
+
+
+def test_the_first_row_a_gpu_process_trained_is_marked(tmp_path):
+    from tunerkit.report.tables import FIRST_MARK, FIRST_NOTE
+
+    store = Store(tmp_path / "first.db")
+    for before, name in enumerate(["r2", "r8"]):
+        row = make_row(name, ["lora"], model="tiny-llama")
+        m = fake_metrics(before, row, random_weights=True)
+        m["rows_before_in_process"] = before
+        store.record(recipe="r", row=row, repeat=0, status="ok", reason=None, metrics=m,
+                     environment=FAKE_GPU, started=0.0)
+    md = render(store.latest("r"), "md")
+    assert FIRST_MARK in line_of(md, "r2") and FIRST_MARK not in line_of(md, "r8")
+    assert FIRST_NOTE in md
+    cpu = Store(tmp_path / "cpu.db")  # CPU rows are never marked
+    row = make_row("r2", ["lora"], model="tiny-llama")
+    m = fake_metrics(0, row, random_weights=False)
+    m["rows_before_in_process"] = 0
+    cpu.record(recipe="r", row=row, repeat=0, status="ok", reason=None, metrics=m, environment=FAKE_CPU, started=0.0)
+    assert FIRST_MARK not in render(cpu.latest("r"), "md")
+
+
+def test_runs_record_how_many_rows_their_process_trained_before(tmp_path):
+    from tunerkit.recipe import load_recipe as load
+    from tunerkit.runner import run_recipe
+
+    recipe_file = tmp_path / "two.toml"
+    recipe_file.write_text(
+        '[recipe]\nname = "two"\n[defaults]\nmodel = "tiny-llama"\ndataset = "synthetic:lengths?mean=40&sd=5&min=8&max=60&rows=16"\n'
+        'max_length = 64\nmax_steps = 1\nevaluate = []\nval_size = 0\n'
+        '[[row]]\nname = "a"\nplugins = ["lora"]\n[[row]]\nname = "b"\nplugins = ["lora"]\n')
+    store = Store(tmp_path / "two.db")
+    outcomes = run_recipe(load(recipe_file, None), store, runs_dir=tmp_path / "runs", progress=False, echo=lambda *_: None)
+    assert [o.metrics["rows_before_in_process"] for o in outcomes] == [0, 1]

@@ -40,6 +40,7 @@ def run_recipe(recipe, store: Store, *, resume: bool = False, runs_dir: Path = P
     is_main = _is_main_process()
     total = sum(r.settings.repeats for r in recipe.rows)
     index = 0
+    trained_here = 0  # rows this process trained before the current one (the first pays one-off costs)
     for row in recipe.rows:
         for repeat in range(row.settings.repeats):
             index += 1
@@ -63,6 +64,7 @@ def run_recipe(recipe, store: Store, *, resume: bool = False, runs_dir: Path = P
             out_dir = runs_dir / recipe.name / _safe(row.name)
             try:
                 metrics = run_row(row, out_dir, progress=bar)
+                metrics["rows_before_in_process"] = trained_here
                 status, reason = "ok", None
             except KeyboardInterrupt:
                 raise
@@ -74,6 +76,7 @@ def run_recipe(recipe, store: Store, *, resume: bool = False, runs_dir: Path = P
                         traceback.print_exc()
             finally:
                 bar.close()
+                trained_here += 1
             if status == "ok":
                 metrics["wall_seconds"] = time.time() - started  # load + train + evaluate
             env = environment(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))

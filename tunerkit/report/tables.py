@@ -141,6 +141,17 @@ def split_name(name: str) -> tuple[str, list[str]]:
     return match["base"], keys
 
 
+FIRST_MARK = "‡"
+FIRST_NOTE = (f"{FIRST_MARK} the first row its process trained: on one H200 such rows ran about 1.5x slower than "
+              "the same config later in a process (docs/benchmarks.md); compare it with care")
+
+
+def first_in_process(record: dict) -> bool:
+    """A GPU row that was the first its process trained (CPU rows and older records are not flagged)."""
+    return record["status"] == "ok" and ran_on_gpu(record) is True and \
+        (record.get("metrics") or {}).get("rows_before_in_process") == 0
+
+
 def status_text(record: dict, flag_random: bool) -> str:
     status = record["status"]
     reason = " ".join((record.get("reason") or "").split())
@@ -152,6 +163,8 @@ def status_text(record: dict, flag_random: bool) -> str:
         text = f"failed: {reason or 'unknown reason'}"
     if flag_random and (record.get("metrics") or {}).get("random_weights"):
         text += " (random weights)"
+    if first_in_process(record):
+        text += f" {FIRST_MARK}"
     return text
 
 
@@ -358,6 +371,8 @@ def render_markdown(records: list[dict]) -> str:
         elif any(r.get("reference") for r in group):
             notes.append("the seed's published numbers are not shown: this profile ran on CPU, not on the "
                          "seed's hardware and models")
+        if any(first_in_process(r) for r in group):
+            notes.append(FIRST_NOTE)
         if any("(random weights)" in line[headers.index("status")] for line in body):
             notes.append(f"(random weights): {RANDOM_NOTE}")
         parts.append("\n".join(f"_{n}._  " for n in notes))

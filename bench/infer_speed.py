@@ -117,6 +117,29 @@ def agreement(a: list[int], b: list[int]) -> int:
     return n
 
 
+@torch.no_grad()
+def divergence_gaps(model, prompts, ours: list[list[int]], eager: list[list[int]], device) -> list[dict]:
+    """Where a backend's greedy tokens first leave eager's: how far apart the two picks were.
+
+    One plain forward over prompt + shared prefix gives the logits at the divergence; if the
+    two chosen tokens' logits differ by less than bf16's resolution at that magnitude
+    (2^-7 of the largest logit), the split is a near-tie, not a wrong computation.
+    """
+    out = []
+    for prompt, a, b in zip(prompts, ours, eager):
+        n = agreement(a, b)
+        if n >= min(len(a), len(b)):
+            out.append({"diverged_at": None})
+            continue
+        ids = torch.tensor([list(prompt) + list(b[:n])], device=device)
+        logits = model(input_ids=ids).logits[0, -1].float()
+        gap = float(logits[b[n]] - logits[a[n]])
+        resolution = float(logits.abs().max()) * 2 ** -7
+        out.append({"diverged_at": n, "logit_gap": gap, "bf16_resolution": resolution,
+                    "near_tie": abs(gap) <= resolution})
+    return out
+
+
 def main():
     args = parse_args()
     device = torch.device(args.device)
@@ -150,6 +173,7 @@ def main():
                 eager_outputs = outputs
             elif eager_outputs:
                 row["tokens_agreeing_with_eager"] = [agreement(a, b) for a, b in zip(outputs, eager_outputs)]
+                row["divergences"] = divergence_gaps(model, prompts, outputs, eager_outputs, device)
         except Exception as err:  # noqa: BLE001 - record and go on to the next backend
             row = {"backend": backend, "error": f"{type(err).__name__}: {str(err)[:400]}",
                    "traceback": traceback.format_exc()[-3000:]}
@@ -186,6 +210,9 @@ def render(report: dict) -> str:
         note = "; ".join(r.get("notes") or [])
         if "tokens_agreeing_with_eager" in r:
             note = (note + "; " if note else "") + f"tokens agreeing with eager: {r['tokens_agreeing_with_eager']}"
+            ties = [d.get("near_tie") for d in r.get("divergences") or [] if d.get("diverged_at") is not None]
+            if ties:
+                note += f" (divergences at near-ties: {sum(bool(t) for t in ties)}/{len(ties)})"
         lines.append(f"| {r['backend']} | {r['tokens_per_s']:.1f} | {ratio} | {r['warmup_s']:.0f} | "
                      f"{r['peak_alloc_gib']:.1f} | {r.get('graph_breaks', '')} | {note} |")
     if "best_speedup_over_eager" in report:

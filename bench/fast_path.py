@@ -521,6 +521,40 @@ COLUMNS = [("config", 40), ("tok/s", 8), ("samp/s", 7), ("x base", 6), ("alloc",
            ("HFU%", 5), ("tok/step", 8), ("samples", 18)]
 
 
+def markdown(payload: dict) -> str:
+    """The results of a fast_path.json as the Markdown tables docs/performance.md carries."""
+    env = payload.get("environment") or {}
+    lines = [f"{env.get('device', '?')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
+             f"peft {env.get('peft')}, liger-kernel {env.get('liger-kernel')}, flash-attn {env.get('flash-attn')}", "",
+             "| config | tokens/s | × baseline | samples/s | peak alloc GiB | peak reserved GiB | MFU % | HFU % | timed |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in payload.get("results") or []:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['name']} | {r.get('status')} | | | | | | | |")
+            continue
+        lines.append("| " + " | ".join([
+            r["name"], f"{r['tokens_per_s']:,.0f}", f"{r.get('x_baseline', float('nan')):.2f}", f"{r['samples_per_s']:.2f}",
+            f"{r['peak_alloc_gib']:.1f}", f"{r['peak_reserved_gib']:.1f}", f"{r['mfu_pct']:.0f}", f"{r['hfu_pct']:.0f}",
+            f"{r['timed_steps']} steps, {r['timed_tokens']:,} tokens, {r.get('same_samples', '')}"]) + " |")
+    check = payload.get("loss_check") or {}
+    if check.get("status") == "ok":
+        lines += ["", f"Loss agreement: {check['steps']} steps of {check['config']} vs the baseline, largest relative "
+                  f"difference {check['max_rel_diff']:.2e}, mean {check['mean_rel_diff']:.2e} (tolerance {check['rtol']:g}): "
+                  f"{'agree' if check.get('agree') else 'DISAGREE'}."]
+    for t in payload.get("targets") or []:
+        lines.append(f"- target {t['target']}: " + ("met by " + ", ".join(t["met_by"]) if t["met_by"] else "not met"))
+    profiles = payload.get("profiles") or {}
+    if profiles:
+        lines += ["", "| profiled config | wall ms/step | GPU busy ms/step | GPU idle % | kernels/step | kernel time by kind |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for name, p in profiles.items():
+            kinds = ", ".join(f"{k} {v:.0f}%" for k, v in sorted((p.get("kernel_pct_by_kind") or {}).items(),
+                                                                  key=lambda kv: -kv[1]))
+            lines.append(f"| {name} | {p.get('wall_ms_per_step', '')} | {p.get('gpu_busy_ms_per_step', '')} | "
+                         f"{p.get('gpu_idle_pct', '')} | {p.get('kernels_per_step', '')} | {kinds or p.get('status') or p.get('note', '')} |")
+    return "\n".join(lines)
+
+
 def header() -> str:
     return "  ".join(name.ljust(w) if i == 0 else name.rjust(w) for i, (name, w) in enumerate(COLUMNS))
 
@@ -600,6 +634,7 @@ def parse_args(argv=None):
     p.add_argument("--time-limit", type=float, default=420.0,
                    help="start no further config once this many seconds have passed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--render", type=Path, default=None, help="print a fast_path.json as Markdown tables and exit")
     p.add_argument("--profile", default="", help="comma-separated configs to profile after the speed table "
                    "(a separate short run each: where the step time goes, by kernel kind)")
     p.add_argument("--profile-steps", type=int, default=3, help="profiled steps per --profile config")
@@ -627,6 +662,9 @@ def select(spec: str) -> list[Config]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(args.render.read_text())))
+        return 0
     if args.list:
         for c in CONFIGS:
             print(f"{c.name:<42} {'default' if c.default else 'opt-in':8} {c.note}")

@@ -1,0 +1,51 @@
+"""bench/fast_path.py --render: a results file becomes the Markdown tables the docs carry.
+
+The payload is written for the test in fast_path.json's shape; none of it is a measurement.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "fast_path.py"
+
+FAKE = {
+    "environment": {"device": "FAKE GPU (test data)", "torch": "0.0", "transformers": "0.0", "peft": "0.0",
+                    "liger-kernel": None, "flash-attn": None},
+    "results": [
+        {"name": "7b/baseline", "status": "ok", "tokens_per_s": 1000.0, "x_baseline": 1.0, "samples_per_s": 0.5,
+         "peak_alloc_gib": 10.0, "peak_reserved_gib": 11.0, "mfu_pct": 20.0, "hfu_pct": 25.0, "timed_steps": 4,
+         "timed_tokens": 8000, "same_samples": "same order"},
+        {"name": "7b/lora+liger", "status": "failed: ImportError: no liger"},
+    ],
+    "loss_check": {"status": "ok", "steps": 5, "config": "7b/lora", "max_rel_diff": 1e-4, "mean_rel_diff": 5e-5,
+                   "rtol": 0.01, "agree": True},
+    "targets": [{"target": ">= 2x", "met_by": [], "measured": True}],
+    "profiles": {"7b/baseline": {"wall_ms_per_step": 100.0, "gpu_busy_ms_per_step": 80.0, "gpu_idle_pct": 20.0,
+                                 "kernels_per_step": 900.0, "kernel_pct_by_kind": {"attention": 25.0, "matmul": 75.0}}},
+}
+
+
+@pytest.fixture(scope="module")
+def fast_path():
+    spec = importlib.util.spec_from_file_location("fast_path_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_render_prints_every_config_the_check_the_targets_and_the_profiles(fast_path, tmp_path, capsys):
+    path = tmp_path / "fast_path.json"
+    path.write_text(json.dumps(FAKE))
+    assert fast_path.main(["--render", str(path)]) == 0
+    md = capsys.readouterr().out
+    assert "| 7b/baseline | 1,000 | 1.00 | 0.50 | 10.0 | 11.0 | 20 | 25 | 4 steps, 8,000 tokens, same order |" in md
+    assert "| 7b/lora+liger | failed: ImportError: no liger |" in md
+    assert "largest relative difference 1.00e-04" in md and ": agree." in md
+    assert "- target >= 2x: not met" in md
+    assert "| 7b/baseline | 100.0 | 80.0 | 20.0 | 900.0 | matmul 75%, attention 25% |" in md

@@ -32,6 +32,8 @@ import torch
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
 
+from ._layers import checkpointed_layers
+
 GIB = 1024 ** 3
 
 
@@ -105,12 +107,6 @@ class HostOffloader:
             return host
         torch.cuda.current_stream(device).wait_event(done)
         return host.to(device, non_blocking=True)
-
-
-def checkpointed_layers(model) -> list:
-    """Modules transformers checkpoints (they carry ``gradient_checkpointing = True``)."""
-    return [m for m in model.modules()
-            if getattr(m, "gradient_checkpointing", False) and callable(getattr(m, "_gradient_checkpointing_func", None))]
 
 
 def offloaded_checkpoint(checkpoint_func, offloader: HostOffloader, function, *args, **kwargs):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,19 @@ def tiny_context(tmp_path):
         return ctx
 
     return build
+
+
+@functools.cache
+def _bench_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while a class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``bench_script("fast_path")``: a script of bench/ imported as a module, so the tested code is the script's."""
+    return _bench_script

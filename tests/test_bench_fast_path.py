@@ -3,14 +3,9 @@
 The payload is written for the test in fast_path.json's shape; none of it is a measurement.
 """
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "fast_path.py"
 
 FAKE = {
     "environment": {"device": "FAKE GPU (test data)", "torch": "0.0", "transformers": "0.0", "peft": "0.0",
@@ -30,13 +25,8 @@ FAKE = {
 
 
 @pytest.fixture(scope="module")
-def fast_path():
-    spec = importlib.util.spec_from_file_location("fast_path_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def fast_path(bench_script):
+    return bench_script("fast_path")
 
 
 def test_render_prints_every_config_the_check_the_targets_and_the_profiles(fast_path, tmp_path, capsys):

@@ -1,23 +1,12 @@
 """bench/infer_speed.py's divergence check: where two greedy decodings split, and whether it was a near-tie."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "infer_speed.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("infer_speed_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def bench(bench_script):
+    return bench_script("infer_speed")
 
 
 @pytest.fixture(scope="module")

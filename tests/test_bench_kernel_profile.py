@@ -3,23 +3,12 @@
 Kernel names and times here are written for the test (shaped like CUDA's), not measured.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "kernel_profile.py"
 
 
 @pytest.fixture(scope="module")
-def kp():
-    spec = importlib.util.spec_from_file_location("kernel_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def kp(bench_script):
+    return bench_script("kernel_profile")
 
 
 @pytest.mark.parametrize("name, kind", [

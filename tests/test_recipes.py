@@ -145,3 +145,22 @@ def test_tuners_references_carry_the_true_loss_names():
     assert rows["full+no_mix"].reference["eval_loss"] == 0.57
     assert rows["qwen-7b-chat-eval"].settings.train is False
     assert rows["lora+no_mix"].settings.mix is None and rows["lora"].settings.mix["ratio"] == 2.0
+
+
+BEYOND_SEED = sorted((RECIPES / "beyond_seed").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", BEYOND_SEED, ids=lambda p: p.stem)
+def test_recipes_beyond_the_seed_validate_in_both_profiles(path, gpu_host):
+    meta = raw(path)["recipe"]
+    assert meta["name"] == path.stem and meta["gpu_profile"] == "bench" and "seed_table" not in meta
+    bench = load_recipe(path, "bench")
+    assert bench.rows and len({r.settings.token_budget for r in bench.rows}) == 1
+    assert all(r.settings.truncation_strategy == "delete" and r.settings.dataset.startswith("synthetic:lengths")
+               for r in bench.rows)
+
+
+@pytest.mark.parametrize("path", BEYOND_SEED, ids=lambda p: p.stem)
+def test_recipes_beyond_the_seed_validate_here(path):
+    recipe = load_recipe(path, "cpu")
+    assert recipe.rows and all(r.settings.max_steps for r in recipe.rows)

@@ -335,7 +335,7 @@ def timing_note(records: list[dict]) -> str | None:
         return None
     budgets = {((r.get("config") or {}).get("settings") or {}).get("token_budget") for r in records if r["status"] == "ok"}
     span = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}–{max(steps)}"
-    text = f"timed over {span} optimizer steps a row"
+    text = f"timed over {span} optimizer step{'' if max(steps) == 1 else 's'} a row"
     if len(budgets) == 1 and None not in budgets:
         text += f" (token budget {next(iter(budgets)):,} training tokens a row)"
     return text

@@ -77,6 +77,7 @@ class Config:
     pack_factor: int = 0  # packed rows of pack_factor * sample_max tokens (0: one sample per step)
     default: bool = True
     note: str = ""
+    settings: dict = field(default_factory=dict)  # row settings beyond the bench's fixed ones
 
     @property
     def baseline(self) -> bool:
@@ -93,6 +94,9 @@ CONFIGS = [
     Config("7b/lora+liger-noflce", "7b", ["lora", "liger"],
            {"liger": {"fused_linear_cross_entropy": False}}),
     Config("7b/lora+liger+offload", "7b", ["lora", "liger", "offload"]),
+    # SDPA pinned to its FlashAttention-2 kernel (memory-efficient as the fallback): on Hopper
+    # torch 2.11 prefers cuDNN attention; this config shows whether that choice costs speed.
+    Config("7b/lora+sdpa_flash", "7b", ["lora"], settings={"sdpa_kernels": ["flash", "efficient"]}),
     Config("7b/lora+packing8k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=4,
            note="shorter packed rows: less activation memory (the <= 15 GiB target)"),
     Config("7b/lora+packing16k", "7b", ["lora", "packing"], pack_factor=8),
@@ -393,7 +397,7 @@ def tunerkit_row(cfg: Config, fam: Family, args, steps: int, warmup: int, lora_d
                     max_length=pack, truncation_strategy="truncation_right", learning_rate=1e-4,
                     lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.01, max_grad_norm=1.0,
                     max_steps=warmup + steps, timing_warmup_steps=warmup, evaluate=[], val_size=0,
-                    seed=args.seed, **tables)
+                    seed=args.seed, **{**tables, **cfg.settings})
 
 
 def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int, warmup: int,
@@ -679,7 +683,8 @@ def main(argv=None) -> int:
     if args.smoke and not torch.cuda.is_available():
         # liger's kernels need CUDA: on a CPU the smoke run exercises the other switches only.
         chosen = [Config(c.name, c.family, [p for p in c.plugins if p != "liger"],
-                         {k: v for k, v in c.options.items() if k != "liger"}, c.pack_factor, c.default, c.note)
+                         {k: v for k, v in c.options.items() if k != "liger"}, c.pack_factor, c.default, c.note,
+                         c.settings)
                   for c in chosen]
         BY_NAME.update({c.name: c for c in chosen})
     started = time.perf_counter()

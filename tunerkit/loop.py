@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import math
 import random
 from pathlib import Path
@@ -44,10 +45,28 @@ def run_row(row, out_dir: Path, progress=None, extra_plugins=()) -> dict:
     """Train and evaluate one row; return its metrics. Raises on failure (the runner records it)."""
     ctx = build_context(row, out_dir, extra_plugins)
     try:
-        return _run(ctx, progress)
+        with sdpa_kernels(row.settings.sdpa_kernels):
+            metrics = _run(ctx, progress)
+        if row.settings.sdpa_kernels:
+            metrics["sdpa_kernels"] = ",".join(row.settings.sdpa_kernels)
+        return metrics
     finally:
         ctx.hook.teardown(ctx=ctx)
         _release(ctx)
+
+
+def sdpa_kernels(names: list[str] | None):
+    """The row's choice of SDPA kernels for everything it runs (training, recompute, evaluation):
+    torch picks among its fused kernels by itself otherwise (cuDNN attention first on Hopper)."""
+    if not names:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [{"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[n] for n in names]
+    if "set_priority" in inspect.signature(sdpa_kernel).parameters:
+        return sdpa_kernel(backends, set_priority=True)
+    return sdpa_kernel(backends)
 
 
 def _release(ctx: RunContext) -> None:

@@ -13,6 +13,10 @@ from typing import Literal
 from tunerkit.options import option
 
 
+#: Names of torch's SDPA kernels a row may restrict attention to (torch.nn.attention.SDPBackend).
+SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")
+
+
 @dataclass
 class Settings:
     # --- model -----------------------------------------------------------------
@@ -22,6 +26,8 @@ class Settings:
         "auto", "weights' dtype; auto = bf16 on GPU, fp32 on CPU")
     attention: Literal["flash", "sdpa", "eager"] = option(
         "flash", "flash = the flash_attn package if importable, else torch's fused SDPA kernels")
+    sdpa_kernels: list[str] | None = option(
+        None, "SDPA kernels allowed, in order of preference: flash, efficient, cudnn, math (None = torch's choice)")
     gradient_checkpointing: bool = option(True, "recompute activations in backward (non-reentrant)")
     chat_template: str | None = option(
         None, "named fallback template when the tokenizer has none: chatml, llama3, plain")
@@ -82,6 +88,10 @@ class Settings:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.sdpa_kernels is not None:
+            unknown = [k for k in self.sdpa_kernels if k not in SDPA_KERNELS]
+            if unknown or not self.sdpa_kernels:
+                raise ValueError(f"sdpa_kernels must be a non-empty list of {', '.join(SDPA_KERNELS)}; got {self.sdpa_kernels}")
         if self.mix == {}:
             self.mix = None  # `mix = {}` in a profile switches mixing off (TOML has no null)
         if self.mix is not None:

@@ -99,6 +99,8 @@ CONFIGS = [
     Config("7b/lora+sdpa_flash", "7b", ["lora"], settings={"sdpa_kernels": ["flash", "efficient"]}),
     Config("7b/lora+packing8k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=4,
            note="shorter packed rows: less activation memory (the <= 15 GiB target)"),
+    Config("7b/lora+packing4k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=2,
+           note="the 15 GiB point: batch-1 liger+offload peaked at 14.9 GiB"),
     Config("7b/lora+packing16k", "7b", ["lora", "packing"], pack_factor=8),
     Config("7b/lora+packing16k+liger", "7b", ["lora", "packing", "liger"], pack_factor=8),
     Config("7b/lora+packing16k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=8),
@@ -118,8 +120,7 @@ CONFIGS = [
     Config("7b/lora+packing16k+liger+selective_checkpointing", "7b",
            ["lora", "packing", "liger", "selective_checkpointing"], pack_factor=8, default=False),
     Config("7b/lora+compile", "7b", ["lora", "compile"], default=False),
-    Config("7b/lora+packing4k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=2,
-           default=False),
+
     Config("7b/lora+packing32k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=16,
            default=False),
     Config("7b/lora+packing64k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=32,

@@ -35,7 +35,7 @@ for part in "$@"; do
 case "$part" in
   fast-path)
     # --profile: separate short runs under torch.profiler (where the step time goes), after the table.
-    timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-430}" \
+    timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-450}" \
       --profile "${FAST_PATH_PROFILE:-7b/baseline,7b/lora,7b/lora+liger,7b/lora+packing16k+liger}" \
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
     ;;

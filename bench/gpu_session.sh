@@ -4,8 +4,9 @@
 #
 #   bash bench/gpu_session.sh smoke         # every script at tiny shapes on the GPU, about a minute
 #   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss: docs/performance.md
-#   bash bench/gpu_session.sh memory        # optimizer_memory.py: full, LISA, GaLore (GaLore's first-step SVDs take minutes)
-#   bash bench/gpu_session.sh memory-quant  # optimizer_memory.py: full beside Q-GaLore
+#   bash bench/gpu_session.sh memory          # optimizer_memory.py: full beside per-parameter GaLore
+#   bash bench/gpu_session.sh memory-grouped  # optimizer_memory.py: full beside GaLore as one optimizer
+#   bash bench/gpu_session.sh memory-quant    # optimizer_memory.py: full beside Q-GaLore
 #   bash bench/gpu_session.sh infer         # infer_speed.py, check_packing_gpu.py
 #   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
 #
@@ -30,7 +31,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i 
 python3 -c "import tunerkit_plugins.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-[ $# -gt 0 ] || { echo "parts: smoke | fast-path | memory | memory-quant | infer | tables" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "parts: smoke | fast-path | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }
 for part in "$@"; do
 case "$part" in
   fast-path)
@@ -39,15 +40,18 @@ case "$part" in
       --profile "${FAST_PATH_PROFILE:-7b/baseline,7b/lora,7b/lora+liger,7b/lora+packing16k+liger}" \
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
     ;;
-  memory)
-    # One ten-minute slot: on one H200 the full, LISA-2 and LISA-4 rows of the 7b shape took
-    # half a minute together, while full+galore128 was stopped unfinished by a 300 s limit.
-    timeout 570 python3 bench/optimizer_memory.py --rows full,full+lisa_2,full+lisa_4,full+galore128,full+galore_perparam \
-      2>&1 | tee "$OUT/optimizer_memory.log" | grep -v -i warn
-    ;;
-  memory-quant)
-    timeout 570 python3 bench/optimizer_memory.py --rows full,full+galore128+quantize --json "$OUT/optimizer_memory_quant.json" \
-      2>&1 | tee "$OUT/optimizer_memory_quant.log" | grep -v -i warn
+  memory|memory-grouped|memory-quant)
+    # One GaLore row per ten-minute slot, each beside full AdamW measured in the same run: on one
+    # H200 full, LISA-2 and LISA-4 (7b shape) took half a minute together, while full+galore128
+    # was stopped unfinished by a 300 s limit (galore-torch's first step computes an SVD of
+    # every projected matrix, 224 of them here).
+    case "$part" in
+      memory) rows=full,full+galore_perparam ;;
+      memory-grouped) rows=full,full+galore128 ;;
+      memory-quant) rows=full,full+galore128+quantize ;;
+    esac
+    timeout 570 python3 bench/optimizer_memory.py --rows "$rows" --json "$OUT/optimizer_memory_${part}.json" \
+      2>&1 | tee "$OUT/optimizer_memory_${part}.log" | grep -v -i warn
     ;;
   infer)
     # Eager decoding of the 7b shape alone took 60 s (30 s of it warm-up) for 3 x 256 tokens.

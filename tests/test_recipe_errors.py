@@ -94,3 +94,15 @@ plugins = ["full"]
     assert "no training samples left" in records["starved"]["reason"]
     assert records["lora"]["status"] == "ok" and records["full"]["status"] == "ok"
     assert records["full"]["metrics"]["tokens_per_s"] > 0
+
+
+def test_no_progress_quiets_transformers_bars_too(tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    try:
+        result, _, _ = run_cli(tmp_path, GOOD)
+        assert result.exit_code == 0, result.output
+        assert not hf_logging.is_progress_bar_enabled()  # "Loading weights" bars are transformers' own
+    finally:
+        hf_logging.enable_progress_bar()

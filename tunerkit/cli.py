@@ -95,6 +95,11 @@ def run(recipe, profile, only, resume, db, runs_dir, no_progress, check, sets):
         from tunerkit.launch import relaunch_if_needed
 
         relaunch_if_needed(gpus)
+    if no_progress:
+        # transformers draws its own bars (loading weights, writing shards): quiet means those too.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     outcomes = run_recipe(rec, store, resume=resume, runs_dir=runs_dir, progress=not no_progress)
     from tunerkit.runner import _is_main_process
 

@@ -515,11 +515,16 @@ def profile_config(cfg: Config, fam: Family, args, samples: list[dict], order: l
     return prof.result or {"note": "the profiled steps did not run"}
 
 
+def kinds_text(p: dict) -> str:
+    """A profile's kernel-time shares, largest first: "matmul 61%, attention 18%, ..."."""
+    shares = sorted((p.get("kernel_pct_by_kind") or {}).items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {v:.0f}%" for k, v in shares)
+
+
 def profile_line(name: str, p: dict) -> str:
     if "gpu_busy_ms_per_step" not in p:
         return f"{name:<40} {p.get('wall_ms_per_step', 0):8.1f} ms/step; {p.get('note', '')}"
-    kinds = ", ".join(f"{k} {v:.0f}%" for k, v in sorted((p.get("kernel_pct_by_kind") or {}).items(),
-                                                          key=lambda kv: -kv[1]))
+    kinds = kinds_text(p)
     return (f"{name:<40} {p.get('wall_ms_per_step', 0):8.1f} ms/step, GPU busy {p.get('gpu_busy_ms_per_step', 0):8.1f} ms "
             f"(idle {p.get('gpu_idle_pct')}%), {p.get('kernels_per_step', 0):.0f} kernels/step; {kinds}")
 
@@ -559,8 +564,7 @@ def markdown(payload: dict) -> str:
         lines += ["", "| profiled config | wall ms/step | GPU busy ms/step | GPU idle % | kernels/step | kernel time by kind |",
                   "|---|---:|---:|---:|---:|---|"]
         for name, p in profiles.items():
-            kinds = ", ".join(f"{k} {v:.0f}%" for k, v in sorted((p.get("kernel_pct_by_kind") or {}).items(),
-                                                                  key=lambda kv: -kv[1]))
+            kinds = kinds_text(p)
             lines.append(f"| {name} | {p.get('wall_ms_per_step', '')} | {p.get('gpu_busy_ms_per_step', '')} | "
                          f"{p.get('gpu_idle_pct', '')} | {p.get('kernels_per_step', '')} | {kinds or p.get('status') or p.get('note', '')} |")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Where a training step's time goes: GPU kernel time by kind, and the GPU's idle share.
 
-Used by ``bench/fast_path.py --profile-steps N``: torch.profiler records N steps after the
-timed ones (so the timing itself is never perturbed), and this module sums the recorded
+Used by ``bench/fast_path.py --profile CONFIGS``: in a separate short run of each config,
+torch.profiler records ``--profile-steps`` steps after its warm-up (the timed run is never
+profiled, so its timing is not perturbed), and this module sums the recorded
 CUDA kernels into a few kinds (matmuls, attention, fused Triton kernels, optimizer,
 copies, other elementwise work). The window's wall time minus the union of kernel
 intervals is time the GPU sat idle — launch overhead and host-side work, the part kernel
@@ -71,7 +72,8 @@ def breakdown(kernels: list[Kernel], wall_s: float, steps: int, top: int = 12) -
     steps = max(steps, 1)
     wall_ms = wall_s * 1e3
     busy_ms = union_us(kernels) / 1e3
-    per_step = {kind: round(us / 1e3 / steps, 3) for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1])}
+    largest_first = sorted(by_kind.items(), key=lambda kv: -kv[1])
+    per_step = {kind: round(us / 1e3 / steps, 3) for kind, us in largest_first}
     kernel_ms = sum(by_kind.values()) / 1e3
     return {
         "steps": steps,
@@ -79,7 +81,8 @@ def breakdown(kernels: list[Kernel], wall_s: float, steps: int, top: int = 12) -
         "gpu_busy_ms_per_step": round(busy_ms / steps, 3),
         "gpu_idle_pct": round(100 * max(wall_ms - busy_ms, 0.0) / wall_ms, 1) if wall_ms > 0 else None,
         "kernel_ms_per_step_by_kind": per_step,
-        "kernel_pct_by_kind": {kind: round(100 * us / 1e3 / kernel_ms, 1) for kind, us in by_kind.items()} if kernel_ms else {},
+        "kernel_pct_by_kind": {kind: round(100 * us / 1e3 / kernel_ms, 1) for kind, us in largest_first}
+        if kernel_ms else {},
         "kernels_per_step": round(len(kernels) / steps, 1),
         "top_kernels": [{"name": n[:120], "ms_per_step": round(v[0] / 1e3 / steps, 3), "calls_per_step": v[1] / steps}
                         for n, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]],
@@ -97,8 +100,9 @@ class StepProfiler:
     def start(self) -> None:
         from torch.profiler import ProfilerActivity, profile
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        if torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        if cuda:
             torch.cuda.synchronize()
         self.prof = profile(activities=activities, record_shapes=False, with_stack=False)
         self.prof.__enter__()

@@ -40,3 +40,20 @@ def checkpointed_layers(model: nn.Module) -> list[nn.Module]:
     switches (offload, selective checkpointing) wrap that call."""
     return [m for m in model.modules()
             if getattr(m, "gradient_checkpointing", False) and callable(getattr(m, "_gradient_checkpointing_func", None))]
+
+
+def wrap_checkpoint_calls(layers: list[nn.Module], wrap) -> list[tuple[nn.Module, object]]:
+    """Replace each layer's checkpoint call with ``wrap(original)``; returns what
+    :func:`restore_checkpoint_calls` needs to put the originals back."""
+    patched = []
+    for layer in layers:
+        original = layer._gradient_checkpointing_func
+        patched.append((layer, original))
+        layer._gradient_checkpointing_func = wrap(original)
+    return patched
+
+
+def restore_checkpoint_calls(patched: list[tuple[nn.Module, object]]) -> None:
+    for layer, original in reversed(patched):
+        layer._gradient_checkpointing_func = original
+    patched.clear()

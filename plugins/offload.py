@@ -32,7 +32,7 @@ import torch
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
 
-from ._layers import checkpointed_layers
+from ._layers import checkpointed_layers, restore_checkpoint_calls, wrap_checkpoint_calls
 
 GIB = 1024 ** 3
 
@@ -146,10 +146,8 @@ class ActivationOffload(Plugin):
             if not layers:
                 raise RowFailed("offload scope 'checkpoints' found no checkpointed layer "
                                 "(gradient_checkpointing off, or the model does not support it)")
-            for layer in layers:
-                original = layer._gradient_checkpointing_func
-                self.patched.append((layer, original))
-                layer._gradient_checkpointing_func = functools.partial(offloaded_checkpoint, original, self.offloader)
+            self.patched = wrap_checkpoint_calls(
+                layers, lambda original: functools.partial(offloaded_checkpoint, original, self.offloader))
         ctx.log(f"activation offload: scope {scope}")
 
     @hookimpl
@@ -170,6 +168,4 @@ class ActivationOffload(Plugin):
 
     @hookimpl
     def teardown(self, ctx):
-        for layer, original in self.patched:
-            layer._gradient_checkpointing_func = original
-        self.patched.clear()
+        restore_checkpoint_calls(self.patched)

@@ -26,7 +26,7 @@ from typing import Literal
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
 
-from ._layers import checkpointed_layers
+from ._layers import checkpointed_layers, restore_checkpoint_calls, wrap_checkpoint_calls
 
 #: Dispatcher names of the ops a "matmul" policy keeps (what nn.Linear and LoRA lower to).
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"})
@@ -96,10 +96,7 @@ class SelectiveCheckpointing(Plugin):
                             "transformers' gradient checkpointing)")
         o = self.options
         context_fn = functools.partial(selective_context, o.save, o.every_other_matmul)
-        for layer in layers:
-            original = layer._gradient_checkpointing_func
-            self.patched.append((layer, original))
-            layer._gradient_checkpointing_func = functools.partial(original, context_fn=context_fn)
+        self.patched = wrap_checkpoint_calls(layers, lambda original: functools.partial(original, context_fn=context_fn))
         ctx.log(f"selective checkpointing on {len(layers)} layers: keeps {o.save}"
                 + (" (every other matmul)" if o.every_other_matmul else ""))
 
@@ -110,6 +107,4 @@ class SelectiveCheckpointing(Plugin):
 
     @hookimpl
     def teardown(self, ctx):
-        for layer, original in reversed(self.patched):
-            layer._gradient_checkpointing_func = original
-        self.patched.clear()
+        restore_checkpoint_calls(self.patched)

@@ -4,6 +4,7 @@
 #
 #   bash bench/gpu_session.sh smoke         # every script at tiny shapes on the GPU, about a minute
 #   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss: docs/performance.md
+#   bash bench/gpu_session.sh svd           # svd_speed.py: GaLore's projector refresh, per SVD driver
 #   bash bench/gpu_session.sh memory          # optimizer_memory.py: full beside per-parameter GaLore
 #   bash bench/gpu_session.sh memory-grouped  # optimizer_memory.py: full beside GaLore as one optimizer
 #   bash bench/gpu_session.sh memory-quant    # optimizer_memory.py: full beside Q-GaLore
@@ -31,14 +32,19 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i 
 python3 -c "import tunerkit_plugins.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-[ $# -gt 0 ] || { echo "parts: smoke | fast-path | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "parts: smoke | fast-path | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }
 for part in "$@"; do
 case "$part" in
   fast-path)
     # --profile: separate short runs under torch.profiler (where the step time goes), after the table.
     timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-450}" \
+      --configs "${FAST_PATH_CONFIGS:-default}" \
       --profile "${FAST_PATH_PROFILE:-7b/baseline,7b/lora,7b/lora+liger,7b/lora+packing16k+liger}" \
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
+    ;;
+  svd)
+    # galore-torch's projector refresh: one SVD per projected matrix, timed per cuSOLVER driver.
+    timeout 150 python3 bench/svd_speed.py --repeats 1 2>&1 | tee "$OUT/svd_speed.log" | grep -v -i warn
     ;;
   memory|memory-grouped|memory-quant)
     # One GaLore row per ten-minute slot, each beside full AdamW measured in the same run: on one

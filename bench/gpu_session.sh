@@ -8,6 +8,7 @@
 #   bash bench/gpu_session.sh memory          # optimizer_memory.py: full beside per-parameter GaLore
 #   bash bench/gpu_session.sh memory-grouped  # optimizer_memory.py: full beside GaLore as one optimizer
 #   bash bench/gpu_session.sh memory-quant    # optimizer_memory.py: full beside Q-GaLore
+#   bash bench/gpu_session.sh memory-all      # optimizer_memory.py: full, LISA-2/4 and the three GaLore rows
 #   bash bench/gpu_session.sh infer         # infer_speed.py, check_packing_gpu.py
 #   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
 #
@@ -46,7 +47,7 @@ case "$part" in
     # galore-torch's projector refresh: one SVD per projected matrix, timed per cuSOLVER driver.
     timeout 150 python3 bench/svd_speed.py --repeats 1 2>&1 | tee "$OUT/svd_speed.log" | grep -v -i warn
     ;;
-  memory|memory-grouped|memory-quant)
+  memory|memory-grouped|memory-quant|memory-all)
     # One GaLore row per ten-minute slot, each beside full AdamW measured in the same run: on one
     # H200 full, LISA-2 and LISA-4 (7b shape) took half a minute together, while full+galore128
     # was stopped unfinished by a 300 s limit (galore-torch's first step computes an SVD of
@@ -55,6 +56,8 @@ case "$part" in
       memory) rows=full,full+galore_perparam ;;
       memory-grouped) rows=full,full+galore128 ;;
       memory-quant) rows=full,full+galore128+quantize ;;
+      # the whole default set: fits one slot since the projector's SVDs run through gesvda
+      memory-all) rows=full,full+lisa_2,full+lisa_4,full+galore128,full+galore_perparam,full+galore128+quantize ;;
     esac
     timeout 570 python3 bench/optimizer_memory.py --rows "$rows" --json "$OUT/optimizer_memory_${part}.json" \
       2>&1 | tee "$OUT/optimizer_memory_${part}.log" | grep -v -i warn

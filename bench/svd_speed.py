@@ -61,10 +61,38 @@ def time_svd(shape: tuple[int, int], device: str, driver: str | None, repeats: i
     return sorted(times)[len(times) // 2]
 
 
+def subspace_agreement(shape: tuple[int, int], device: str, driver: str | None, rank: int) -> dict:
+    """How well ``driver`` finds the leading ``rank`` singular vectors GaLore keeps, against gesvd.
+
+    The matrix has a gradient-like decaying spectrum (s_i = 1/i, random singular vectors):
+    a Gaussian matrix's flat spectrum leaves the top-``rank`` subspace ill-defined. Reported:
+    the smallest cosine of the principal angles between the two rank-``rank`` subspaces on the
+    projected side (1 = the same subspace) and the relative difference of the rank-``rank``
+    approximations' errors.
+    """
+    g = torch.Generator(device=device).manual_seed(1)
+    m, n = shape
+    k = min(m, n)
+    u, _ = torch.linalg.qr(torch.randn(m, k, device=device, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, k, device=device, generator=g))
+    s = 1.0 / torch.arange(1, k + 1, device=device, dtype=torch.float32)
+    a = (u * s) @ v.T
+    kwargs = {"full_matrices": False}
+    ref = torch.linalg.svd(a, **kwargs, **({"driver": "gesvd"} if device == "cuda" else {}))
+    got = torch.linalg.svd(a, **kwargs, **({"driver": driver} if driver else {}))
+    # galore-torch's "std" projection keeps U (left) when m < n, else V (right)
+    side = (lambda r: r[0][:, :rank]) if m < n else (lambda r: r[2][:rank].T)
+    cos = torch.linalg.svdvals(side(ref).T @ side(got)).min().item()
+    def err(r):
+        return torch.linalg.matrix_norm(a - (r[0][:, :rank] * r[1][:rank]) @ r[2][:rank]).item()
+    return {"min_principal_cos": cos, "rank_approx_error_rel_diff": abs(err(got) - err(ref)) / err(ref)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="qwen-7b-chat")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rank", type=int, default=128, help="GaLore rank whose subspace is compared (the seed's 128)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -87,12 +115,18 @@ def main(argv=None) -> int:
             for shape in shapes:
                 row["per_shape_s"][f"{shape[0]}x{shape[1]}"] = time_svd(shape, device, driver, args.repeats)
             row["refresh_all_s"] = sum(row["per_shape_s"][f"{s[0]}x{s[1]}"] * n for s, n in shapes.items())
+            first = next(iter(shapes))
+            row["agreement"] = subspace_agreement(first, device, driver, min(args.rank, min(first)))
         except Exception as err:  # noqa: BLE001 - one driver failing must not end the table
             row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
         rows.append(row)
         per = "  ".join(f"{k} {v:.3f} s" for k, v in row["per_shape_s"].items())
         total = f"all {sum(shapes.values())}: {row['refresh_all_s']:.1f} s" if row["status"] == "ok" else row["status"]
-        print(f"{label:<20} {per}  {total}", flush=True)
+        agree = row.get("agreement")
+        agree = (f"  top-{min(args.rank, min(next(iter(shapes))))} subspace vs gesvd: min cos "
+                 f"{agree['min_principal_cos']:.6f}, rank-r error rel diff {agree['rank_approx_error_rel_diff']:.1e}"
+                 if agree else "")
+        print(f"{label:<20} {per}  {total}{agree}", flush=True)
     if device == "cuda":
         torch.backends.cuda.preferred_linalg_library("default")
     payload = {"model": args.model, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

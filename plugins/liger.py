@@ -43,6 +43,18 @@ class LigerOptions:
         True, "lm_head + cross-entropy in chunks: the tokens x vocab logits are never materialised")
 
 
+#: the kernels liger puts inside a decoder layer, the region the ``compile`` plugin compiles
+IN_LAYER_KERNELS = ("rope", "rms_norm", "swiglu")
+# Measured on one H200 (torch 2.11.0, liger-kernel 0.8.5, bench/fast_path.py): with every
+# kernel on, dynamo stopped with an AssertionError inside LigerRMSNormFunction while
+# compiling the layers. The fused linear cross-entropy runs in the causal-LM forward,
+# outside the compiled layers, so it may stay on.
+COMPILE_REFUSAL = ("liger's in-layer kernels ({kernels}) do not trace under torch.compile (dynamo failed inside"
+                   " LigerRMSNormFunction; torch 2.11, liger-kernel 0.8.5): with 'compile' in the row set"
+                   " rope, rms_norm and swiglu = false in [plugins.liger] and keep fused_linear_cross_entropy,"
+                   " which runs outside the compiled layers")
+
+
 def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
@@ -65,18 +77,15 @@ class Liger(Plugin):
     name = "liger"
     summary = "liger-kernel's fused Triton kernels: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy (CUDA)"
     Options = LigerOptions
-    # Measured on one H200 (torch 2.11.0, liger-kernel 0.8.5, bench/fast_path.py): dynamo
-    # stops with an AssertionError inside LigerRMSNormFunction when the layers are compiled,
-    # so the pair is refused while the recipe is checked rather than failing on the GPU.
-    conflicts = {"compile": "liger-kernel's Triton autograd functions do not trace under torch.compile: "
-                            "dynamo fails inside LigerRMSNormFunction (torch 2.11, liger-kernel 0.8.5)"}
-
     def __init__(self, options=None):
         super().__init__(options)
         self._restore: list[tuple[object, dict]] = []
 
     @hookimpl
     def validate(self, row):
+        # Checked first, so the refusal is the same on a CPU and a GPU machine.
+        if "compile" in row.plugins and self.in_layer_kernels():
+            return COMPILE_REFUSAL.format(kernels=", ".join(self.in_layer_kernels()))
         if not torch.cuda.is_available():
             return "liger's Triton kernels need a CUDA GPU and none is visible; drop 'liger' on this machine"
         if not liger_available():
@@ -112,6 +121,9 @@ class Liger(Plugin):
             if changed:
                 self._restore.append((module, changed))
         ctx.log("liger kernels: " + (", ".join(self.kernels()) or "none"))
+
+    def in_layer_kernels(self) -> list[str]:
+        return [k for k in IN_LAYER_KERNELS if getattr(self.options, k)]
 
     def kernels(self) -> list[str]:
         return [k for k in ("rope", "rms_norm", "swiglu", "fused_linear_cross_entropy") if getattr(self.options, k)]

@@ -44,6 +44,8 @@ def run_cli(tmp_path, text, *extra):
     (('lora = { rank = 4 }', 'lora = { rnk = 4 }'), ["rnk", "did you mean 'rank'"]),
     (('dataset = "builtin:arithmetic"', 'dataset = "data/missing.jsonl"'), ["row 'lora'", "dataset", "not found"]),
     (('plugins = ["lora"]', 'plugins = ["lora", "full"]'), ["row 'lora'", "plugins", "'lora' and 'full'"]),
+    (('plugins = ["lora"]', 'plugins = ["lora", "liger", "compile"]'),
+     ["row 'lora'", "plugins", "torch.compile", "rope, rms_norm and swiglu = false"]),
     (('model = "tiny-llama"', 'model = "qwen-72b-chat"\ndtype = "fp32"'), ["row 'lora'", "model", "GiB"]),
     (('[[row]]', '[[row]\n'), ["r.toml", "malformed TOML"]),
 ])
@@ -106,3 +108,28 @@ def test_no_progress_quiets_transformers_bars_too(tmp_path):
         assert not hf_logging.is_progress_bar_enabled()  # "Loading weights" bars are transformers' own
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_a_declared_conflict_carries_its_reason_into_the_one_line_error(monkeypatch):
+    import tunerkit.plugins as plugins
+    from tunerkit import Plugin
+    from tunerkit.errors import UserError
+
+    class Fast(Plugin):
+        name = "fast"
+        conflicts = {"slow": "they patch the same attention function"}
+
+    class Slow(Plugin):
+        name = "slow"
+
+    class Plain(Plugin):
+        name = "plain"
+        conflicts = ("slow",)
+
+    monkeypatch.setattr(plugins, "_REGISTRY", {"fast": Fast, "slow": Slow, "plain": Plain})
+    with pytest.raises(UserError, match=r"plugin 'fast' cannot run with 'slow' \(they patch the same attention function\)") as err:
+        plugins.check_combination(["slow", "fast"], file="r.toml", table="row 'x'")
+    assert "remove one of 'fast' and 'slow'" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError) as plain:  # a conflict declared without a reason says only the pair
+        plugins.check_combination(["plain", "slow"])
+    assert "plugin 'plain' cannot run with 'slow' (hint: remove one of 'plain' and 'slow')" in str(plain.value)

@@ -209,3 +209,36 @@ def test_bad_combinations_fail_early(tiny_row):
             with pytest.raises(UserError, match="needs a CUDA GPU"):
                 validate_row(tiny_row("full", "galore", galore=galore), file="t.toml")
     validate_row(tiny_row("full", "galore"), file="t.toml")  # the plain row passes
+
+
+def test_svd_driver_routes_gpu_svds_while_the_row_runs_and_is_removed_after(tiny_row, tiny_context, monkeypatch):
+    """galore-torch takes no SVD driver: the wrapper adds the chosen one to CUDA inputs only, from the
+    optimizer's construction to teardown, and a CPU row leaves torch.linalg.svd alone."""
+    from types import SimpleNamespace
+
+    from tunerkit_plugins.galore import GaLoreOptions, SvdDriver, resolved_svd_driver
+
+    assert resolved_svd_driver(GaLoreOptions()) == "gesvda"
+    assert resolved_svd_driver(GaLoreOptions(svd_driver="torch")) is None
+    calls = []
+    monkeypatch.setattr(torch.linalg, "svd", lambda A, *a, **kw: calls.append(kw) or "result")
+    fake_original = torch.linalg.svd
+    wrapper = SvdDriver("gesvda")
+    wrapper.install()
+    assert torch.linalg.svd(SimpleNamespace(is_cuda=True), full_matrices=False) == "result"
+    torch.linalg.svd(SimpleNamespace(is_cuda=False), full_matrices=False)
+    torch.linalg.svd(SimpleNamespace(is_cuda=True), driver="gesvdj")
+    assert calls == [{"full_matrices": False, "driver": "gesvda"}, {"full_matrices": False}, {"driver": "gesvdj"}]
+    wrapper.remove()
+    assert torch.linalg.svd is fake_original
+    monkeypatch.undo()
+
+    # a CPU row: nothing installed, the metric says torch's own choice ran
+    original = torch.linalg.svd
+    ctx = tuned(tiny_row, tiny_context, 2, rank=4, update_proj_gap=1)
+    assert torch.linalg.svd is original
+    run_steps(ctx, [[token_batch(1)]])
+    metrics = {k: v for d in ctx.hook.collect_metrics(ctx=ctx) for k, v in d.items()}
+    assert metrics["galore_svd_driver"] == "torch"
+    ctx.hook.teardown(ctx=ctx)
+    assert torch.linalg.svd is original

@@ -128,9 +128,19 @@ def test_liger_loss_matches_plain_and_honours_num_items_in_batch(tmp_path):
         ctx.hook.teardown(ctx=ctx)
 
 
-def test_liger_with_compile_is_refused_with_the_measured_reason(tiny_row):
-    # The pair is refused while the row is built, before any machine-dependent check: on CPU and GPU alike.
-    with pytest.raises(UserError, match=r"plugin 'liger' cannot run with 'compile' \(.*torch.compile") as err:
-        tiny_row("lora", "liger", "compile")
+def test_liger_in_layer_kernels_with_compile_are_refused_with_the_measured_reason(tmp_path):
+    # Refused while the recipe is checked, before the machine-dependent checks: on CPU and GPU alike.
+    row = make_row("r", ["lora", "liger", "compile"], model="tiny-qwen2", liger={"rope": False})
+    with pytest.raises(UserError, match=r"in-layer kernels \(rms_norm, swiglu\) do not trace under torch.compile") as err:
+        validate_row(row, file=str(tmp_path / "r.toml"))
     message = str(err.value)
-    assert "\n" not in message and "plugins" in message and "remove one of 'liger' and 'compile'" in message
+    assert "\n" not in message and "set rope, rms_norm and swiglu = false" in message
+
+
+def test_liger_fused_cross_entropy_alone_may_run_with_compile():
+    # The fused loss runs in the causal-LM forward, outside the compiled decoder layers.
+    flce_only = Liger(LigerOptions(rope=False, rms_norm=False, swiglu=False))
+    row = make_row("r", ["lora", "liger", "compile"], model="tiny-qwen2")
+    reason = flce_only.validate(row=row)
+    assert reason is None or "torch.compile" not in reason  # on a CPU: the no-GPU reason, not the compile one
+    assert flce_only.kernels() == ["fused_linear_cross_entropy"]

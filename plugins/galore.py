@@ -89,6 +89,7 @@ class SvdDriver:
     def __init__(self, driver: str):
         self.driver = driver
         self.original = None
+        self.fallbacks = 0  # SVDs the driver failed on, redone with torch's choice
 
     def install(self) -> None:
         import torch
@@ -96,9 +97,15 @@ class SvdDriver:
         original, driver = torch.linalg.svd, self.driver
 
         def svd(A, *args, **kwargs):
-            if A.is_cuda and kwargs.get("driver") is None:
-                kwargs["driver"] = driver
-            return original(A, *args, **kwargs)
+            if not A.is_cuda or kwargs.get("driver") is not None:
+                return original(A, *args, **kwargs)
+            try:
+                return original(A, *args, **kwargs, driver=driver)
+            except torch.linalg.LinAlgError:
+                # gesvda does not converge on some rank-deficient gradients (measured on one
+                # H200 with per-parameter GaLore and Q-GaLore): torch's own choice takes those.
+                self.fallbacks += 1
+                return original(A, *args, **kwargs)
 
         svd.tunerkit_svd_driver = driver
         self.original, torch.linalg.svd = original, svd
@@ -325,6 +332,7 @@ class GaLore(Plugin):
             "galore_target_params": target_params,
             "galore_target_params_m": target_params / 1e6,
             "galore_svd_driver": self.svd.driver if self.svd is not None else "torch",
+            "galore_svd_fallbacks": self.svd.fallbacks if self.svd is not None else 0,
             "galore_grad_clipping": not o.per_parameter and ctx.settings.max_grad_norm > 0,
             "galore_optimizer_state_gib": state_gib(dict(optimizer.state)) if optimizer is not None else None,
         }

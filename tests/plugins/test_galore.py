@@ -221,7 +221,14 @@ def test_svd_driver_routes_gpu_svds_while_the_row_runs_and_is_removed_after(tiny
     assert resolved_svd_driver(GaLoreOptions()) == "gesvda"
     assert resolved_svd_driver(GaLoreOptions(svd_driver="torch")) is None
     calls = []
-    monkeypatch.setattr(torch.linalg, "svd", lambda A, *a, **kw: calls.append(kw) or "result")
+
+    def fake_svd(A, *args, **kwargs):
+        calls.append(kwargs)
+        if getattr(A, "unconverging", False) and kwargs.get("driver") == "gesvda":
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return "result"
+
+    monkeypatch.setattr(torch.linalg, "svd", fake_svd)
     fake_original = torch.linalg.svd
     wrapper = SvdDriver("gesvda")
     wrapper.install()
@@ -229,6 +236,11 @@ def test_svd_driver_routes_gpu_svds_while_the_row_runs_and_is_removed_after(tiny
     torch.linalg.svd(SimpleNamespace(is_cuda=False), full_matrices=False)
     torch.linalg.svd(SimpleNamespace(is_cuda=True), driver="gesvdj")
     assert calls == [{"full_matrices": False, "driver": "gesvda"}, {"full_matrices": False}, {"driver": "gesvdj"}]
+    # a matrix gesvda does not converge on is redone with torch's own choice, and counted
+    calls.clear()
+    assert torch.linalg.svd(SimpleNamespace(is_cuda=True, unconverging=True), full_matrices=False) == "result"
+    assert calls == [{"full_matrices": False, "driver": "gesvda"}, {"full_matrices": False}]
+    assert wrapper.fallbacks == 1
     wrapper.remove()
     assert torch.linalg.svd is fake_original
     monkeypatch.undo()

@@ -59,7 +59,7 @@ case "$part" in
       # the whole default set: fits one slot since the projector's SVDs run through gesvda
       memory-all) rows=full,full+lisa_2,full+lisa_4,full+galore128,full+galore_perparam,full+galore128+quantize ;;
     esac
-    timeout "${MEMORY_LIMIT:-570}" python3 bench/optimizer_memory.py --rows "$rows" --json "$OUT/optimizer_memory_${part}.json" \
+    timeout "${MEMORY_LIMIT:-570}" python3 bench/optimizer_memory.py --rows "${MEMORY_ROWS:-$rows}" --json "$OUT/optimizer_memory_${part}.json" \
       2>&1 | tee "$OUT/optimizer_memory_${part}.log" | grep -v -i warn
     ;;
   infer)

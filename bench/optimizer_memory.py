@@ -48,6 +48,8 @@ ROWS = {
     "full+galore128+quantize": (["full", "galore"], {"galore": {**GALORE, "quantize": True}}),
     # not in the default set: extra evidence for the docs' memory accounting
     "full+galore128+quantize+proj_quant": (["full", "galore"], {"galore": {**GALORE, "quantize": True, "proj_quant": True}}),
+    # liger's fused cross-entropy: the tokens x vocab logits (and their float32 loss copies) never exist
+    "full+galore_perparam+liger": (["full", "galore", "liger"], {"galore": {**GALORE, "per_parameter": True}}),
     "full+galore_emb": (["full", "galore"], {"galore": {**GALORE, "with_embedding": True}}),
     "full+lisa_2+frozen_embeddings": (["full", "lisa"], {"lisa": {"activated_layers": 2, "train_embeddings": False}}),
     "full+lisa_2+frozen_embeddings_head": (["full", "lisa"], {"lisa": {"activated_layers": 2, "train_embeddings": False,

@@ -123,7 +123,12 @@ def test_per_parameter_never_holds_the_whole_gradient(tiny_row, tiny_context):
     assert max(live) == 1  # only the parameter being stepped has a gradient
 
 
-def test_per_parameter_matches_one_optimizer(tiny_row, tiny_context):
+def test_per_parameter_matches_one_optimizer(tiny_row, tiny_context, monkeypatch):
+    """The per-parameter machinery (hooks, stepping inside backward, schedules) gives the grouped
+    optimizer's result; here every parameter keeps galore-torch's optimizer, so only the machinery differs."""
+    import tunerkit_plugins.galore as galore
+
+    monkeypatch.setattr(galore, "build_per_parameter_optimizer", galore.build_optimizer)
     windows = [[token_batch(10 + 2 * i), token_batch(11 + 2 * i)] for i in range(3)]
     results = []
     for per_parameter in (False, True):
@@ -136,6 +141,37 @@ def test_per_parameter_matches_one_optimizer(tiny_row, tiny_context):
     assert moved > 1e-3  # the comparison below is not between untouched weights
     worst = max((grouped[n] - layerwise[n]).abs().max().item() for n in grouped)
     assert worst < 1e-5
+
+
+def test_per_parameter_unprojected_parameters_take_torch_adamw_with_the_same_update(tiny_row, tiny_context):
+    """Embedding, head and norms step with torch's AdamW in per-parameter mode (fused on a GPU:
+    no parameter-sized temporaries); its update is galore-torch's AdamW but for where eps enters."""
+    from galore_torch import GaLoreAdamW
+
+    ctx = tuned(tiny_row, tiny_context, steps=2, rank=4, per_parameter=True)
+    kinds = {type(o).__name__ for p, o in ctx.optimizer.optimizers.items() if p.ndim < 2 or p.shape[0] == VOCAB}
+    assert kinds == {"AdamW"} and all(type(o).__module__.startswith("torch.optim")
+                                      for p, o in ctx.optimizer.optimizers.items() if p.ndim < 2)
+    projected = [o for p, o in ctx.optimizer.optimizers.items() if "rank" in o.param_groups[0]]
+    assert projected and all(isinstance(o, GaLoreAdamW) for o in projected)
+    ctx.hook.teardown(ctx=ctx)
+
+    torch.manual_seed(0)
+    theirs = torch.nn.Parameter(torch.randn(64, 8))
+    ours = torch.nn.Parameter(theirs.detach().clone())
+    start = theirs.detach().clone()
+    a = GaLoreAdamW([{"params": [theirs], "weight_decay": 0.01}], lr=1e-3, eps=1e-8, no_deprecation_warning=True)
+    from tunerkit_plugins.galore import GaLoreOptions, build_per_parameter_optimizer
+
+    b = build_per_parameter_optimizer(GaLoreOptions(), [{"params": [ours], "weight_decay": 0.01}], lr=1e-3)
+    for _ in range(3):
+        # gradients far above eps (magnitudes 1e-2..3e-2): where eps enters does not show
+        grad = (torch.rand(64, 8) * 2e-2 + 1e-2) * torch.sign(torch.randn(64, 8))
+        theirs.grad, ours.grad = grad.clone(), grad.clone()
+        a.step()
+        b.step()
+    # atol: a few float32 roundings of weights near 1 (one ulp there is 1.2e-7); the steps are ~1e-3
+    torch.testing.assert_close(ours - start, theirs - start, rtol=1e-4, atol=1e-6)
 
 
 def test_galore_row_runs_through_the_loop(tiny_row, run_tiny):

@@ -550,6 +550,13 @@ COLUMNS = [("config", 40), ("tok/s", 8), ("samp/s", 7), ("x base", 6), ("alloc",
            ("HFU%", 5), ("tok/step", 8), ("samples", 18)]
 
 
+def target_state(t: dict) -> str:
+    """met by CONFIGS / not met / baseline not run (a target with no baseline in the run)."""
+    if t["met_by"]:
+        return "met by " + ", ".join(t["met_by"])
+    return "not met" if t.get("measured", True) else "baseline not run"
+
+
 def markdown(payload: dict) -> str:
     """The results of a fast_path.json as the Markdown tables docs/performance.md carries."""
     env = payload.get("environment") or {}
@@ -571,7 +578,7 @@ def markdown(payload: dict) -> str:
                   f"difference {check['max_rel_diff']:.2e}, mean {check['mean_rel_diff']:.2e} (tolerance {check['rtol']:g}): "
                   f"{'agree' if check.get('agree') else 'DISAGREE'}."]
     for t in payload.get("targets") or []:
-        lines.append(f"- target {t['target']}: " + ("met by " + ", ".join(t["met_by"]) if t["met_by"] else "not met"))
+        lines.append(f"- target {t['target']}: {target_state(t)}")
     profiles = payload.get("profiles") or {}
     if profiles:
         lines += ["", "| profiled config | wall ms/step | GPU busy ms/step | GPU idle % | kernels/step | kernel time by kind |",
@@ -807,8 +814,7 @@ def main(argv=None) -> int:
           "peak GiB allocated/reserved over the whole config (weights included); MFU/HFU: % of "
           f"{PEAK_TFLOPS:.0f} TFLOP/s, HFU with the recompute of gradient checkpointing.", flush=True)
     for v in payload["targets"] or []:
-        state = ("met by " + ", ".join(v["met_by"])) if v["met_by"] else ("not met" if v["measured"] else "baseline not run")
-        print(f"target {v['target']}: {state}", flush=True)
+        print(f"target {v['target']}: {target_state(v)}", flush=True)
     print(f"total {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 

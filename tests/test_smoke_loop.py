@@ -1,3 +1,6 @@
+import pytest
+
+
 def test_lora_row_trains_and_reports(tiny_row, run_tiny):
     m = run_tiny(tiny_row("lora", lora={"rank": 4}, max_steps=3))
     assert m["optimizer_steps"] == 3
@@ -28,3 +31,26 @@ def test_synthetic_row_trains_without_tokenizer(tiny_row, run_tiny):
     m = run_tiny(tiny_row("lora", dataset="synthetic:lengths?rows=8&mean=40&sd=10&min=8&max=64", val_size=0,
                           evaluate=[]))
     assert m["optimizer_steps"] == 2 and m["train_tokens"] > 0
+
+
+def test_git_revision_says_dirty_when_tracked_files_changed(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    from tunerkit import metrics
+
+    if shutil.which("git") is None:  # CI images without git record no revision at all
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    module = repo / "pkg" / "m.py"
+    module.write_text("x = 1\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "c"], check=True)
+    monkeypatch.setattr(metrics.os.path, "abspath", lambda _p: str(module))
+    clean = metrics._git_revision()
+    assert clean and "+" not in clean
+    module.write_text("x = 2\n")
+    assert metrics._git_revision() == clean + "+dirty"

@@ -106,10 +106,17 @@ class Timer:
 
 
 def _git_revision() -> str | None:
+    """HEAD's short hash, with ``+dirty`` when tracked files differ from it (a row run from an
+    edited or copied checkout must not claim to be exactly that commit)."""
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+        if not head:
+            return None
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

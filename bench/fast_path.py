@@ -430,7 +430,9 @@ def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int
             "loop_tokens_per_s": m.get("tokens_per_s"), "loop_samples_per_s": m.get("samples_per_s"),
             "attention": m.get("attention"), "packing_efficiency": m.get("packing_efficiency"),
             "offload_gib_per_step": m.get("offload_gib_per_step"), "compiled_layers": m.get("compiled_layers"),
-            "liger_kernels": m.get("liger_kernels")}
+            "liger_kernels": m.get("liger_kernels"),
+            **{k: m[k] for k in ("compile_frames", "compile_graphs", "compile_graph_breaks",
+                                 "compile_graph_break_reasons") if k in m}}
 
 
 def summarise(result: dict, shape: Shape, trained: str) -> dict:
@@ -605,7 +607,10 @@ def line(r: dict) -> str:
             fmt(r.get("x_baseline"), ".2f"), fmt(r.get("peak_alloc_gib"), ".1f"), fmt(r.get("peak_reserved_gib"), ".1f"),
             fmt(r.get("mfu_pct"), ".0f"), fmt(r.get("hfu_pct"), ".0f"), fmt(r.get("tokens_per_step"), ",.0f"),
             r.get("same_samples", "")]
-    return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, (_, w)) in enumerate(zip(vals, COLUMNS)))
+    text = "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, (_, w)) in enumerate(zip(vals, COLUMNS)))
+    if r.get("compile_graph_breaks"):  # a compiled config that does not run as one graph per layer
+        text += f"  [{r['compile_graph_breaks']} graph breaks: {'; '.join(r.get('compile_graph_break_reasons', []))}]"
+    return text
 
 
 def environment() -> dict:

@@ -46,6 +46,15 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+def dynamo_counts() -> dict:
+    """Dynamo's process-wide counters that say whether compiled layers really run as one
+    graph: frames it compiled, graphs it captured, graph breaks and their reasons."""
+    from torch._dynamo.utils import counters
+
+    return {"frames": counters["frames"]["total"], "graphs": counters["stats"]["unique_graphs"],
+            "breaks": dict(counters["graph_break"])}
+
+
 def _limit_name() -> str:
     config = torch._dynamo.config
     return "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
@@ -60,6 +69,7 @@ class Compile(Plugin):
         super().__init__(options)
         self.layers: list[torch.nn.Module] = []
         self.saved_limit: int | None = None
+        self.counts_before: dict | None = None
 
     @hookimpl
     def on_train_begin(self, ctx):
@@ -75,6 +85,7 @@ class Compile(Plugin):
         self.saved_limit = getattr(torch._dynamo.config, name)
         setattr(torch._dynamo.config, name, max(self.saved_limit, RECOMPILE_LIMIT))
         mode = None if o.mode == "default" else o.mode
+        self.counts_before = dynamo_counts()
         for layer in layers:
             layer.compile(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
         self.layers = layers
@@ -82,7 +93,19 @@ class Compile(Plugin):
 
     @hookimpl
     def collect_metrics(self, ctx):
-        return {"compiled_layers": len(self.layers)}
+        metrics = {"compiled_layers": len(self.layers)}
+        if self.counts_before is not None:
+            # Graph breaks split a layer into several graphs with eager Python between them
+            # (and a sync where a break reads a tensor's value): the first thing to look at
+            # when a compiled row is slower than expected.
+            now, before = dynamo_counts(), self.counts_before
+            breaks = {r: n - before["breaks"].get(r, 0) for r, n in now["breaks"].items()}
+            breaks = {r: n for r, n in breaks.items() if n > 0}
+            metrics.update(compile_frames=now["frames"] - before["frames"],
+                           compile_graphs=now["graphs"] - before["graphs"],
+                           compile_graph_breaks=sum(breaks.values()),
+                           compile_graph_break_reasons=sorted({r.strip().splitlines()[0][:120] for r in breaks}))
+        return metrics
 
     @hookimpl
     def teardown(self, ctx):

@@ -11,12 +11,21 @@ from the start (parameters stay static; ``torch._dynamo.config.force_parameter_s
 so padding-free and packed batches whose token counts change every step reuse one graph
 instead of recompiling. ``dynamic = false`` specialises on every new length.
 
-Gradient checkpointing keeps working: transformers checkpoints the layer call, and the
-recompute in the backward runs the same compiled code.
+Gradient checkpointing keeps working: the recompute in the backward runs the same
+compiled code. Where transformers puts the checkpoint call decides what is compiled.
+Up to 5.17 it checkpoints in the layer's ``__call__``, outside ``_call_impl``, so
+``layer.compile()`` compiles the layer body and the checkpoint call (with whatever
+``offload`` or ``selective_checkpointing`` wrapped around it) stays eager. Later versions
+checkpoint inside ``forward`` (a ``forward_with_checkpointing`` wrapper), which would put the
+checkpoint call and those wrappers inside the compiled region, where dynamo cannot trace
+``saved_tensors_hooks`` and breaks the graph (measured on a CPU with transformers 5.24).
+For those layers the plugin compiles the wrapped original ``forward`` and hands it to the
+checkpoint call instead, so the compiled region is the same layer body in both cases.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +33,8 @@ import torch
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
+
+from ._layers import restore_checkpoint_calls, wrap_checkpoint_calls
 
 #: Compiled graphs one code object may keep. Decoder layers share their code; some torch
 #: versions still guard per layer, and the default (8) would drop the rest to eager.
@@ -44,6 +55,33 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def checkpointed_inside_forward(layer: torch.nn.Module):
+    """The original ``forward`` when this transformers version checkpoints inside the layer's
+    ``forward`` (its class's forward is a ``functools.wraps`` wrapper of it), else ``None``."""
+    forward = type(layer).forward
+    original = getattr(forward, "__wrapped__", None)
+    # functools.wraps copies the names, not the code: the wrapper's own code says what it is
+    code = getattr(forward, "__code__", None)
+    if original is not None and code is not None and code.co_name == "forward_with_checkpointing":
+        return original
+    return None
+
+
+def compiling_checkpoint(original_forward, compiled_forward):
+    """A wrap for the layer's checkpoint call: the ``partial(forward, layer, **kwargs)`` it is
+    given runs through ``compiled_forward``; anything else passes through unchanged."""
+
+    def wrap(checkpoint):
+        def call(function, *args, **kwargs):
+            if isinstance(function, functools.partial) and function.func is original_forward:
+                function = functools.partial(compiled_forward, *function.args, **function.keywords)
+            return checkpoint(function, *args, **kwargs)
+
+        return call
+
+    return wrap
 
 
 def dynamo_counts() -> dict:
@@ -70,6 +108,8 @@ class Compile(Plugin):
         self.layers: list[torch.nn.Module] = []
         self.saved_limit: int | None = None
         self.counts_before: dict | None = None
+        self.patched: list[tuple[object, object]] = []
+        self.placement = "layer"  # what was compiled: the layer call, or the forward its checkpoint runs
 
     @hookimpl
     def on_train_begin(self, ctx):
@@ -86,14 +126,29 @@ class Compile(Plugin):
         setattr(torch._dynamo.config, name, max(self.saved_limit, RECOMPILE_LIMIT))
         mode = None if o.mode == "default" else o.mode
         self.counts_before = dynamo_counts()
+        inside = {id(layer): checkpointed_inside_forward(layer) for layer in layers}
+        checkpointing = [layer for layer in layers
+                         if inside[id(layer)] is not None and getattr(layer, "gradient_checkpointing", False)]
+        if checkpointing:
+            # one compiled function per original forward (one per layer class): the layers share its graphs
+            compiled = {}
+            for layer in checkpointing:
+                original = inside[id(layer)]
+                if original not in compiled:
+                    compiled[original] = torch.compile(original, backend=o.backend, mode=mode, dynamic=o.dynamic,
+                                                       fullgraph=o.fullgraph)
+                self.patched += wrap_checkpoint_calls([layer], compiling_checkpoint(original, compiled[original]))
+            self.placement = "checkpointed forward"
         for layer in layers:
-            layer.compile(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
+            if layer not in checkpointing:
+                layer.compile(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
         self.layers = layers
-        ctx.log(f"compiled {len(layers)} decoder layers ({o.backend}, mode {o.mode}, dynamic {o.dynamic})")
+        ctx.log(f"compiled {len(layers)} decoder layers ({o.backend}, mode {o.mode}, dynamic {o.dynamic}; "
+                f"{self.placement})")
 
     @hookimpl
     def collect_metrics(self, ctx):
-        metrics = {"compiled_layers": len(self.layers)}
+        metrics = {"compiled_layers": len(self.layers), "compile_placement": self.placement}
         if self.counts_before is not None:
             # Graph breaks split a layer into several graphs with eager Python between them
             # (and a sync where a break reads a tensor's value): the first thing to look at
@@ -114,6 +169,7 @@ class Compile(Plugin):
         if self.saved_limit is not None:
             setattr(torch._dynamo.config, _limit_name(), self.saved_limit)
             self.saved_limit = None
+        restore_checkpoint_calls(self.patched)
         self.layers = []
         # Forget this row's graphs: they hold its model's modules and would only miss later.
         torch._dynamo.reset()

@@ -40,6 +40,27 @@ def test_compile_wraps_every_decoder_layer_and_teardown_restores_limit(tiny_row,
     assert torch._dynamo.config.recompile_limit == before
 
 
+def test_checkpointed_layers_get_their_forward_compiled_and_teardown_restores_the_call(tiny_row, tiny_context):
+    import functools
+
+    from tunerkit_plugins.compile import checkpointed_inside_forward
+
+    ctx = tiny_context(tiny_row("lora", "compile", **ROW))
+    layers = decoder_layers(ctx.unwrapped_model())
+    if checkpointed_inside_forward(layers[0]) is None:
+        pytest.skip("this transformers checkpoints in the layer's __call__: layer.compile() covers it")
+    originals = []
+    for layer in layers:
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+        originals.append(layer._gradient_checkpointing_func)
+    ctx.hook.on_train_begin(ctx=ctx)
+    assert all(layer._compiled_call_impl is None for layer in layers)  # the layer call itself stays eager
+    assert all(layer._gradient_checkpointing_func is not o for layer, o in zip(layers, originals))
+    ctx.hook.teardown(ctx=ctx)
+    assert all(layer._gradient_checkpointing_func is o for layer, o in zip(layers, originals))
+
+
 def test_graph_breaks_are_counted_with_their_reason(tiny_row, run_tiny):
     """On a CPU packed rows take the per-sample SDPA fallback, which reads the sample bounds
     (``cu.tolist()``) inside the layer: a data-dependent graph break the metrics must show."""
@@ -47,3 +68,47 @@ def test_graph_breaks_are_counted_with_their_reason(tiny_row, run_tiny):
     m = run_tiny(tiny_row("lora", "packing", "compile", name="packed", compile={"backend": "aot_eager"}, **row))
     assert m["compile_graph_breaks"] >= 1
     assert any("data dependent" in r.lower() for r in m["compile_graph_break_reasons"]), m["compile_graph_break_reasons"]
+
+
+def test_compile_with_offload_keeps_the_checkpoint_wrappers_out_of_the_graph(tiny_row, run_tiny):
+    """Where transformers checkpoints inside forward, offload's saved-tensor hooks would sit in
+    the compiled region and break its graph: the plugin compiles the checkpointed forward
+    instead, so the compiled row has no break, offloads, and trains exactly as eager."""
+    from transformers import AutoModelForCausalLM
+
+    from tunerkit.models.presets import get_preset
+    from tunerkit_plugins.compile import checkpointed_inside_forward, decoder_layers
+
+    layer = decoder_layers(AutoModelForCausalLM.from_config(get_preset("tiny-llama").config()))[0]
+    inside = checkpointed_inside_forward(layer) is not None
+    row = {**ROW, "batch_size": 1, "offload": {"min_bytes": 0}}  # tiny activations: offload them all
+    eager = run_tiny(tiny_row("lora", "offload", name="eager", **row))
+    compiled = run_tiny(tiny_row("lora", "compile", "offload", name="compiled", compile={"backend": "aot_eager"}, **row))
+    assert compiled["compile_placement"] == ("checkpointed forward" if inside else "layer")
+    assert compiled["compile_graph_breaks"] == 0, compiled["compile_graph_break_reasons"]
+    assert compiled["compile_graphs"] >= 1
+    assert compiled["offload_tensors_per_step"] > 0
+    assert compiled["train_loss_curve"] == pytest.approx(eager["train_loss_curve"], rel=1e-4, abs=1e-5)
+
+
+def test_compiled_checkpoint_wrap_swaps_only_the_layer_forward(monkeypatch):
+    import functools
+
+    from tunerkit_plugins.compile import compiling_checkpoint
+
+    def forward(self, x, scale=1):
+        return ("eager", self, x, scale)
+
+    def compiled(self, x, scale=1):
+        return ("compiled", self, x, scale)
+
+    calls = []
+
+    def checkpoint(fn, *args, **kwargs):
+        calls.append(kwargs)
+        return fn(*args)
+
+    wrapped = compiling_checkpoint(forward, compiled)(checkpoint)
+    assert wrapped(functools.partial(forward, "layer", scale=2), 3, use_reentrant=False) == ("compiled", "layer", 3, 2)
+    assert calls == [{"use_reentrant": False}]  # the checkpoint call keeps its own arguments
+    assert wrapped(lambda x: ("other", x), 5) == ("other", 5)  # any other function passes through

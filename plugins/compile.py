@@ -20,7 +20,8 @@ checkpoint inside ``forward`` (a ``forward_with_checkpointing`` wrapper), which 
 checkpoint call and those wrappers inside the compiled region, where dynamo cannot trace
 ``saved_tensors_hooks`` and breaks the graph (measured on a CPU with transformers 5.24).
 For those layers the plugin compiles the wrapped original ``forward`` and hands it to the
-checkpoint call instead, so the compiled region is the same layer body in both cases.
+checkpoint call instead, so the compiled region is the same layer body in both cases
+(evaluation, which does not checkpoint, then runs those layers eager).
 """
 
 from __future__ import annotations

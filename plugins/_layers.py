@@ -42,18 +42,43 @@ def checkpointed_layers(model: nn.Module) -> list[nn.Module]:
             if getattr(m, "gradient_checkpointing", False) and callable(getattr(m, "_gradient_checkpointing_func", None))]
 
 
+_WRAPS = "_tunerkit_checkpoint_wraps"
+
+
+def _compose(layer: nn.Module) -> None:
+    chain = vars(layer)[_WRAPS]
+    function = chain["base"]
+    for _token, wrap in chain["wraps"]:
+        function = wrap(function)
+    layer._gradient_checkpointing_func = function
+
+
 def wrap_checkpoint_calls(layers: list[nn.Module], wrap) -> list[tuple[nn.Module, object]]:
-    """Replace each layer's checkpoint call with ``wrap(original)``; returns what
-    :func:`restore_checkpoint_calls` needs to put the originals back."""
+    """Wrap each layer's checkpoint call: it becomes ``wrap(previous)``; returns what
+    :func:`restore_checkpoint_calls` needs to take this wrap off again.
+
+    Several plugins wrap the same call (offload, selective_checkpointing, compile) and tear
+    down in the order they set up, not in reverse; so each layer keeps its original call
+    and the list of wraps, and taking one off rebuilds the chain from the others."""
     patched = []
     for layer in layers:
-        original = layer._gradient_checkpointing_func
-        patched.append((layer, original))
-        layer._gradient_checkpointing_func = wrap(original)
+        chain = vars(layer).setdefault(_WRAPS, {"base": layer._gradient_checkpointing_func, "wraps": []})
+        token = object()
+        chain["wraps"].append((token, wrap))
+        _compose(layer)
+        patched.append((layer, token))
     return patched
 
 
 def restore_checkpoint_calls(patched: list[tuple[nn.Module, object]]) -> None:
-    for layer, original in reversed(patched):
-        layer._gradient_checkpointing_func = original
+    for layer, token in reversed(patched):
+        chain = vars(layer).get(_WRAPS)
+        if chain is None:
+            continue
+        chain["wraps"] = [(t, w) for t, w in chain["wraps"] if t is not token]
+        if chain["wraps"]:
+            _compose(layer)
+        else:
+            layer._gradient_checkpointing_func = chain["base"]
+            del vars(layer)[_WRAPS]
     patched.clear()

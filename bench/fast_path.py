@@ -126,6 +126,13 @@ CONFIGS = [
            pack_factor=8),
     Config("7b/lora+packing16k+compile+liger_flce+offload", "7b", ["lora", "packing", "compile", "liger", "offload"],
            FLCE_ONLY, pack_factor=8, default=False),
+    # offload's copies back ran on the compute stream (10 % of a packed step's GPU time on one
+    # H200): prefetch starts them a few saved tensors ahead on a side stream (about one layer:
+    # its input and the rotary cos/sin each leave the GPU).
+    Config("7b/lora+packing16k+liger+offload_prefetch", "7b", ["lora", "packing", "liger", "offload"],
+           {"offload": {"prefetch": 3}}, pack_factor=8),
+    Config("7b/lora+compile+liger_flce+offload_prefetch", "7b", ["lora", "compile", "liger", "offload"],
+           {**FLCE_ONLY, "offload": {"prefetch": 3}}, note="batch 1: the <= 15 GiB point with prefetched copies"),
     # Not in the default set (time; the first two were measured on one H200): select with --configs.
     Config("7b/lora+padding_free+liger+offload", "7b", ["lora", "padding_free", "liger", "offload"],
            note="batch 1 through the varlen kernel", default=False),

@@ -43,10 +43,30 @@ class OffloadOptions:
         "auto", "checkpoints: the layer inputs gradient checkpointing keeps; all: every saved activation of the"
                 " forward; auto: checkpoints when gradient_checkpointing is on, else all")
     min_bytes: int = option(1 << 20, "offload only saved tensors at least this large (bytes)")
+    prefetch: int = option(
+        0, "when the backward takes one offloaded tensor back, start copying this many of the ones saved before it"
+           " on a side stream (0: each is copied back on the compute stream when needed)")
 
     def __post_init__(self):
         if self.min_bytes < 0:
             raise ValueError(f"min_bytes must be >= 0, got {self.min_bytes}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+
+
+class Parked:
+    """One offloaded tensor: its host copy, and the copy back once one was started ahead.
+
+    ``prev`` links to the tensor saved just before it. The backward takes saved tensors back
+    roughly in reverse order of saving, so when it takes this one, the next it will need are
+    found along ``prev``.
+    """
+
+    __slots__ = ("device", "host", "done", "prev", "fetched", "fetched_done")
+
+    def __init__(self, device, host, done, prev):
+        self.device, self.host, self.done, self.prev = device, host, done, prev
+        self.fetched = self.fetched_done = None
 
 
 class HostOffloader:
@@ -54,21 +74,29 @@ class HostOffloader:
 
     A CUDA tensor is copied into pinned memory on a side stream (``t.record_stream`` keeps
     its device memory from being reused before the copy ends); an event marks the copy's
-    end, and the backward's copy back waits on it.
+    end, and the backward's copy back waits on it. With ``prefetch``, taking one tensor
+    back also starts the copies back of the ``prefetch`` tensors saved before it, on a
+    second side stream, so the compute stream does not wait for them later (the profile of
+    a packed step on one H200 showed these copies at 10 % of its GPU time, on the compute
+    stream). On a CPU the "copy back" is the host copy itself; the same bookkeeping runs.
     """
 
-    def __init__(self, min_bytes: int):
+    def __init__(self, min_bytes: int, prefetch: int = 0):
         self.min_bytes = min_bytes
+        self.prefetch = prefetch
         self.skip_storages: set[int] = set()
         self.streams: dict[torch.device, torch.cuda.Stream] = {}
+        self.back_streams: dict[torch.device, torch.cuda.Stream] = {}
+        self.last: Parked | None = None  # the newest tensor of the current forward
         self.tensors = 0
         self.bytes = 0
+        self.prefetched = 0  # tensors the backward found already copied back
 
     def skip_parameters_of(self, model) -> None:
         self.skip_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def reset_counts(self) -> None:
-        self.tensors = self.bytes = 0
+        self.tensors = self.bytes = self.prefetched = 0
 
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
@@ -86,27 +114,64 @@ class HostOffloader:
         self.tensors += 1
         self.bytes += t.numel() * t.element_size()
         if t.device.type != "cuda":
-            return (t.device, t.detach().clone(), None)
-        stream = self.streams.get(t.device)
-        if stream is None:
-            stream = self.streams[t.device] = torch.cuda.Stream(t.device)
-        stream.wait_stream(torch.cuda.current_stream(t.device))
-        with torch.cuda.stream(stream):
-            host = torch.empty(t.size(), dtype=t.dtype, pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(stream)
-        t.record_stream(stream)
-        return (t.device, host, done)
+            parked = Parked(t.device, t.detach().clone(), None, self.last)
+        else:
+            stream = self._stream(self.streams, t.device)
+            stream.wait_stream(torch.cuda.current_stream(t.device))
+            with torch.cuda.stream(stream):
+                host = torch.empty(t.size(), dtype=t.dtype, pin_memory=True)
+                host.copy_(t, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(stream)
+            t.record_stream(stream)
+            parked = Parked(t.device, host, done, self.last)
+        self.last = parked
+        return parked
+
+    @staticmethod
+    def _stream(streams: dict, device) -> "torch.cuda.Stream":
+        if device not in streams:
+            streams[device] = torch.cuda.Stream(device)
+        return streams[device]
 
     def unpack(self, packed):
         if isinstance(packed, torch.Tensor):
             return packed
-        device, host, done = packed
-        if done is None:
-            return host
-        torch.cuda.current_stream(device).wait_event(done)
-        return host.to(device, non_blocking=True)
+        self.last = None  # the backward has begun: the next save starts a new chain
+        if packed.fetched is not None:
+            self.prefetched += 1
+            tensor = packed.fetched
+            if packed.fetched_done is not None:
+                current = torch.cuda.current_stream(packed.device)
+                current.wait_event(packed.fetched_done)
+                tensor.record_stream(current)  # allocated on the side stream, used on this one
+            packed.fetched = packed.fetched_done = None
+        else:
+            tensor = self._copy_back(packed)
+        ahead, nxt = self.prefetch, packed.prev
+        packed.prev = None  # only the saves before this one are still to come
+        while ahead > 0 and nxt is not None:
+            if nxt.fetched is None:
+                self._start_copy_back(nxt)
+            ahead, nxt = ahead - 1, nxt.prev
+        return tensor
+
+    def _copy_back(self, packed: Parked) -> torch.Tensor:
+        if packed.done is None:
+            return packed.host
+        torch.cuda.current_stream(packed.device).wait_event(packed.done)
+        return packed.host.to(packed.device, non_blocking=True)
+
+    def _start_copy_back(self, packed: Parked) -> None:
+        if packed.done is None:
+            packed.fetched = packed.host
+            return
+        stream = self._stream(self.back_streams, packed.device)
+        stream.wait_event(packed.done)
+        with torch.cuda.stream(stream):
+            packed.fetched = packed.host.to(packed.device, non_blocking=True)
+            packed.fetched_done = torch.cuda.Event()
+            packed.fetched_done.record(stream)
 
 
 def offloaded_checkpoint(checkpoint_func, offloader: HostOffloader, function, *args, **kwargs):
@@ -123,7 +188,7 @@ class ActivationOffload(Plugin):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self.offloader = HostOffloader(self.options.min_bytes)
+        self.offloader = HostOffloader(self.options.min_bytes, self.options.prefetch)
         self.patched: list[tuple[object, object]] = []
         self.scope = "all"
 
@@ -164,7 +229,8 @@ class ActivationOffload(Plugin):
     @hookimpl
     def collect_metrics(self, ctx):
         return {"offload_scope": self.scope, "offload_tensors_per_step": self.offloader.tensors,
-                "offload_gib_per_step": self.offloader.bytes / GIB}
+                "offload_gib_per_step": self.offloader.bytes / GIB,
+                "offload_prefetch": self.options.prefetch, "offload_prefetched_per_step": self.offloader.prefetched}
 
     @hookimpl
     def teardown(self, ctx):

@@ -66,3 +66,29 @@ def test_weights_and_small_tensors_stay_put():
     big = torch.randn(64)
     packed = off.pack(big)
     assert off.tensors == 1 and torch.equal(off.unpack(packed), big)
+
+
+@pytest.mark.parametrize("checkpointing, scope", [(True, "checkpoints"), (False, "all")])
+def test_prefetch_serves_the_backward_ahead_and_changes_no_number(tiny_row, run_tiny, checkpointing, scope):
+    row = dict(gradient_checkpointing=checkpointing, **ROW)
+    plain = run_tiny(tiny_row("lora", "offload", name="on_demand", offload={"scope": scope, "min_bytes": 0}, **row))
+    ahead = run_tiny(tiny_row("lora", "offload", name="prefetch",
+                              offload={"scope": scope, "min_bytes": 0, "prefetch": 2}, **row))
+    assert plain["offload_prefetched_per_step"] == 0
+    assert 0 < ahead["offload_prefetched_per_step"] <= ahead["offload_tensors_per_step"]
+    assert ahead["train_loss_curve"] == pytest.approx(plain["train_loss_curve"], rel=1e-6)
+
+
+def test_prefetch_walks_back_from_the_tensor_taken_and_unlinks_it():
+    off = HostOffloader(min_bytes=0, prefetch=2)
+    tensors = [torch.full((8,), float(i)) for i in range(5)]
+    packed = [off.pack(t) for t in tensors]
+    assert packed[0].prev is None and all(p.prev is q for p, q in zip(packed[1:], packed))
+    assert torch.equal(off.unpack(packed[4]), tensors[4])  # the first the backward takes: copied on demand
+    assert off.last is None and packed[4].prev is None
+    assert [p.fetched is not None for p in packed] == [False, False, True, True, False]
+    assert torch.equal(off.unpack(packed[3]), tensors[3]) and off.prefetched == 1
+    assert packed[1].fetched is not None  # 3 took 2 (already on its way) and 1 along
+    for i in (2, 1, 0):
+        assert torch.equal(off.unpack(packed[i]), tensors[i])
+    assert off.prefetched == 4  # every tensor but the first the backward took was ready when taken

@@ -578,14 +578,18 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {r['name']} | {r.get('status')} | | | | | | | |")
             continue
         lines.append("| " + " | ".join([
-            r["name"], f"{r['tokens_per_s']:,.0f}", f"{r.get('x_baseline', float('nan')):.2f}", f"{r['samples_per_s']:.2f}",
-            f"{r['peak_alloc_gib']:.1f}", f"{r['peak_reserved_gib']:.1f}", f"{r['mfu_pct']:.0f}", f"{r['hfu_pct']:.0f}",
+            r["name"], fmt(r.get("tokens_per_s"), ",.0f"), fmt(r.get("x_baseline"), ".2f"), fmt(r.get("samples_per_s"), ".2f"),
+            fmt(r.get("peak_alloc_gib"), ".1f"), fmt(r.get("peak_reserved_gib"), ".1f"), fmt(r.get("mfu_pct"), ".0f"),
+            fmt(r.get("hfu_pct"), ".0f"),
             f"{r['timed_steps']} steps, {r['timed_tokens']:,} tokens, {r.get('same_samples', '')}"]) + " |")
     check = payload.get("loss_check") or {}
     if check.get("status") == "ok":
         lines += ["", f"Loss agreement: {check['steps']} steps of {check['config']} vs the baseline, largest relative "
                   f"difference {check['max_rel_diff']:.2e}, mean {check['mean_rel_diff']:.2e} (tolerance {check['rtol']:g}): "
                   f"{'agree' if check.get('agree') else 'DISAGREE'}."]
+    for name, rep in (payload.get("baseline_repeats") or {}).items():
+        lines.append(f"- {name} again after the other configs: {rep['tokens_per_s']:,.0f} tokens/s, "
+                     f"{rep['drift_pct']:+.1f} % against its first run (how far the host drifted within this run)")
     for t in payload.get("targets") or []:
         lines.append(f"- target {t['target']}: {target_state(t)}")
     profiles = payload.get("profiles") or {}
@@ -681,6 +685,8 @@ def parse_args(argv=None):
     p.add_argument("--time-limit", type=float, default=420.0,
                    help="start no further config once this many seconds have passed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--no-repeat-baseline", dest="repeat_baseline", action="store_false",
+                   help="do not measure each baseline again after the other configs (drift within the run)")
     p.add_argument("--render", type=Path, default=None, help="print a fast_path.json as Markdown tables and exit")
     p.add_argument("--profile", default="", help="comma-separated configs to profile after the speed table "
                    "(a separate short run each: where the step time goes, by kernel kind)")
@@ -801,6 +807,31 @@ def main(argv=None) -> int:
         results.append(r)
         print(line(r), flush=True)
         payload["targets"] = targets(results)
+        write_json(out_path, payload)
+        write_json(args.json, payload)
+
+    if args.repeat_baseline:
+        # A batch-1 baseline waits on the host for part of every step, so its speed follows the
+        # host's CPU: measuring it again at the end shows how far that moved within this run.
+        payload["baseline_repeats"] = {}
+        for first in [r for r in results if r["name"].endswith("/baseline") and r["status"] == "ok"]:
+            if time.perf_counter() - started > args.time_limit:
+                print(f"{first['name']} again: skipped: past --time-limit {args.time_limit:.0f} s", flush=True)
+                continue
+            family = first["name"].split("/")[0]
+            try:
+                raw = run_baseline(fams[family], args, samples, order, args.steps, args.warmup, args.lora_dropout)
+                again = summarise(raw, shapes[family], fams[family].trained)
+            except Exception as err:  # noqa: BLE001 - the repeat must not end the run
+                print(f"{first['name']} again: failed: {type(err).__name__}: {err}", flush=True)
+                continue
+            finally:
+                free_memory()
+            rep = {"tokens_per_s": again["tokens_per_s"],
+                   "drift_pct": 100.0 * (again["tokens_per_s"] / first["tokens_per_s"] - 1.0)}
+            payload["baseline_repeats"][first["name"]] = rep
+            print(f"{first['name']} again: {rep['tokens_per_s']:,.0f} tokens/s ({rep['drift_pct']:+.1f} % against "
+                  "its first run)", flush=True)
         write_json(out_path, payload)
         write_json(args.json, payload)
 

@@ -39,3 +39,19 @@ def test_render_prints_every_config_the_check_the_targets_and_the_profiles(fast_
     assert "largest relative difference 1.00e-04" in md and ": agree." in md
     assert "- target >= 2x: not met" in md
     assert "| 7b/baseline | 100.0 | 80.0 | 20.0 | 900.0 | matmul 75%, attention 25% |" in md
+
+
+def test_smoke_run_times_both_stacks_on_the_same_samples_and_repeats_the_baseline(fast_path, tmp_path, capsys):
+    """The whole run loop at tiny shapes on a CPU: plumbing only, no speed is asserted."""
+    out = tmp_path / "smoke.json"
+    assert fast_path.main(["--smoke", "--configs", "7b/baseline,7b/lora", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    base, lora = payload["results"]
+    assert base["status"] == lora["status"] == "ok"
+    assert base["same_samples"] == lora["same_samples"] == "same order"  # both trained the loader's samples in order
+    assert base["tokens_per_s"] > 0 and lora["x_baseline"] == pytest.approx(lora["tokens_per_s"] / base["tokens_per_s"])
+    rep = payload["baseline_repeats"]["7b/baseline"]
+    assert rep["drift_pct"] == pytest.approx(100 * (rep["tokens_per_s"] / base["tokens_per_s"] - 1))
+    capsys.readouterr()
+    assert fast_path.main(["--render", str(out)]) == 0
+    assert "7b/baseline again after the other configs" in capsys.readouterr().out

@@ -127,22 +127,17 @@ class Compile(Plugin):
         setattr(torch._dynamo.config, name, max(self.saved_limit, RECOMPILE_LIMIT))
         mode = None if o.mode == "default" else o.mode
         self.counts_before = dynamo_counts()
-        inside = {id(layer): checkpointed_inside_forward(layer) for layer in layers}
-        checkpointing = [layer for layer in layers
-                         if inside[id(layer)] is not None and getattr(layer, "gradient_checkpointing", False)]
-        if checkpointing:
-            # one compiled function per original forward (one per layer class): the layers share its graphs
-            compiled = {}
-            for layer in checkpointing:
-                original = inside[id(layer)]
-                if original not in compiled:
-                    compiled[original] = torch.compile(original, backend=o.backend, mode=mode, dynamic=o.dynamic,
-                                                       fullgraph=o.fullgraph)
-                self.patched += wrap_checkpoint_calls([layer], compiling_checkpoint(original, compiled[original]))
-            self.placement = "checkpointed forward"
+        settings = dict(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
+        compiled = {}  # one compiled function per original forward (per layer class): the layers share its graphs
         for layer in layers:
-            if layer not in checkpointing:
-                layer.compile(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
+            original = checkpointed_inside_forward(layer)
+            if original is None or not getattr(layer, "gradient_checkpointing", False):
+                layer.compile(**settings)
+                continue
+            if original not in compiled:
+                compiled[original] = torch.compile(original, **settings)
+            self.patched += wrap_checkpoint_calls([layer], compiling_checkpoint(original, compiled[original]))
+            self.placement = "checkpointed forward"
         self.layers = layers
         ctx.log(f"compiled {len(layers)} decoder layers ({o.backend}, mode {o.mode}, dynamic {o.dynamic}; "
                 f"{self.placement})")

@@ -107,7 +107,6 @@ class SvdDriver:
                 self.fallbacks += 1
                 return original(A, *args, **kwargs)
 
-        svd.tunerkit_svd_driver = driver
         self.original, torch.linalg.svd = original, svd
 
     def remove(self) -> None:

@@ -45,6 +45,7 @@ class LigerOptions:
 
 #: the kernels liger puts inside a decoder layer, the region the ``compile`` plugin compiles
 IN_LAYER_KERNELS = ("rope", "rms_norm", "swiglu")
+KERNELS = (*IN_LAYER_KERNELS, "fused_linear_cross_entropy")
 # Measured on one H200 (torch 2.11.0, liger-kernel 0.8.5, bench/fast_path.py): with every
 # kernel on, dynamo stopped with an AssertionError inside LigerRMSNormFunction while
 # compiling the layers. The fused linear cross-entropy runs in the causal-LM forward,
@@ -126,7 +127,7 @@ class Liger(Plugin):
         return [k for k in IN_LAYER_KERNELS if getattr(self.options, k)]
 
     def kernels(self) -> list[str]:
-        return [k for k in ("rope", "rms_norm", "swiglu", "fused_linear_cross_entropy") if getattr(self.options, k)]
+        return [k for k in KERNELS if getattr(self.options, k)]
 
     @hookimpl
     def collect_metrics(self, ctx):

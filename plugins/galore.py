@@ -56,8 +56,8 @@ class GaLoreOptions:
     gamma_proj: float = option(2.0, "Q-GaLore: factor by which a stable layer's refresh gap grows")
     queue_size: int = option(5, "Q-GaLore: refreshes averaged for the cosine similarity")
     svd_driver: Literal["auto", "torch", "gesvd", "gesvdj", "gesvda"] = option(
-        "auto", "cuSOLVER method of the projector's SVD on a GPU; auto = gesvda (bench/svd_speed.py: 0.12 s"
-                " against 1.05 s for torch's choice per 4096x4096 matrix on one H200); torch = torch's own choice")
+        "auto", "cuSOLVER method of the projector's SVD on a GPU; auto = gesvda (bench/svd_speed.py: 0.11 s"
+                " against 1.03 s for torch's choice per 4096x4096 matrix on one H200); torch = torch's own choice")
 
     def __post_init__(self):
         for name in ("rank", "update_proj_gap", "proj_group_size", "queue_size"):
@@ -80,7 +80,7 @@ class SvdDriver:
 
     galore-torch and q-galore-torch refresh every projection with
     ``torch.linalg.svd(grad.float(), full_matrices=False)`` and take no driver argument. The
-    refresh of all 224 matrices of the qwen-7b shape took 234 s with torch's choice and 26 s
+    refresh of all 224 matrices of the qwen-7b shape took 230 s with torch's choice and 26 s
     with gesvda on one H200 (bench/svd_speed.py), and GaLore keeps only the leading
     ``rank`` singular vectors, the part an approximate SVD gets right. So the call is routed
     through this wrapper from the optimizer's construction to the row's teardown.

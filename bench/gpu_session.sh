@@ -68,15 +68,24 @@ case "$part" in
     timeout 90 python3 bench/check_packing_gpu.py 2>&1 | tee "$OUT/check_packing_gpu.log" | grep -v -i warn
     ;;
   tables)
-    # PROFILE (default bench); TABLES: "recipe:rows" items (rows comma-separated, empty for all); SET: --set pairs for every run.
-    db="$OUT/tunerkit.db"
+    # PROFILE (default bench); TABLES: "recipe:rows:sets" items (rows comma-separated, empty for
+    # all; sets: optional comma-separated KEY=VALUE pairs for that recipe alone); SET: --set
+    # pairs for every run. TABLES_LIMIT: seconds for the whole part; each run gets what is left
+    # and a recipe that starts with under 30 s left is skipped. TABLES_DB: a store kept between
+    # calls (rows already in it are skipped by --resume, so a call cut short by its limit goes
+    # on where it stopped); it is copied to $OUT at the end.
+    db="${TABLES_DB:-$OUT/tunerkit.db}"
+    deadline=$(( $(date +%s) + ${TABLES_LIMIT:-100000} ))
     for item in ${TABLES:-lora_rank: flash_attn_gc:}; do
-      recipe=${item%%:*} rows=${item#*:}
+      IFS=: read -r recipe rows item_sets <<<"$item"
+      left=$(( deadline - $(date +%s) ))
+      if [ "$left" -lt 30 ]; then echo "tables: no time left for $recipe" | tee -a "$OUT/tables.log"; continue; fi
       only=(); [ -n "$rows" ] && only=(--only "$rows")
-      sets=(); for s in ${SET:-}; do sets+=(--set "$s"); done
-      python3 -m tunerkit.cli run "recipes/$recipe.toml" -p "${PROFILE:-bench}" --resume --no-progress --db "$db" \
-        --runs-dir /tmp/runs "${only[@]}" "${sets[@]}" 2>&1 | tee -a "$OUT/tables.log" | grep -v -i warn
+      sets=(); for s in ${SET:-} ${item_sets//,/ }; do sets+=(--set "$s"); done
+      timeout "$left" python3 -m tunerkit.cli run "recipes/$recipe.toml" -p "${PROFILE:-bench}" --resume --no-progress \
+        --db "$db" --runs-dir /tmp/runs "${only[@]}" "${sets[@]}" 2>&1 | tee -a "$OUT/tables.log" | grep -v -i warn
     done
+    [ "$db" = "$OUT/tunerkit.db" ] || cp "$db" "$OUT/tunerkit.db"
     ;;
   smoke)
     # GPU-only code paths (liger, compiled decoding, bf16 bnb, varlen kernels) at tiny shapes,

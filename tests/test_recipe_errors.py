@@ -77,6 +77,24 @@ def test_unknown_profile_and_only(tmp_path):
     assert not db.exists()
 
 
+def test_only_skips_the_machine_checks_of_the_rows_it_leaves_out(tmp_path):
+    """A row that cannot run here (too big for this machine) must not stop --only of its neighbour."""
+    text = GOOD + """
+[[row]]
+name = "huge"
+plugins = ["full"]
+model = "qwen-72b-chat"
+"""
+    result, recipe, db = run_cli(tmp_path, text, "--check")
+    assert result.exit_code == 2 and "row 'huge'" in result.output and "qwen-72b-chat" in result.output
+    result, recipe, db = run_cli(tmp_path, text, "--only", "lora", "--check")
+    assert result.exit_code == 0, result.output
+    assert "1 rows valid" in result.output and "huge" not in result.output
+    text_bad_type = text.replace('model = "qwen-72b-chat"', 'model = "qwen-72b-chat"\nbatch_size = "two"')
+    result, recipe, db = run_cli(tmp_path, text_bad_type, "--only", "lora", "--check")
+    assert result.exit_code == 2 and "batch_size" in result.output  # types are still checked on every row
+
+
 def test_failed_row_is_recorded_and_run_goes_on(tmp_path):
     from tunerkit.store import Store
 

@@ -241,3 +241,28 @@ def test_runs_record_how_many_rows_their_process_trained_before(tmp_path):
     store = Store(tmp_path / "two.db")
     outcomes = run_recipe(load(recipe_file, None), store, runs_dir=tmp_path / "runs", progress=False, echo=lambda *_: None)
     assert [o.metrics["rows_before_in_process"] for o in outcomes] == [0, 1]
+
+
+def test_report_of_a_recipe_lists_its_rows_without_records_as_not_run(db):
+    """Rows the store has no record of are shown, not dropped: the seed's numbers stand beside "not run"."""
+    from tunerkit.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["report", str(RECIPES / "max_length_lora.toml"), "-p", "bench", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    yi = line_of(result.output, "yi-6b-chat", "2048")  # a row the fixture never recorded
+    assert "| not run |" in yi
+    seed = load_recipe(RECIPES / "max_length_lora.toml", "bench", check_files=False)
+    point = next(r for r in seed.rows if r.name == "yi-6b-chat[max_length=2048]")
+    assert f"| {point.reference['max_length']['2048']['samples_per_s']:.2f} |" in yi
+    assert "| ok |" in line_of(result.output, "qwen-7b-chat", "4096")  # recorded rows are unchanged
+    shown = {line.split("|")[1].strip() for line in result.output.splitlines() if line.startswith("| ")}
+    assert shown - {"row", "---"} == {r.base_name for r in seed.rows}
+
+    result = runner.invoke(main, ["report", str(RECIPES / "max_length_lora.toml"), "-p", "bench", "--db", str(db),
+                                  "--only", "yi-6b-chat,qwen-7b-chat[max_length=4096]"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("|")[1].strip() for line in result.output.splitlines() if line.startswith("| ")][1:]
+    assert sorted(set(rows)) == ["qwen-7b-chat", "yi-6b-chat"] and rows.count("qwen-7b-chat") == 1
+    result = runner.invoke(main, ["report", str(RECIPES / "max_length_lora.toml"), "--db", str(db), "--only", "nope"])
+    assert result.exit_code == 2 and "--only matches no row: nope" in result.output

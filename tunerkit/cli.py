@@ -76,14 +76,8 @@ def run(recipe, profile, only, resume, db, runs_dir, no_progress, check, sets):
     from tunerkit.store import Store
 
     profile = pick_profile(recipe, profile)
-    rec = load_recipe(recipe, profile, overrides=parse_overrides(sets))
-    if only:
-        wanted = [n.strip() for n in only.split(",") if n.strip()]
-        unknown = [n for n in wanted if not any(r.base_name == n or r.name == n for r in rec.rows)]
-        if unknown:
-            raise UserError(f"--only names unknown rows: {', '.join(unknown)}", file=str(recipe),
-                            hint=f"rows: {', '.join(sorted({r.base_name for r in rec.rows}))}")
-        rec.rows = [r for r in rec.rows if r.base_name in wanted or r.name in wanted]
+    wanted = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    rec = load_recipe(recipe, profile, overrides=parse_overrides(sets), select=wanted)
     if check:
         for r in rec.rows:
             click.echo(f"{r.name}: plugins={r.plugins} model={r.settings.model} dataset={r.settings.dataset}")
@@ -149,9 +143,10 @@ def list_cmd():
 @click.option("--db", default=DEFAULT_DB, show_default=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--profile", "-p", help="only records of this profile")
-def report(recipe, db, fmt, profile):
-    """Tables of recorded results (all recipes, or RECIPE's)."""
-    from tunerkit.report import recorded
+@click.option("--only", help="comma-separated row names (base names or sweep points) to show")
+def report(recipe, db, fmt, profile, only):
+    """Tables of recorded results (all recipes, or RECIPE's, with its rows not yet run marked so)."""
+    from tunerkit.report import recorded, with_unrun_rows
     from tunerkit.report.tables import render
 
     name = None
@@ -160,6 +155,14 @@ def report(recipe, db, fmt, profile):
 
         name = (read_toml(recipe).get("recipe") or {}).get("name", recipe.stem)
     records = recorded(db, name, profile)
+    if recipe is not None:
+        records = with_unrun_rows(records, recipe, profile)
+    if only:
+        wanted = {n.strip() for n in only.split(",") if n.strip()}
+        records = [r for r in records if r["row"] in wanted or r["row"].split("[", 1)[0] in wanted]
+        if not records:
+            raise UserError(f"--only matches no row: {only}", key="--only",
+                            hint="give row names as the recipe spells them")
     for recipe_name in dict.fromkeys(r["recipe"] for r in records):
         subset = [r for r in records if r["recipe"] == recipe_name]
         if fmt == "md":

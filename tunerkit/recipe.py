@@ -118,11 +118,15 @@ def profile_names(data: dict) -> list[str]:
 
 
 def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bool = True,
-                overrides: dict | None = None) -> Recipe:
+                overrides: dict | None = None, select: list[str] | None = None) -> Recipe:
     """Parse, resolve and validate a recipe; raise :class:`UserError` on any bad input.
 
     ``overrides`` (``tunerkit run --set``) are settings or plugin tables applied to every
     row after the profile, so they win over it; each row's recorded config shows them.
+    ``select`` (``tunerkit run --only``) keeps the rows of those names (base names or sweep
+    points). Every row is still parsed and type-checked, but only the kept ones go through
+    the checks that look at this machine (files, fit, installed packages): a row that needs
+    deepspeed must not stop a one-GPU run of its neighbours.
     """
     path = Path(path)
     file = str(path)
@@ -182,6 +186,12 @@ def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bo
         if missing:
             raise UserError(f"'only' names rows that do not exist: {', '.join(missing)}", file=file,
                             table=f"profiles.{profile}", key="only")
+    if select is not None:
+        unknown = [n for n in select if not any(r.base_name == n or r.name == n for r in rows)]
+        if unknown:
+            raise UserError(f"--only names unknown rows: {', '.join(unknown)}", file=file,
+                            hint=f"rows: {', '.join(sorted({r.base_name for r in rows}))}")
+        rows = [r for r in rows if r.base_name in select or r.name in select]
     recipe = Recipe(path=path, name=meta.get("name", path.stem), title=meta.get("title", path.stem),
                     description=meta.get("description", ""), profile=profile, profiles=list(profiles),
                     rows=rows, meta=meta)

@@ -18,3 +18,26 @@ def recorded(db: Path, recipe_name: str | None, profile: str | None) -> list[dic
         raise UserError(f"no results for {recipe_name or 'any recipe'} in {db}",
                         hint="run 'tunerkit run RECIPE' first")
     return records
+
+
+#: status of a row the recipe has but the store does not (never written to the store)
+NOT_RUN = "not run"
+
+
+def with_unrun_rows(records: list[dict], recipe_path: Path, profile: str | None) -> list[dict]:
+    """``records`` plus a "not run" entry for every row of the recipe (under each profile the
+    records have, or ``profile``) that has no record: a table with rows missing must say so,
+    and shows the seed's numbers for those rows all the same."""
+    from tunerkit.recipe import load_recipe
+
+    profiles = [profile] if profile else list(dict.fromkeys(r.get("profile") for r in records))
+    have = {(r.get("profile"), r["row"]) for r in records}
+    out = list(records)
+    for prof in profiles:
+        recipe = load_recipe(recipe_path, prof, check_files=False)
+        for row in recipe.rows:
+            if (prof, row.name) not in have:
+                out.append({"recipe": recipe.name, "row": row.name, "profile": prof, "repeat": 0,
+                            "status": NOT_RUN, "reason": "no record in this store", "config": row.config(),
+                            "metrics": {}, "environment": {}, "reference": row.reference})
+    return out

@@ -5,7 +5,8 @@ One table per (recipe, profile). Columns, left to right:
 - what the row is: its name, the model (the seed's first column), every sweep axis and
   every setting or plugin option that differs between the rows (the seed's "Max Length",
   "Batch Size", "LoRA Rank" ... columns), the plugins when they differ;
-- the status: ok, ``failed: <reason>`` (OOM and others), ``not implemented: <reason>``;
+- the status: ok, ``failed: <reason>`` (OOM and others), ``not implemented: <reason>``,
+  ``not run`` (a row of the recipe with no record in the store);
 - each metric as "ours" then, where the seed published it, "[seed†]". The seed's numbers
   come from the recipe's ``reference`` tables (see :mod:`tunerkit.report.reference`) and
   follow the seed's own accounting, so they are shown for GPU runs only.
@@ -159,6 +160,8 @@ def status_text(record: dict, flag_random: bool) -> str:
         text = "ok"
     elif status == "pending":
         text = reason if reason.startswith("not implemented") else f"not implemented: {reason}".rstrip(": ")
+    elif status == "not run":
+        text = "not run"
     else:
         text = f"failed: {reason or 'unknown reason'}"
     if flag_random and (record.get("metrics") or {}).get("random_weights"):

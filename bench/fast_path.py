@@ -439,7 +439,7 @@ def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int
             "offload_gib_per_step": m.get("offload_gib_per_step"), "compiled_layers": m.get("compiled_layers"),
             "liger_kernels": m.get("liger_kernels"),
             **{k: m[k] for k in ("compile_frames", "compile_graphs", "compile_graph_breaks",
-                                 "compile_graph_break_reasons") if k in m}}
+                                 "compile_graph_break_reasons", "compile_recompile_reasons") if k in m}}
 
 
 def summarise(result: dict, shape: Shape, trained: str) -> dict:
@@ -621,6 +621,8 @@ def line(r: dict) -> str:
     text = "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, (_, w)) in enumerate(zip(vals, COLUMNS)))
     if r.get("compile_graph_breaks"):  # a compiled config that does not run as one graph per layer
         text += f"  [{r['compile_graph_breaks']} graph breaks: {'; '.join(r.get('compile_graph_break_reasons', []))}]"
+    if r.get("compile_recompile_reasons"):  # guards that failed: each failure compiled the layer again
+        text += f"  [recompiled on: {'; '.join(r['compile_recompile_reasons'])}; {r.get('compile_frames')} frames]"
     return text
 
 

@@ -88,10 +88,28 @@ def compiling_checkpoint(original_forward, compiled_forward):
 def dynamo_counts() -> dict:
     """Dynamo's process-wide counters that say whether compiled layers really run as one
     graph: frames it compiled, graphs it captured, graph breaks and their reasons."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters, guard_failures
 
     return {"frames": counters["frames"]["total"], "graphs": counters["stats"]["unique_graphs"],
-            "breaks": dict(counters["graph_break"])}
+            "breaks": dict(counters["graph_break"]),
+            "guard_failures": {code: len(reasons) for code, reasons in guard_failures.items()}}
+
+
+def recompile_reasons(before: dict, limit: int = 5) -> list[str]:
+    """The guards that failed since ``before`` (each failure made dynamo compile the code
+    again), one line each without dynamo's cache-entry prefix: a compiled row that
+    recompiles every step (a new length with ``dynamic = false``, a changing Python value
+    read in the layer) is slow for a reason these lines name."""
+    import re
+
+    from torch._dynamo.utils import guard_failures
+
+    seen: dict[str, None] = {}
+    for code, reasons in list(guard_failures.items()):
+        for reason in reasons[before.get(code, 0):]:
+            line = re.sub(r"^\d+/\d+:\s*", "", str(reason).strip().splitlines()[0])
+            seen.setdefault(" ".join(line.split("#")[0].split())[:120])
+    return list(seen)[:limit]
 
 
 def _limit_name() -> str:
@@ -155,7 +173,8 @@ class Compile(Plugin):
             metrics.update(compile_frames=now["frames"] - before["frames"],
                            compile_graphs=now["graphs"] - before["graphs"],
                            compile_graph_breaks=sum(breaks.values()),
-                           compile_graph_break_reasons=sorted({r.strip().splitlines()[0][:120] for r in breaks}))
+                           compile_graph_break_reasons=sorted({r.strip().splitlines()[0][:120] for r in breaks}),
+                           compile_recompile_reasons=recompile_reasons(before["guard_failures"]))
         return metrics
 
     @hookimpl

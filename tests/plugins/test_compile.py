@@ -112,3 +112,19 @@ def test_compiled_checkpoint_wrap_swaps_only_the_layer_forward(monkeypatch):
     assert wrapped(functools.partial(forward, "layer", scale=2), 3, use_reentrant=False) == ("compiled", "layer", 3, 2)
     assert calls == [{"use_reentrant": False}]  # the checkpoint call keeps its own arguments
     assert wrapped(lambda x: ("other", x), 5) == ("other", 5)  # any other function passes through
+
+
+def test_recompiles_are_recorded_with_the_guard_that_failed(tiny_row, run_tiny):
+    """Padding-free rows change length every step. Compiled with static shapes each new
+    length recompiles the layer, and the metrics name the failed size guard; with the
+    default symbolic lengths no length guard fails."""
+    row = {**ROW, "max_steps": 3, "max_train_samples": 6, "compile": {"backend": "aot_eager", "dynamic": False}}
+    static = run_tiny(tiny_row("lora", "padding_free", "compile", name="static", **row))
+    assert any("size mismatch" in r for r in static["compile_recompile_reasons"]), \
+        static["compile_recompile_reasons"]
+    torch._dynamo.reset()
+    row["compile"] = {"backend": "aot_eager", "dynamic": True}
+    dynamic = run_tiny(tiny_row("lora", "padding_free", "compile", name="dynamic", **row))
+    assert not any("size mismatch" in r for r in dynamic["compile_recompile_reasons"]), \
+        dynamic["compile_recompile_reasons"]
+    assert dynamic["compile_frames"] < static["compile_frames"]

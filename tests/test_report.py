@@ -266,3 +266,25 @@ def test_report_of_a_recipe_lists_its_rows_without_records_as_not_run(db):
     assert sorted(set(rows)) == ["qwen-7b-chat", "yi-6b-chat"] and rows.count("qwen-7b-chat") == 1
     result = runner.invoke(main, ["report", str(RECIPES / "max_length_lora.toml"), "--db", str(db), "--only", "nope"])
     assert result.exit_code == 2 and "--only matches no row: nope" in result.output
+
+
+def test_timed_steps_get_a_column_only_where_rows_differ(tmp_path):
+    store = Store(tmp_path / "steps.db")
+    recipe = load_recipe(RECIPES / "batch_size.toml", "bench", check_files=False)
+    for i, row in enumerate(recipe.rows):
+        m = fake_metrics(i, row, random_weights=True)
+        m["timed_steps"] = 9 - 2 * i  # made up: bigger batches, fewer steps under one budget
+        store.record(recipe=recipe.name, row=row, repeat=0, status="ok", reason=None, metrics=m,
+                     environment=FAKE_GPU, started=0.0)
+    md = render(Store(store.path).latest("batch_size"), "md")
+    col = headers_index(md, "timed steps")
+    assert [line.split("|")[col].strip() for line in md.splitlines() if line.startswith("| lora")] == ["9", "7", "5", "3"]
+    same = render(records_with_steps(store.path, 3), "md")
+    assert "timed steps" not in same  # every row timed alike: the note under the table says it once
+
+
+def records_with_steps(db: Path, steps: int) -> list[dict]:
+    out = Store(db).latest("batch_size")
+    for r in out:
+        r["metrics"]["timed_steps"] = steps
+    return out

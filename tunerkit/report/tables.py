@@ -79,6 +79,8 @@ class Metric:
     kind: str = "num"  # num | int | acc | pct
     #: show our column only where the seed published this figure (context columns)
     only_with_seed: bool = False
+    #: show our column only where rows differ in it (how long each row was timed)
+    only_when_varies: bool = False
 
     def our_value(self, m: dict):
         if self.ours is None:
@@ -91,6 +93,7 @@ METRICS = [
     Metric("trainable %", "trainable_pct", "trainable_pct", kind="pct"),
     Metric("samples/s", "samples_per_s", "samples_per_s"),
     Metric("tokens/s", "tokens_per_s", kind="int"),
+    Metric("timed steps", "timed_steps", kind="int", only_when_varies=True),
     Metric("iter/s", steps_per_s, "iter_per_s", only_with_seed=True),
     Metric("steps", "optimizer_steps", "total_steps", kind="int", only_with_seed=True),
     Metric("reserved GiB", per_device("peak_reserved_gib"), "memory_gib"),
@@ -280,7 +283,10 @@ def table_rows(records: list[dict], seed: bool | None = None, seed_header: str =
     columns.append(Column("status", lambda r: status_text(r, flag_random=not all_random)))
     for metric in METRICS:
         has_seed = metric.seed is not None and any(metric.seed in ref for ref in refs)
-        has_ours = any(metric.our_value(m) is not None for m in metrics)
+        values = [metric.our_value(m) for m in metrics]
+        has_ours = any(v is not None for v in values)
+        if metric.only_when_varies and len({v for v in values if v is not None}) < 2:
+            has_ours = False
         if has_ours and (has_seed or not metric.only_with_seed):
             columns.append(Column(metric.header, _cell(metric, records, metrics, ours=True)))
         if has_seed:

@@ -147,7 +147,7 @@ def list_cmd():
 def report(recipe, db, fmt, profile, only):
     """Tables of recorded results (all recipes, or RECIPE's, with its rows not yet run marked so)."""
     from tunerkit.report import recorded, with_unrun_rows
-    from tunerkit.report.tables import render
+    from tunerkit.report.tables import render, split_name
 
     name = None
     if recipe is not None:
@@ -159,7 +159,7 @@ def report(recipe, db, fmt, profile, only):
         records = with_unrun_rows(records, recipe, profile)
     if only:
         wanted = {n.strip() for n in only.split(",") if n.strip()}
-        records = [r for r in records if r["row"] in wanted or r["row"].split("[", 1)[0] in wanted]
+        records = [r for r in records if r["row"] in wanted or split_name(r["row"])[0] in wanted]
         if not records:
             raise UserError(f"--only matches no row: {only}", key="--only",
                             hint="give row names as the recipe spells them")

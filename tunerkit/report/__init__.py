@@ -20,20 +20,21 @@ def recorded(db: Path, recipe_name: str | None, profile: str | None) -> list[dic
     return records
 
 
-#: status of a row the recipe has but the store does not (never written to the store)
-NOT_RUN = "not run"
-
-
 def with_unrun_rows(records: list[dict], recipe_path: Path, profile: str | None) -> list[dict]:
     """``records`` plus a "not run" entry for every row of the recipe (under each profile the
     records have, or ``profile``) that has no record: a table with rows missing must say so,
-    and shows the seed's numbers for those rows all the same."""
-    from tunerkit.recipe import load_recipe
+    and shows the seed's numbers for those rows all the same. A profile the recipe no longer
+    has adds nothing (its records still show)."""
+    from tunerkit.recipe import load_recipe, profile_names, read_toml
+    from tunerkit.report.tables import NOT_RUN
 
+    known = profile_names(read_toml(recipe_path))
     profiles = [profile] if profile else list(dict.fromkeys(r.get("profile") for r in records))
     have = {(r.get("profile"), r["row"]) for r in records}
     out = list(records)
     for prof in profiles:
+        if prof is not None and prof not in known:
+            continue
         recipe = load_recipe(recipe_path, prof, check_files=False)
         for row in recipe.rows:
             if (prof, row.name) not in have:

@@ -29,6 +29,8 @@ SEED_NOTE = ("† seed: A100 / torch 2.1 / its accounting (samples/s incl. eval,
              "from the seed's Benchmark.md")
 OURS_NOTE = ("ours: samples/s and tokens/s over timed optimizer steps (warm-up and evaluation excluded), "
              "original samples counted whatever the batching; memory = peak per device, never summed")
+#: status of a row the recipe has and the store does not (shown by reports, never stored)
+NOT_RUN = "not run"
 RANDOM_NOTE = "random weights (model presets): speed and memory only; losses and accuracies mean nothing"
 
 #: settings shown as their own column when they differ between the rows of a table
@@ -163,8 +165,8 @@ def status_text(record: dict, flag_random: bool) -> str:
         text = "ok"
     elif status == "pending":
         text = reason if reason.startswith("not implemented") else f"not implemented: {reason}".rstrip(": ")
-    elif status == "not run":
-        text = "not run"
+    elif status == NOT_RUN:
+        text = NOT_RUN
     else:
         text = f"failed: {reason or 'unknown reason'}"
     if flag_random and (record.get("metrics") or {}).get("random_weights"):

@@ -288,3 +288,14 @@ def records_with_steps(db: Path, steps: int) -> list[dict]:
     for r in out:
         r["metrics"]["timed_steps"] = steps
     return out
+
+
+def test_records_of_a_profile_the_recipe_dropped_still_show(db, tmp_path):
+    from tunerkit.cli import main
+
+    recipe = tmp_path / "max_length_lora.toml"
+    recipe.write_text('[recipe]\nname = "max_length_lora"\n[profiles.cpu]\nmodel = "tiny-llama"\n'
+                      '[[row]]\nname = "qwen-7b-chat"\nplugins = ["lora"]\n')
+    result = CliRunner().invoke(main, ["report", str(recipe), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "| ok |" in line_of(result.output, "qwen-7b-chat", "4096") and "not run" not in result.output

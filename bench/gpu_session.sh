@@ -73,8 +73,12 @@ case "$part" in
     # pairs for every run. TABLES_LIMIT: seconds for the whole part; each run gets what is left
     # and a recipe that starts with under 30 s left is skipped. TABLES_DB: a store kept between
     # calls (rows already in it are skipped by --resume, so a call cut short by its limit goes
-    # on where it stopped); it is copied to $OUT at the end.
+    # on where it stopped); it is copied to $OUT at the end. TABLES_SEED: a committed store
+    # to start TABLES_DB from when it does not exist yet (a fresh machine's /tmp is empty).
     db="${TABLES_DB:-$OUT/tunerkit.db}"
+    if [ ! -f "$db" ] && [ -n "${TABLES_SEED:-}" ] && [ -f "$TABLES_SEED" ]; then
+      cp "$TABLES_SEED" "$db" && echo "tables: started $db from $TABLES_SEED" | tee -a "$OUT/tables.log"
+    fi
     deadline=$(( $(date +%s) + ${TABLES_LIMIT:-100000} ))
     for item in ${TABLES:-lora_rank: flash_attn_gc:}; do
       IFS=: read -r recipe rows item_sets <<<"$item"

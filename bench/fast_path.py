@@ -757,10 +757,13 @@ def main(argv=None) -> int:
     payload = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}, "peak_tflops": PEAK_TFLOPS,
                "results": [], "loss_check": None, "targets": None}
 
-    if args.check_loss:
-        payload["loss_check"] = check_loss(args, fams, samples, order)
+    def save() -> None:  # after every part, so a run cut by its time limit keeps what it measured
         write_json(out_path, payload)
         write_json(args.json, payload)
+
+    if args.check_loss:
+        payload["loss_check"] = check_loss(args, fams, samples, order)
+        save()
 
     print("\n" + header(), flush=True)
     results: list[dict] = payload["results"]
@@ -809,8 +812,7 @@ def main(argv=None) -> int:
         results.append(r)
         print(line(r), flush=True)
         payload["targets"] = targets(results)
-        write_json(out_path, payload)
-        write_json(args.json, payload)
+        save()
 
     if args.repeat_baseline:
         # A batch-1 baseline waits on the host for part of every step, so its speed follows the
@@ -834,8 +836,7 @@ def main(argv=None) -> int:
             payload["baseline_repeats"][first["name"]] = rep
             print(f"{first['name']} again: {rep['tokens_per_s']:,.0f} tokens/s ({rep['drift_pct']:+.1f} % against "
                   "its first run)", flush=True)
-        write_json(out_path, payload)
-        write_json(args.json, payload)
+        save()
 
     if args.profile:
         payload["profiles"] = {}
@@ -852,8 +853,7 @@ def main(argv=None) -> int:
             payload["profiles"][cfg.name] = prof
             print(profile_line(cfg.name, prof) if "status" not in prof else f"{cfg.name:<40} {prof['status']}",
                   flush=True)
-            write_json(out_path, payload)
-            write_json(args.json, payload)
+            save()
 
     print("\nsamples/s and tokens/s count real (unpadded) samples and tokens of the timed steps; alloc/resv: "
           "peak GiB allocated/reserved over the whole config (weights included); MFU/HFU: % of "

@@ -9,7 +9,11 @@ fused cross-entropy) and the loop's hooks are untouched.
 Varying lengths: with ``dynamic = true`` the layers are compiled with symbolic shapes
 from the start (parameters stay static; ``torch._dynamo.config.force_parameter_static_shapes``),
 so padding-free and packed batches whose token counts change every step reuse one graph
-instead of recompiling. ``dynamic = false`` specialises on every new length.
+instead of recompiling. ``dynamic = false`` specialises on every new length. Duck shaping
+(dynamo's habit of giving input sizes that are equal at the first trace one symbol) is off
+while a row trains: a packed row of exactly ``hidden_size`` tokens would otherwise share
+the hidden size's symbol, be specialised with it by the weights, and recompile at the next
+length (seen on one H200: 4,096-token rows of a 4,096-wide model, recompiled at 4,093).
 
 Gradient checkpointing keeps working: the recompute in the backward runs the same
 compiled code. Where transformers puts the checkpoint call decides what is compiled.
@@ -112,6 +116,13 @@ def recompile_reasons(before: dict, limit: int = 5) -> list[str]:
     return list(seen)[:limit]
 
 
+def shape_config():
+    """torch's symbolic-shape settings (``use_duck_shape``), a module of ``torch.fx.experimental``."""
+    import torch.fx.experimental._config
+
+    return torch.fx.experimental._config
+
+
 def _limit_name() -> str:
     config = torch._dynamo.config
     return "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
@@ -129,6 +140,7 @@ class Compile(Plugin):
         self.counts_before: dict | None = None
         self.patched: list[tuple[object, object]] = []
         self.placement = "layer"  # what was compiled: the layer call, or the forward its checkpoint runs
+        self.saved_duck_shape: bool | None = None
 
     @hookimpl
     def on_train_begin(self, ctx):
@@ -143,6 +155,9 @@ class Compile(Plugin):
         name = _limit_name()
         self.saved_limit = getattr(torch._dynamo.config, name)
         setattr(torch._dynamo.config, name, max(self.saved_limit, RECOMPILE_LIMIT))
+        if o.dynamic:  # read when each frame's shape environment is made, i.e. during training
+            self.saved_duck_shape = shape_config().use_duck_shape
+            shape_config().use_duck_shape = False
         mode = None if o.mode == "default" else o.mode
         self.counts_before = dynamo_counts()
         settings = dict(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
@@ -184,6 +199,9 @@ class Compile(Plugin):
         if self.saved_limit is not None:
             setattr(torch._dynamo.config, _limit_name(), self.saved_limit)
             self.saved_limit = None
+        if self.saved_duck_shape is not None:
+            shape_config().use_duck_shape = self.saved_duck_shape
+            self.saved_duck_shape = None
         restore_checkpoint_calls(self.patched)
         self.layers = []
         # Forget this row's graphs: they hold its model's modules and would only miss later.

@@ -20,7 +20,6 @@ standard SDPA mask otherwise.
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import torch
@@ -54,13 +53,18 @@ def _probe_torch_varlen():
 TORCH_VARLEN = _probe_torch_varlen()
 
 
-@functools.lru_cache(maxsize=None)  # resolved on every attention call: import once
-def _flash_attn():
+def _probe_flash_attn():
     try:
         from flash_attn import flash_attn_varlen_func
     except ImportError:
         return None
     return flash_attn_varlen_func
+
+
+# Probed once at import, not at the first call: the kernel is resolved inside every
+# attention call, and under ``compile`` those calls are traced, where an import that fails
+# is a graph break (on one H200 without flash-attn, 5 breaks per compiled decoder layer).
+FLASH_ATTN = _probe_flash_attn()
 
 
 def resolve_kernel(preference: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -70,7 +74,7 @@ def resolve_kernel(preference: str, device: torch.device, dtype: torch.dtype) ->
         if preference in ("flash_attn", "torch_varlen"):
             raise RuntimeError(f"the {preference} kernel needs a CUDA device and fp16/bf16 (got {device.type}, {dtype})")
         return "sdpa"
-    if preference in ("auto", "flash_attn") and _flash_attn() is not None:
+    if preference in ("auto", "flash_attn") and FLASH_ATTN is not None:
         return "flash_attn"
     if preference == "flash_attn":
         raise RuntimeError("kernel 'flash_attn' asked for, but the flash-attn package is not installed")
@@ -108,8 +112,7 @@ def _sdpa_per_sample(q, k, v, cu, scale, dropout, groups):
 
 
 def _flash(q, k, v, cu, max_len, scale, dropout, groups):
-    fn = _flash_attn()
-    out = fn(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu, max_len, max_len,
+    out = FLASH_ATTN(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu, max_len, max_len,
              dropout_p=dropout, softmax_scale=scale, causal=True)
     return out.unsqueeze(0)
 

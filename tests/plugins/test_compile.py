@@ -128,3 +128,39 @@ def test_recompiles_are_recorded_with_the_guard_that_failed(tiny_row, run_tiny):
     assert not any("size mismatch" in r for r in dynamic["compile_recompile_reasons"]), \
         dynamic["compile_recompile_reasons"]
     assert dynamic["compile_frames"] < static["compile_frames"]
+
+
+def test_a_first_length_equal_to_the_hidden_size_does_not_pin_the_length(tiny_row, tiny_context):
+    """Dynamo gives input sizes equal at the first trace one symbol (duck shaping). A first
+    batch of exactly hidden_size tokens would share the hidden size's symbol, which the
+    weights pin, and the next length would recompile. The plugin turns duck shaping off for
+    its row, and teardown turns it back."""
+    from tunerkit_plugins.compile import dynamo_counts, recompile_reasons, shape_config
+
+    before_row = shape_config().use_duck_shape
+    ctx = tiny_context(tiny_row("lora", "compile", **{**ROW, "compile": {"backend": "aot_eager"}}))
+    ctx.hook.on_train_begin(ctx=ctx)
+    assert shape_config().use_duck_shape is False
+    model = ctx.unwrapped_model()
+    hidden = model.config.hidden_size
+    counts = dynamo_counts()
+    with torch.no_grad():
+        for length in (hidden, hidden - 1, hidden - 3):
+            model(input_ids=torch.randint(0, model.config.vocab_size, (1, length)))
+    assert not any("size mismatch" in r for r in recompile_reasons(counts["guard_failures"]))
+    ctx.hook.teardown(ctx=ctx)
+    assert shape_config().use_duck_shape == before_row
+
+
+def test_resolving_the_varlen_kernel_traces_without_a_graph_break():
+    """Attention resolves its kernel on every call, inside the compiled layers: the lookup
+    must be plain Python on values probed at import (a traced import that fails is a graph
+    break, one per layer call on a GPU host without flash-attn)."""
+    from tunerkit_plugins.varlen_attention import resolve_kernel
+
+    def attend(x):
+        kernel = resolve_kernel("auto", torch.device("cuda"), torch.bfloat16)
+        return x * len(kernel)
+
+    out = torch.compile(attend, backend="eager", fullgraph=True)(torch.ones(2))
+    assert out.tolist() == [float(len(resolve_kernel("auto", torch.device("cuda"), torch.bfloat16)))] * 2

@@ -227,6 +227,15 @@ def test_the_first_row_a_gpu_process_trained_is_marked(tmp_path):
     m["rows_before_in_process"] = 0
     cpu.record(recipe="r", row=row, repeat=0, status="ok", reason=None, metrics=m, environment=FAKE_CPU, started=0.0)
     assert FIRST_MARK not in render(cpu.latest("r"), "md")
+    pinned = Store(tmp_path / "pinned.db")  # SDPA pinned away from cuDNN: no plans per length to build
+    for kernels, name in ((["flash"], "flash"), (["cudnn", "flash"], "cudnn")):
+        row = make_row(name, ["lora"], model="tiny-llama", sdpa_kernels=kernels)
+        m = fake_metrics(0, row, random_weights=True)
+        m.update(rows_before_in_process=0, sdpa_kernels=",".join(kernels))
+        pinned.record(recipe="r", row=row, repeat=0, status="ok", reason=None, metrics=m, environment=FAKE_GPU,
+                      started=0.0)
+    md = render(pinned.latest("r"), "md")
+    assert FIRST_MARK not in line_of(md, "flash") and FIRST_MARK in line_of(md, "cudnn")
 
 
 def test_runs_record_how_many_rows_their_process_trained_before(tmp_path):

@@ -148,14 +148,19 @@ def split_name(name: str) -> tuple[str, list[str]]:
 
 
 FIRST_MARK = "‡"
-FIRST_NOTE = (f"{FIRST_MARK} the first row its process trained: on one H200 such rows ran about 1.5x slower than "
-              "the same config later in a process (docs/benchmarks.md); compare it with care")
+FIRST_NOTE = (f"{FIRST_MARK} the first row its process trained, with torch's cuDNN attention allowed: on one H200 "
+              "such rows ran 1.4-1.5x slower than the same config later in a process, cuDNN building a plan for "
+              "each sequence length it meets first (docs/benchmarks.md); compare it with care")
 
 
 def first_in_process(record: dict) -> bool:
-    """A GPU row that was the first its process trained (CPU rows and older records are not flagged)."""
+    """A GPU row that was the first its process trained and let SDPA choose cuDNN attention,
+    whose plans per new length are what slows such a row (CPU rows and older records are
+    not flagged; nor is a row whose ``sdpa_kernels`` leave cuDNN out)."""
+    metrics = record.get("metrics") or {}
+    pinned = metrics.get("sdpa_kernels")
     return record["status"] == "ok" and ran_on_gpu(record) is True and \
-        (record.get("metrics") or {}).get("rows_before_in_process") == 0
+        metrics.get("rows_before_in_process") == 0 and (not pinned or "cudnn" in pinned.split(","))
 
 
 def status_text(record: dict, flag_random: bool) -> str:

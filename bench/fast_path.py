@@ -578,6 +578,8 @@ COLUMNS = [("config", 40), ("tok/s", 8), ("samp/s", 7), ("x base", 6), ("alloc",
 def target_state(t: dict) -> str:
     """met by CONFIGS / not met / baseline not run (a target with no baseline in the run)."""
     if t["met_by"]:
+        if t.get("baseline_repeated") is False:  # files before this field: no remark
+            return "met by " + ", ".join(t["met_by"]) + " (against the baseline's first run only: not repeated)"
         return "met by " + ", ".join(t["met_by"])
     return "not met" if t.get("measured", True) else "baseline not run"
 
@@ -665,15 +667,23 @@ def write_json(path: Path | None, payload: dict) -> None:
     tmp.replace(path)
 
 
-def targets(results: list[dict]) -> list[dict]:
+def targets(results: list[dict], repeats: dict | None = None) -> list[dict]:
+    """Each target's verdict. With a baseline repeat (``repeats``, by baseline name) a config
+    must beat the faster of the baseline's two runs: the first run may have paid one-off costs
+    (on one H200, cuDNN attention plans every new length once, 1.4x on a first row) that a
+    config run later in the process no longer pays. Without a repeat the verdict says so."""
     verdicts = []
     for label, family, fast_enough, memory_ok in TARGETS:
         base = next((r for r in results if r["name"] == f"{family}/baseline" and r["status"] == "ok"), None)
+        again = (repeats or {}).get(f"{family}/baseline", {}).get("tokens_per_s")
+        best = max(base["tokens_per_s"], again or 0) if base is not None else None
         met = [r["name"] for r in results
                if base is not None and r["status"] == "ok" and r["name"] != base["name"]
-               and r["name"].startswith(family + "/") and fast_enough(r.get("x_baseline") or 0)
+               and r["name"].startswith(family + "/") and r.get("tokens_per_s")
+               and fast_enough(r["tokens_per_s"] / best)
                and r.get("peak_alloc_gib") is not None and memory_ok(r["peak_alloc_gib"], base["peak_alloc_gib"])]
-        verdicts.append({"target": label, "met_by": met, "measured": base is not None})
+        verdicts.append({"target": label, "met_by": met, "measured": base is not None,
+                         "baseline_repeated": again is not None})
     return verdicts
 
 
@@ -852,6 +862,7 @@ def main(argv=None) -> int:
             payload["baseline_repeats"][first["name"]] = rep
             print(f"{first['name']} again: {rep['tokens_per_s']:,.0f} tokens/s ({rep['drift_pct']:+.1f} % against "
                   "its first run)", flush=True)
+        payload["targets"] = targets(results, payload["baseline_repeats"])
         save()
 
     if args.profile:

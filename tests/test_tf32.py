@@ -30,3 +30,17 @@ def test_tf32_row_trains_with_high_precision_matmuls_and_restores_the_setting(ti
     spy = SeePrecision()
     m = run_row(tiny_row("lora", evaluate=[], max_steps=1), tmp_path / "off", extra_plugins=[spy])
     assert spy.seen == before and "tf32" not in m
+
+
+def test_tf32_off_leaves_a_rows_identity_as_it_was_before_the_setting_existed(tiny_row):
+    """Rows stored before ``tf32`` existed must still match their hash (``--resume``)."""
+    import hashlib
+    import json
+
+    row = tiny_row("lora", max_steps=1)
+    config = row.config()
+    assert "tf32" not in config["settings"]
+    before = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert row.config_hash() == before
+    assert tiny_row("lora", max_steps=1, tf32=True).config()["settings"]["tf32"] is True
+    assert tiny_row("lora", max_steps=1, tf32=True).config_hash() != row.config_hash()

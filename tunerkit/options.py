@@ -122,9 +122,23 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-def option(default: Any, help: str, **kwargs) -> Any:
-    """``dataclasses.field`` with a help text; lists and dicts get a factory."""
+def option(default: Any, help: str, *, added_later: bool = False, **kwargs) -> Any:
+    """``dataclasses.field`` with a help text; lists and dicts get a factory.
+
+    ``added_later``: a field introduced after results were stored. At its default it is left
+    out of a row's identity (``Row.config``), so rows recorded before it existed still match
+    their config hash and ``--resume`` keeps skipping them."""
+    metadata = {"help": help, "added_later": added_later}
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def identity(obj) -> dict:
+    """A dataclass as a dict for a row's identity: ``added_later`` fields at their default left out."""
+    out = dataclasses.asdict(obj)
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("added_later") and f.default is not dataclasses.MISSING and out[f.name] == f.default:
+            del out[f.name]
+    return out

@@ -54,9 +54,9 @@ class Row:
         """Everything that decides the row's outcome, as plain JSON-able data."""
         return {
             "name": self.name,
-            "settings": dataclasses.asdict(self.settings),
+            "settings": opts.identity(self.settings),
             "plugins": list(self.plugins),
-            "options": {name: dataclasses.asdict(o) for name, o in self.options.items()},
+            "options": {name: opts.identity(o) for name, o in self.options.items()},
         }
 
     def config_hash(self) -> str:

@@ -30,7 +30,7 @@ class Settings:
         None, "SDPA kernels allowed, in order of preference: flash, efficient, cudnn, math (None = torch's choice)")
     gradient_checkpointing: bool = option(True, "recompute activations in backward (non-reentrant)")
     tf32: bool = option(False, "TF32 tensor cores for fp32 matmuls (on GPU: LoRA's fp32 adapter weights); "
-                                "10-bit mantissa, as HF's tf32 argument")
+                                "10-bit mantissa, as HF's tf32 argument", added_later=True)
     chat_template: str | None = option(
         None, "named fallback template when the tokenizer has none: chatml, llama3, plain")
     system: str | None = option(None, "system prompt put before every conversation")

@@ -44,3 +44,18 @@ def test_tf32_off_leaves_a_rows_identity_as_it_was_before_the_setting_existed(ti
     assert row.config_hash() == before
     assert tiny_row("lora", max_steps=1, tf32=True).config()["settings"]["tf32"] is True
     assert tiny_row("lora", max_steps=1, tf32=True).config_hash() != row.config_hash()
+
+
+def test_an_added_later_list_option_at_its_default_is_left_out_of_the_identity():
+    """Lists and dicts get a default factory; their default must be recognised too."""
+    from dataclasses import dataclass
+
+    from tunerkit.options import identity, option
+
+    @dataclass
+    class Options:
+        kept: int = option(1, "an option results were stored with")
+        later: list = option(["a"], "an option added after them", added_later=True)
+
+    assert identity(Options()) == {"kept": 1}
+    assert identity(Options(later=["b"])) == {"kept": 1, "later": ["b"]}

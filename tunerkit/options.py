@@ -139,6 +139,13 @@ def identity(obj) -> dict:
     """A dataclass as a dict for a row's identity: ``added_later`` fields at their default left out."""
     out = dataclasses.asdict(obj)
     for f in dataclasses.fields(obj):
-        if f.metadata.get("added_later") and f.default is not dataclasses.MISSING and out[f.name] == f.default:
+        if f.metadata.get("added_later") and out[f.name] == _default_of(f):
             del out[f.name]
     return out
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    """A field's default, built by its factory where it has one (list and dict options)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default

@@ -37,6 +37,11 @@ def main():
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+def row_names(only: str | None) -> list[str] | None:
+    """The row names of an ``--only`` value ("a, b,c"), or None when it was not given."""
+    return [n.strip() for n in only.split(",") if n.strip()] if only else None
+
+
 def pick_profile(recipe_path: Path, profile: str | None) -> str | None:
     """No --profile: the recipe's cpu profile on a machine without CUDA, else its GPU default."""
     if profile is not None:
@@ -76,8 +81,7 @@ def run(recipe, profile, only, resume, db, runs_dir, no_progress, check, sets):
     from tunerkit.store import Store
 
     profile = pick_profile(recipe, profile)
-    wanted = [n.strip() for n in only.split(",") if n.strip()] if only else None
-    rec = load_recipe(recipe, profile, overrides=parse_overrides(sets), select=wanted)
+    rec = load_recipe(recipe, profile, overrides=parse_overrides(sets), select=row_names(only))
     if check:
         for r in rec.rows:
             click.echo(f"{r.name}: plugins={r.plugins} model={r.settings.model} dataset={r.settings.dataset}")
@@ -158,7 +162,7 @@ def report(recipe, db, fmt, profile, only):
     if recipe is not None:
         records = with_unrun_rows(records, recipe, profile)
     if only:
-        wanted = {n.strip() for n in only.split(",") if n.strip()}
+        wanted = set(row_names(only))
         records = [r for r in records if r["row"] in wanted or split_name(r["row"])[0] in wanted]
         if not records:
             raise UserError(f"--only matches no row: {only}", key="--only",

@@ -149,7 +149,7 @@ def split_name(name: str) -> tuple[str, list[str]]:
 
 FIRST_MARK = "‡"
 FIRST_NOTE = (f"{FIRST_MARK} the first row its process trained, with torch's cuDNN attention allowed: on one H200 "
-              "such rows ran 1.4-1.5x slower than the same config later in a process, cuDNN building a plan for "
+              "such rows ran 1.4-1.6x slower than the same config later in a process, cuDNN building a plan for "
               "each sequence length it meets first (docs/benchmarks.md); compare it with care")
 
 

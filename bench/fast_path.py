@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,14 @@ FLCE_ONLY = {"liger": {"rope": False, "rms_norm": False, "swiglu": False}}
 #: beside compile: the fused cross-entropy, and offload starting 3 (or 1) copies back ahead
 FLCE_PREFETCH = {**FLCE_ONLY, "offload": {"prefetch": 3}}
 FLCE_PREFETCH1 = {**FLCE_ONLY, "offload": {"prefetch": 1}}
+
+def partial_checkpointing(tokens_k: int, left_out: int) -> Config:
+    """Packed ``tokens_k``-k rows, compile, fused cross-entropy, prefetched offload, and
+    ``left_out`` of the 32 layers not checkpointed."""
+    return Config(f"7b/lora+packing{tokens_k}k+compile+liger_flce+offload_prefetch+uncheckpointed{left_out}", "7b",
+                  ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH, pack_factor=tokens_k // 2,
+                  settings={"uncheckpointed_layers": left_out})
+
 
 CONFIGS = [
     Config("7b/baseline", "7b", note="plain transformers + peft"),
@@ -152,6 +160,9 @@ CONFIGS = [
     Config("7b/lora+packing8k+compile+liger_flce+offload_prefetch", "7b",
            ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH,
            pack_factor=4),
+    # Gradient checkpointing for only some layers: the layers left out keep their activations
+    # and skip the recompute (a third of a LoRA step's matmul work), at their memory each.
+    *[partial_checkpointing(tokens_k, left_out) for tokens_k, left_out in ((8, 3), (4, 8), (8, 24), (16, 12))],
     # Not in the default set (time; the first two were measured on one H200): select with --configs.
     Config("7b/lora+padding_free+liger+offload", "7b", ["lora", "padding_free", "liger", "offload"],
            note="batch 1 through the varlen kernel", default=False),
@@ -298,8 +309,9 @@ class Shape:
 
 
 def step_flops(shape: Shape, lengths: list[int], trained: str, adapter_params: int,
-               checkpointing: bool) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs) of one step over samples of ``lengths`` tokens."""
+               recomputed_layers: int) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) of one step over samples of ``lengths`` tokens, of which
+    ``recomputed_layers`` decoder layers run their forward again (gradient checkpointing)."""
     tokens = sum(lengths)
     sq = sum(n * n for n in lengths)
     if trained == "full":
@@ -309,9 +321,11 @@ def step_flops(shape: Shape, lengths: list[int], trained: str, adapter_params: i
     attention = 6 * sq * shape.hidden * shape.layers  # causal: fwd 2 L^2 h, bwd 4 L^2 h per layer
     model = per_token * tokens + attention
     hardware = model
-    if checkpointing:  # every decoder layer's forward runs twice (not the head)
-        recompute = 2 * (shape.layers * shape.layer_params + (adapter_params if trained != "full" else 0)) * tokens
-        hardware += recompute + 2 * sq * shape.hidden * shape.layers
+    if recomputed_layers:  # those layers' forward runs twice (not the head's); adapters spread evenly
+        share = recomputed_layers / shape.layers
+        adapters = adapter_params if trained != "full" else 0
+        recompute = 2 * (recomputed_layers * shape.layer_params + share * adapters) * tokens
+        hardware += recompute + 2 * sq * shape.hidden * recomputed_layers
     return float(model), float(hardware)
 
 
@@ -456,7 +470,7 @@ def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int
             "loop_tokens_per_s": m.get("tokens_per_s"), "loop_samples_per_s": m.get("samples_per_s"),
             "attention": m.get("attention"), "packing_efficiency": m.get("packing_efficiency"),
             "offload_gib_per_step": m.get("offload_gib_per_step"), "compiled_layers": m.get("compiled_layers"),
-            "liger_kernels": m.get("liger_kernels"),
+            "liger_kernels": m.get("liger_kernels"), "uncheckpointed_layer_indices": m.get("uncheckpointed_layer_indices"),
             **{k: m[k] for k in ("compile_frames", "compile_graphs", "compile_graph_breaks",
                                  "compile_graph_break_reasons", "compile_recompile_reasons") if k in m}}
 
@@ -472,9 +486,10 @@ def summarise(result: dict, shape: Shape, trained: str) -> dict:
     else:  # tunerkit's loop timed them: recover the timed wall time from its tokens/s
         seconds = tokens / result["loop_tokens_per_s"] if result.get("loop_tokens_per_s") else 0.0
     adapter = result.get("trainable_params") or 0
+    recomputed = shape.layers - len(result.get("uncheckpointed_layer_indices") or [])
     model_f = hw_f = 0.0
     for step in lengths:
-        mf, hf = step_flops(shape, step, trained, adapter, checkpointing=True)
+        mf, hf = step_flops(shape, step, trained, adapter, recomputed)
         model_f += mf
         hw_f += hf
     out = {"timed_steps": len(lengths), "timed_tokens": tokens, "timed_samples": samples,
@@ -760,6 +775,10 @@ def main(argv=None) -> int:
                          {k: v for k, v in c.options.items() if k != "liger"}, c.pack_factor, c.default, c.note,
                          c.settings)
                   for c in chosen]
+        BY_NAME.update({c.name: c for c in chosen})
+    if args.smoke:  # the tiny presets have 4 layers: leave out at most 2 of them
+        chosen = [replace(c, settings={**c.settings, "uncheckpointed_layers": min(c.settings["uncheckpointed_layers"], 2)})
+                  if "uncheckpointed_layers" in c.settings else c for c in chosen]
         BY_NAME.update({c.name: c for c in chosen})
     started = time.perf_counter()
     out_path = Path(os.environ["OUT"]) / "fast_path.json" if os.environ.get("OUT") else None

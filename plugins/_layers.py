@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from tunerkit.checkpointing import checkpointed_layers  # noqa: F401  (the plugins' one place to find them)
 from tunerkit.errors import RowFailed
 
 
@@ -32,14 +33,6 @@ def text_config(model: nn.Module):
     """The config that holds num_hidden_layers (the text part of a multimodal config)."""
     config = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def checkpointed_layers(model: nn.Module) -> list[nn.Module]:
-    """Modules transformers checkpoints (they carry ``gradient_checkpointing = True`` and the
-    ``_gradient_checkpointing_func`` their forward goes through): where checkpoint-level
-    switches (offload, selective checkpointing) wrap that call."""
-    return [m for m in model.modules()
-            if getattr(m, "gradient_checkpointing", False) and callable(getattr(m, "_gradient_checkpointing_func", None))]
 
 
 _WRAPS = "_tunerkit_checkpoint_wraps"

@@ -71,3 +71,19 @@ def test_a_target_is_judged_against_the_faster_of_the_baselines_two_runs(fast_pa
     slower_repeat = next(v for v in fast_path.targets(results, {"7b/baseline": {"tokens_per_s": 900.0}})
                          if v["target"] == label)
     assert fast_path.target_state(slower_repeat) == "met by 7b/fast"
+
+
+def test_hardware_flops_count_the_recompute_of_checkpointed_layers_only(fast_path):
+    from tunerkit.models.presets import get_preset
+
+    shape = fast_path.Shape.of(get_preset("qwen-7b-chat"))
+    lengths, adapter = [2048, 1024], 20_000_000
+    model_all, hw_all = fast_path.step_flops(shape, lengths, "lora", adapter, shape.layers)
+    model_half, hw_half = fast_path.step_flops(shape, lengths, "lora", adapter, shape.layers // 2)
+    model_none, hw_none = fast_path.step_flops(shape, lengths, "lora", adapter, 0)
+    assert model_all == model_half == model_none == hw_none  # what is learned does not change
+    assert hw_all - hw_none == pytest.approx(2 * (hw_half - hw_none))  # half the layers, half the recompute
+    # a full recompute is one more forward of the decoder layers: 2 FLOPs per weight and token, plus attention
+    tokens, sq = sum(lengths), sum(n * n for n in lengths)
+    expected = 2 * (shape.layers * shape.layer_params + adapter) * tokens + 2 * sq * shape.hidden * shape.layers
+    assert hw_all - hw_none == pytest.approx(expected)

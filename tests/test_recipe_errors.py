@@ -47,6 +47,8 @@ def run_cli(tmp_path, text, *extra):
     (('plugins = ["lora"]', 'plugins = ["lora", "liger", "compile"]'),
      ["row 'lora'", "plugins", "torch.compile", "rope, rms_norm and swiglu = false"]),
     (('model = "tiny-llama"', 'model = "qwen-72b-chat"\ndtype = "fp32"'), ["row 'lora'", "model", "GiB"]),
+    (('lora = { rank = 4 }', 'lora = { rank = 4 }\nuncheckpointed_layers = 2'),
+     ["row 'lora'", "uncheckpointed_layers", "gradient_checkpointing = true"]),
     (('[[row]]', '[[row]\n'), ["r.toml", "malformed TOML"]),
 ])
 def test_bad_recipe_exits_2_with_one_line(tmp_path, mutation, expect):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from tunerkit.checkpointing import enable_gradient_checkpointing, leave_layers_unchecked
 from tunerkit.context import RunContext
 from tunerkit.core import CoreDefaults, resolve_dtype
 from tunerkit.distributed import count_label_tokens, data_parallel_size, global_throughput
@@ -121,6 +122,8 @@ def _run(ctx: RunContext, progress) -> dict:
     ctx.metrics.update(params)
     if s.gradient_checkpointing:
         enable_gradient_checkpointing(ctx.model)
+        if s.uncheckpointed_layers:
+            ctx.metrics["uncheckpointed_layer_indices"] = leave_layers_unchecked(ctx.model, s.uncheckpointed_layers)
     ctx.model.train()
 
     # -- data side -----------------------------------------------------------------
@@ -206,19 +209,6 @@ def _evaluate_only(ctx: RunContext) -> dict:
             ctx.collators[split] = ctx.hook.make_collator(ctx=ctx, split=split)
     ctx.metrics["attention"] = ctx.attention_used
     return _finish(ctx)
-
-
-def enable_gradient_checkpointing(model) -> None:
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns there
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if hasattr(model, "enable_input_require_grads"):
-        # Frozen embeddings would otherwise cut the graph before the first checkpointed layer.
-        model.enable_input_require_grads()
-    if getattr(model, "config", None) is not None:
-        model.config.use_cache = False
 
 
 def make_loader(ctx: RunContext, dataset) -> DataLoader:

@@ -29,6 +29,9 @@ class Settings:
     sdpa_kernels: list[str] | None = option(
         None, "SDPA kernels allowed, in order of preference: flash, efficient, cudnn, math (None = torch's choice)")
     gradient_checkpointing: bool = option(True, "recompute activations in backward (non-reentrant)")
+    uncheckpointed_layers: int = option(
+        0, "decoder layers (evenly spread) left out of gradient checkpointing: each keeps its activations "
+           "instead of being rerun in the backward", added_later=True)
     tf32: bool = option(False, "TF32 tensor cores for fp32 matmuls (on GPU: LoRA's fp32 adapter weights); "
                                 "10-bit mantissa, as HF's tf32 argument", added_later=True)
     chat_template: str | None = option(
@@ -94,6 +97,11 @@ class Settings:
             unknown = [k for k in self.sdpa_kernels if k not in SDPA_KERNELS]
             if unknown or not self.sdpa_kernels:
                 raise ValueError(f"sdpa_kernels must be a non-empty list of {', '.join(SDPA_KERNELS)}; got {self.sdpa_kernels}")
+        if self.uncheckpointed_layers < 0:
+            raise ValueError(f"uncheckpointed_layers must be >= 0, got {self.uncheckpointed_layers}")
+        if self.uncheckpointed_layers and not self.gradient_checkpointing:
+            raise ValueError("uncheckpointed_layers leaves layers out of gradient checkpointing: "
+                             "set gradient_checkpointing = true")
         if self.mix == {}:
             self.mix = None  # `mix = {}` in a profile switches mixing off (TOML has no null)
         if self.mix is not None:

@@ -164,3 +164,36 @@ def test_resolving_the_varlen_kernel_traces_without_a_graph_break():
 
     out = torch.compile(attend, backend="eager", fullgraph=True)(torch.ones(2))
     assert out.tolist() == [float(len(resolve_kernel("auto", torch.device("cuda"), torch.bfloat16)))] * 2
+
+
+def test_layers_left_out_of_checkpointing_are_compiled_whole_and_train_as_eager(tiny_row, run_tiny):
+    """``uncheckpointed_layers``: the layers without a checkpoint call are compiled through
+    ``layer.compile()``, the others as before; no graph break, eager's losses."""
+    row = {**ROW, "batch_size": 1, "uncheckpointed_layers": 2, "offload": {"min_bytes": 0}}
+    eager = run_tiny(tiny_row("lora", "offload", name="eager", **row))
+    compiled = run_tiny(tiny_row("lora", "compile", "offload", name="compiled", compile={"backend": "aot_eager"},
+                                 **row))
+    assert compiled["uncheckpointed_layer_indices"] == [1, 3]
+    assert compiled["compiled_layers"] == 4
+    assert compiled["compile_graph_breaks"] == 0, compiled["compile_graph_break_reasons"]
+    assert compiled["train_loss_curve"] == pytest.approx(eager["train_loss_curve"], rel=1e-4, abs=1e-5)
+
+
+def test_compile_places_each_layer_by_whether_it_is_still_checkpointed(tiny_row, tiny_context):
+    from tunerkit.checkpointing import enable_gradient_checkpointing, leave_layers_unchecked
+    from tunerkit_plugins.compile import checkpointed_inside_forward
+
+    ctx = tiny_context(tiny_row("lora", "compile", **ROW))
+    enable_gradient_checkpointing(ctx.model)
+    left_out = leave_layers_unchecked(ctx.model, 2)
+    layers = decoder_layers(ctx.unwrapped_model())
+    ctx.hook.on_train_begin(ctx=ctx)
+    try:
+        inside = checkpointed_inside_forward(layers[0]) is not None
+        for i, layer in enumerate(layers):
+            # a checkpointed layer's forward is compiled inside its checkpoint call where
+            # transformers checkpoints inside forward; every other layer is compiled whole
+            whole = i in left_out or not inside
+            assert (layer._compiled_call_impl is not None) == whole, (i, left_out, inside)
+    finally:
+        ctx.hook.teardown(ctx=ctx)

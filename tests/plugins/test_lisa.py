@@ -20,7 +20,7 @@ def started(tiny_row, tiny_context, steps: int, checkpointing: bool = False, **l
     """A tiny lisa context with the core's optimizer, after on_train_begin, plus its LISA instance."""
     from accelerate import Accelerator
 
-    from tunerkit.loop import enable_gradient_checkpointing
+    from tunerkit.checkpointing import enable_gradient_checkpointing
 
     ctx = tiny_context(tiny_row("full", "lisa", lisa=lisa, max_steps=steps))
     if checkpointing:

@@ -23,7 +23,7 @@ def test_offloaded_training_matches_plain(tiny_row, run_tiny, checkpointing, sco
 
 def test_checkpoint_scope_moves_exactly_the_layer_inputs(tiny_row, tiny_context):
     """With checkpointing, one tensor per decoder layer leaves: its input, kept for the recompute."""
-    from tunerkit.loop import enable_gradient_checkpointing
+    from tunerkit.checkpointing import enable_gradient_checkpointing
 
     row = tiny_row("lora", "offload", gradient_checkpointing=True, offload={"min_bytes": 0}, **ROW)
     ctx = tiny_context(row)

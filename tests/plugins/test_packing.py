@@ -60,7 +60,7 @@ def test_packed_per_sample_losses_equal_unpacked(packed_ctx):
 
 
 def test_packed_gradients_equal_unpacked_under_gradient_checkpointing(packed_ctx):
-    from tunerkit.loop import enable_gradient_checkpointing
+    from tunerkit.checkpointing import enable_gradient_checkpointing
 
     model = packed_ctx.model
     enable_gradient_checkpointing(model)  # the varlen kwargs must reach checkpointed layers too

@@ -31,7 +31,7 @@ class CountOps(TorchDispatchMode):
 
 def backward_ops(tiny_row, tiny_context, plugins, checkpointing, tuner="full", **options):
     """(matmuls, attention ops) the backward of one step runs, the loss and the gradients it gives."""
-    from tunerkit.loop import enable_gradient_checkpointing
+    from tunerkit.checkpointing import enable_gradient_checkpointing
 
     table = dict(ROW) if tuner == "lora" else {k: v for k, v in ROW.items() if k != "lora"}
     row = tiny_row(tuner, *plugins, gradient_checkpointing=checkpointing, attention="sdpa", **options, **table)

@@ -90,12 +90,12 @@ FLCE_ONLY = {"liger": {"rope": False, "rms_norm": False, "swiglu": False}}
 FLCE_PREFETCH = {**FLCE_ONLY, "offload": {"prefetch": 3}}
 FLCE_PREFETCH1 = {**FLCE_ONLY, "offload": {"prefetch": 1}}
 
-def partial_checkpointing(tokens_k: int, left_out: int) -> Config:
+def partial_checkpointing(tokens_k: int, left_out: int, default: bool = True) -> Config:
     """Packed ``tokens_k``-k rows, compile, fused cross-entropy, prefetched offload, and
     ``left_out`` of the 32 layers not checkpointed."""
     return Config(f"7b/lora+packing{tokens_k}k+compile+liger_flce+offload_prefetch+uncheckpointed{left_out}", "7b",
                   ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH, pack_factor=tokens_k // 2,
-                  settings={"uncheckpointed_layers": left_out})
+                  settings={"uncheckpointed_layers": left_out}, default=default)
 
 
 CONFIGS = [
@@ -163,6 +163,11 @@ CONFIGS = [
     # Gradient checkpointing for only some layers: the layers left out keep their activations
     # and skip the recompute (a third of a LoRA step's matmul work), at their memory each.
     *[partial_checkpointing(tokens_k, left_out) for tokens_k, left_out in ((8, 3), (4, 8), (8, 24), (16, 12))],
+    # Under 40 GiB: on one H200 a left-out layer kept 1.2 GiB per 8k tokens (0.6 per 4k).
+    *[partial_checkpointing(tokens_k, left_out, default=False) for tokens_k, left_out in ((4, 28), (6, 24), (8, 20))],
+    Config("7b/lora+packing4k+compile+liger_flce+no_checkpointing", "7b", ["lora", "packing", "compile", "liger"],
+           FLCE_ONLY, pack_factor=2, settings={"gradient_checkpointing": False}, default=False,
+           note="no layer checkpointed: the recompute gone, every activation kept"),
     # Not in the default set (time; the first two were measured on one H200): select with --configs.
     Config("7b/lora+padding_free+liger+offload", "7b", ["lora", "padding_free", "liger", "offload"],
            note="batch 1 through the varlen kernel", default=False),
@@ -446,12 +451,12 @@ def tunerkit_row(cfg: Config, fam: Family, args, steps: int, warmup: int, lora_d
         tables["lora"] = {"rank": 8, "alpha": 32.0, "dropout": lora_dropout, "targets": ["q_proj", "k_proj", "v_proj"]}
     for name, opts in cfg.options.items():
         tables[name] = dict(opts)
-    return make_row(cfg.name.replace("/", "_"), cfg.plugins, model=fam.model, dataset=SPEC, dtype="auto",
-                    attention="sdpa", gradient_checkpointing=True, batch_size=1, gradient_accumulation_steps=1,
-                    max_length=pack, truncation_strategy="truncation_right", learning_rate=1e-4,
-                    lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.01, max_grad_norm=1.0,
-                    max_steps=warmup + steps, timing_warmup_steps=warmup, evaluate=[], val_size=0,
-                    seed=args.seed, **{**tables, **cfg.settings})
+    fixed = dict(model=fam.model, dataset=SPEC, dtype="auto",
+                 attention="sdpa", gradient_checkpointing=True, batch_size=1, gradient_accumulation_steps=1,
+                 max_length=pack, truncation_strategy="truncation_right", learning_rate=1e-4,
+                 lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.01, max_grad_norm=1.0,
+                 max_steps=warmup + steps, timing_warmup_steps=warmup, evaluate=[], val_size=0, seed=args.seed)
+    return make_row(cfg.name.replace("/", "_"), cfg.plugins, **{**fixed, **tables, **cfg.settings})
 
 
 def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int, warmup: int,
@@ -470,7 +475,8 @@ def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int
             "loop_tokens_per_s": m.get("tokens_per_s"), "loop_samples_per_s": m.get("samples_per_s"),
             "attention": m.get("attention"), "packing_efficiency": m.get("packing_efficiency"),
             "offload_gib_per_step": m.get("offload_gib_per_step"), "compiled_layers": m.get("compiled_layers"),
-            "liger_kernels": m.get("liger_kernels"), "uncheckpointed_layer_indices": m.get("uncheckpointed_layer_indices"),
+            "liger_kernels": m.get("liger_kernels"), "checkpointing": row.settings.gradient_checkpointing,
+            "uncheckpointed_layer_indices": m.get("uncheckpointed_layer_indices"),
             **{k: m[k] for k in ("compile_frames", "compile_graphs", "compile_graph_breaks",
                                  "compile_graph_break_reasons", "compile_recompile_reasons") if k in m}}
 
@@ -486,7 +492,8 @@ def summarise(result: dict, shape: Shape, trained: str) -> dict:
     else:  # tunerkit's loop timed them: recover the timed wall time from its tokens/s
         seconds = tokens / result["loop_tokens_per_s"] if result.get("loop_tokens_per_s") else 0.0
     adapter = result.get("trainable_params") or 0
-    recomputed = shape.layers - len(result.get("uncheckpointed_layer_indices") or [])
+    recomputed = 0 if result.get("checkpointing") is False else \
+        shape.layers - len(result.get("uncheckpointed_layer_indices") or [])
     model_f = hw_f = 0.0
     for step in lengths:
         mf, hf = step_flops(shape, step, trained, adapter, recomputed)

@@ -40,7 +40,7 @@ case "$part" in
     # --profile: separate short runs under torch.profiler (where the step time goes), after the table.
     timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-450}" \
       --configs "${FAST_PATH_CONFIGS:-default}" \
-      --profile "${FAST_PATH_PROFILE:-7b/baseline,7b/lora,7b/lora+liger,7b/lora+packing16k+liger}" \
+      --profile "${FAST_PATH_PROFILE-7b/baseline,7b/lora,7b/lora+liger,7b/lora+packing16k+liger}" \
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
     ;;
   svd)

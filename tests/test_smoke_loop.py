@@ -1,5 +1,7 @@
 import pytest
 
+from tunerkit import hookimpl
+
 
 def test_lora_row_trains_and_reports(tiny_row, run_tiny):
     m = run_tiny(tiny_row("lora", lora={"rank": 4}, max_steps=3))
@@ -54,3 +56,28 @@ def test_git_revision_says_dirty_when_tracked_files_changed(tmp_path, monkeypatc
     assert clean and "+" not in clean
     module.write_text("x = 2\n")
     assert metrics._git_revision() == clean + "+dirty"
+
+
+class SeeCache:
+    """Records the KV cache each training forward returns."""
+
+    def __init__(self):
+        self.caches = []
+
+    @hookimpl
+    def on_train_begin(self, ctx):
+        self.handle = ctx.unwrapped_model().register_forward_hook(
+            lambda module, args, output: self.caches.append(getattr(output, "past_key_values", None)))
+
+    @hookimpl
+    def teardown(self, ctx):
+        self.handle.remove()
+
+
+def test_training_without_checkpointing_builds_no_kv_cache(tiny_row, tmp_path):
+    from tunerkit.loop import run_row
+
+    spy = SeeCache()
+    run_row(tiny_row("lora", gradient_checkpointing=False, evaluate=[], max_steps=1), tmp_path / "r",
+            extra_plugins=[spy])
+    assert spy.caches and all(c is None for c in spy.caches), spy.caches

@@ -119,3 +119,4 @@ def test_plugins_that_wrap_checkpoint_calls_see_only_the_checkpointed_layers(tin
         counts.append(run_row(row, tmp_path / str(left_out))["offload_tensors_per_step"])
     # the same tensors for each checkpointed layer (its inputs), one of the four layers fewer
     assert counts[0] > 0 and counts[1] * 4 == counts[0] * 3, counts
+

@@ -125,6 +125,11 @@ def _run(ctx: RunContext, progress) -> dict:
         if s.uncheckpointed_layers:
             ctx.metrics["uncheckpointed_layer_indices"] = leave_layers_unchecked(ctx.model, s.uncheckpointed_layers)
     ctx.model.train()
+    if getattr(ctx.model, "config", None) is not None:
+        # Training never reads a KV cache, but with use_cache on (the default without
+        # checkpointing) transformers builds one every forward: on one H200, the 7b shape's
+        # packed 4k rows kept one and recompiled compiled layers on it.
+        ctx.model.config.use_cache = False
 
     # -- data side -----------------------------------------------------------------
     for split in ("train", "eval"):

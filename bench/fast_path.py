@@ -168,6 +168,8 @@ CONFIGS = [
     Config("7b/lora+packing4k+compile+liger_flce+no_checkpointing", "7b", ["lora", "packing", "compile", "liger"],
            FLCE_ONLY, pack_factor=2, settings={"gradient_checkpointing": False}, default=False,
            note="no layer checkpointed: the recompute gone, every activation kept"),
+    Config("7b/lora+packing4k+compile+liger_flce+no_checkpointing+tf32", "7b", ["lora", "packing", "compile", "liger"],
+           FLCE_ONLY, pack_factor=2, settings={"gradient_checkpointing": False, "tf32": True}, default=False),
     # Not in the default set (time; the first two were measured on one H200): select with --configs.
     Config("7b/lora+padding_free+liger+offload", "7b", ["lora", "padding_free", "liger", "offload"],
            note="batch 1 through the varlen kernel", default=False),

@@ -10,7 +10,7 @@ rerun, at their activations' memory each. It is the knob between full checkpoint
 
 The layers left out are spread evenly over the depth instead of taken from one end: peak
 memory is the same either way (every saved activation is alive when the backward starts),
-but with ``offload`` the host copies of the checkpointed layers' inputs then overlap the
+but with ``offload`` the host copies of the checkpointed layers' inputs can then overlap the
 compute of the layers between them.
 """
 

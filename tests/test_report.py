@@ -308,3 +308,20 @@ def test_records_of_a_profile_the_recipe_dropped_still_show(db, tmp_path):
     result = CliRunner().invoke(main, ["report", str(recipe), "--db", str(db)])
     assert result.exit_code == 0, result.output
     assert "| ok |" in line_of(result.output, "qwen-7b-chat", "4096") and "not run" not in result.output
+
+
+def test_a_setting_left_out_of_a_rows_identity_shows_its_default(tmp_path):
+    """``uncheckpointed_layers`` at 0 is not in a row's stored config (``added_later``); the
+    table still shows 0 there beside the rows that set it (fake metrics, no measurement)."""
+    store = Store(tmp_path / "fake.db")
+    recipe = load_recipe(RECIPES / "beyond_seed" / "checkpointing.toml", "cpu", check_files=False)
+    for i, row in enumerate(recipe.rows):
+        store.record(recipe=recipe.name, row=row, repeat=0, status="ok", reason=None,
+                     metrics=fake_metrics(i, row, random_weights=False), environment=FAKE_CPU, started=0.0)
+    assert "uncheckpointed_layers" not in next(r for r in recipe.rows if r.name == "all").config()["settings"]
+    md = render(store.latest(recipe.name), "md")
+    header = next(line for line in md.splitlines() if line.startswith("| row"))
+    assert "| gradient_checkpointing | uncheckpointed_layers |" in header
+    assert "| all | smollm2-135m-instruct | true | 0 |" in md
+    assert "| 24_left_out | smollm2-135m-instruct | true | 24 |" in md
+    assert "| none | smollm2-135m-instruct | false | 0 |" in md

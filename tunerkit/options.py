@@ -144,6 +144,12 @@ def identity(obj) -> dict:
     return out
 
 
+def left_out_defaults(cls) -> dict:
+    """What :func:`identity` leaves out of a ``cls`` at its default: the ``added_later`` fields
+    and their defaults, so a reader of stored configs can show them."""
+    return {f.name: _default_of(f) for f in dataclasses.fields(cls) if f.metadata.get("added_later")}
+
+
 def _default_of(f: dataclasses.Field) -> Any:
     """A field's default, built by its factory where it has one (list and dict options)."""
     if f.default_factory is not dataclasses.MISSING:

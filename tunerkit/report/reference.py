@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunerkit.options import left_out_defaults
+from tunerkit.settings import Settings
+
 
 def axis_key(value: Any) -> str:
     """How a setting's value is spelt as a TOML key: 512, true, 5e-05, q_proj+v_proj."""
@@ -29,8 +32,9 @@ def axis_key(value: Any) -> str:
 
 
 def point_values(config: dict) -> dict[str, Any]:
-    """A recorded row's settings and plugin options, plugin options as ``plugin.option``."""
-    values = dict(config.get("settings") or {})
+    """A recorded row's settings and plugin options, plugin options as ``plugin.option``.
+    Settings its identity left out at their default (``added_later``) are given that default."""
+    values = {**left_out_defaults(Settings), **(config.get("settings") or {})} if config.get("settings") else {}
     for plugin, opts in (config.get("options") or {}).items():
         for key, value in (opts or {}).items():
             values[f"{plugin}.{key}"] = value

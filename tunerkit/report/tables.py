@@ -35,6 +35,7 @@ RANDOM_NOTE = "random weights (model presets): speed and memory only; losses and
 
 #: settings shown as their own column when they differ between the rows of a table
 AXIS_SETTINGS = ("max_length", "batch_size", "gradient_accumulation_steps", "attention", "gradient_checkpointing",
+                 "uncheckpointed_layers",
                  "gpus", "dataset", "dtype")
 #: at most this many differing plugin options get a column each; more go into one "options" column
 MAX_OPTION_COLUMNS = 3

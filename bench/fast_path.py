@@ -756,6 +756,19 @@ def parse_args(argv=None):
     return args
 
 
+def smoke_config(c: Config, cuda: bool) -> Config:
+    """A config as the tiny smoke shapes can run it: at most 2 of the tiny presets' 4 layers
+    left out of checkpointing, and without a GPU no liger (its kernels need CUDA; the smoke
+    run then exercises the other switches only)."""
+    settings = dict(c.settings)
+    if "uncheckpointed_layers" in settings:
+        settings["uncheckpointed_layers"] = min(settings["uncheckpointed_layers"], 2)
+    if cuda:
+        return replace(c, settings=settings)
+    return replace(c, plugins=[p for p in c.plugins if p != "liger"],
+                   options={k: v for k, v in c.options.items() if k != "liger"}, settings=settings)
+
+
 def select(spec: str) -> list[Config]:
     if spec == "default":
         return [c for c in CONFIGS if c.default]
@@ -778,16 +791,8 @@ def main(argv=None) -> int:
             print(f"{c.name:<42} {'default' if c.default else 'opt-in':8} {c.note}")
         return 0
     chosen = select(args.configs)
-    if args.smoke and not torch.cuda.is_available():
-        # liger's kernels need CUDA: on a CPU the smoke run exercises the other switches only.
-        chosen = [Config(c.name, c.family, [p for p in c.plugins if p != "liger"],
-                         {k: v for k, v in c.options.items() if k != "liger"}, c.pack_factor, c.default, c.note,
-                         c.settings)
-                  for c in chosen]
-        BY_NAME.update({c.name: c for c in chosen})
-    if args.smoke:  # the tiny presets have 4 layers: leave out at most 2 of them
-        chosen = [replace(c, settings={**c.settings, "uncheckpointed_layers": min(c.settings["uncheckpointed_layers"], 2)})
-                  if "uncheckpointed_layers" in c.settings else c for c in chosen]
+    if args.smoke:
+        chosen = [smoke_config(c, cuda=torch.cuda.is_available()) for c in chosen]
         BY_NAME.update({c.name: c for c in chosen})
     started = time.perf_counter()
     out_path = Path(os.environ["OUT"]) / "fast_path.json" if os.environ.get("OUT") else None

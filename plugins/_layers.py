@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunerkit.checkpointing import checkpointed_layers  # noqa: F401  (the plugins' one place to find them)
 from tunerkit.errors import RowFailed
 
 

@@ -30,9 +30,10 @@ from typing import Literal
 import torch
 
 from tunerkit import Plugin, hookimpl, option
+from tunerkit.checkpointing import checkpointed_layers
 from tunerkit.errors import RowFailed
 
-from ._layers import checkpointed_layers, restore_checkpoint_calls, wrap_checkpoint_calls
+from ._layers import restore_checkpoint_calls, wrap_checkpoint_calls
 
 GIB = 1024 ** 3
 

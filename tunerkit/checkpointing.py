@@ -43,8 +43,6 @@ def enable_gradient_checkpointing(model) -> None:
     if hasattr(model, "enable_input_require_grads"):
         # Frozen embeddings would otherwise cut the graph before the first checkpointed layer.
         model.enable_input_require_grads()
-    if getattr(model, "config", None) is not None:
-        model.config.use_cache = False
 
 
 def spread(count: int, total: int) -> list[int]:
@@ -62,7 +60,7 @@ def leave_layers_unchecked(model: nn.Module, count: int) -> list[int]:
     if count > len(layers):
         raise RowFailed(f"uncheckpointed_layers = {count}, but the model has {len(layers)} checkpointed layers "
                         "(hint: at most that many; gradient_checkpointing = false checkpoints none)")
-    chosen = spread(count, len(layers)) if count else []
+    chosen = spread(count, len(layers))
     for i in chosen:
         layers[i].gradient_checkpointing = False
     return chosen

@@ -120,16 +120,16 @@ def _run(ctx: RunContext, progress) -> dict:
     if params["trainable_params"] == 0:
         raise RowFailed("nothing to train: no plugin of this row made any parameter trainable")
     ctx.metrics.update(params)
-    if s.gradient_checkpointing:
-        enable_gradient_checkpointing(ctx.model)
-        if s.uncheckpointed_layers:
-            ctx.metrics["uncheckpointed_layer_indices"] = leave_layers_unchecked(ctx.model, s.uncheckpointed_layers)
-    ctx.model.train()
     if getattr(ctx.model, "config", None) is not None:
         # Training never reads a KV cache, but with use_cache on (the default without
         # checkpointing) transformers builds one every forward: on one H200, the 7b shape's
         # packed 4k rows kept one and recompiled compiled layers on it.
         ctx.model.config.use_cache = False
+    if s.gradient_checkpointing:
+        enable_gradient_checkpointing(ctx.model)
+        if s.uncheckpointed_layers:
+            ctx.metrics["uncheckpointed_layer_indices"] = leave_layers_unchecked(ctx.model, s.uncheckpointed_layers)
+    ctx.model.train()
 
     # -- data side -----------------------------------------------------------------
     for split in ("train", "eval"):

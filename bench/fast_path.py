@@ -74,7 +74,7 @@ class Config:
     family: str  # "7b" (LoRA on the 7b shape) or "1.8b" (full fine-tuning on the 1.8b shape)
     plugins: list[str] = field(default_factory=list)  # empty: the plain baseline
     options: dict = field(default_factory=dict)
-    pack_factor: int = 0  # packed rows of pack_factor * sample_max tokens (0: one sample per step)
+    pack_factor: float = 0  # packed rows of pack_factor * sample_max tokens (0: one sample per step)
     default: bool = True
     note: str = ""
     settings: dict = field(default_factory=dict)  # row settings beyond the bench's fixed ones
@@ -89,6 +89,11 @@ FLCE_ONLY = {"liger": {"rope": False, "rms_norm": False, "swiglu": False}}
 #: beside compile: the fused cross-entropy, and offload starting 3 (or 1) copies back ahead
 FLCE_PREFETCH = {**FLCE_ONLY, "offload": {"prefetch": 3}}
 FLCE_PREFETCH1 = {**FLCE_ONLY, "offload": {"prefetch": 1}}
+
+AUTOCAST = {"autocast": True}
+OVERLAP = {"overlap_steps": True}
+AUTOCAST_OVERLAP = {**AUTOCAST, **OVERLAP}
+
 
 def partial_checkpointing(tokens_k: int, left_out: int, default: bool = True) -> Config:
     """Packed ``tokens_k``-k rows, compile, fused cross-entropy, prefetched offload, and
@@ -170,6 +175,31 @@ CONFIGS = [
            note="no layer checkpointed: the recompute gone, every activation kept"),
     Config("7b/lora+packing4k+compile+liger_flce+no_checkpointing+tf32", "7b", ["lora", "packing", "compile", "liger"],
            FLCE_ONLY, pack_factor=2, settings={"gradient_checkpointing": False, "tf32": True}, default=False),
+    # autocast: PEFT's fp32 adapters run their matmuls in bf16 (fp32 masters kept), so autograd
+    # keeps bf16 copies of their inputs instead of fp32 ones; overlap: no host-GPU sync between
+    # steps. Each beside the same config without them, in one process.
+    *[replace(c, name=c.name + suffix, settings={**c.settings, **extra}, default=False)
+      for c in (Config("7b/lora+compile+liger_flce+offload_prefetch1", "7b", ["lora", "compile", "liger", "offload"],
+                       FLCE_PREFETCH1),)
+      for suffix, extra in (("+overlap", OVERLAP), ("+autocast", AUTOCAST), ("+autocast+overlap", AUTOCAST_OVERLAP))],
+    Config("7b/lora+packing2k+compile+liger_flce+offload_prefetch1+autocast+overlap", "7b",
+           ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH1, pack_factor=1,
+           settings=AUTOCAST_OVERLAP, default=False,
+           note="the <= 15 GiB point with rows filled to 2048 tokens"),
+    *[Config(f"7b/lora+packing{k}k+compile+liger_flce+no_checkpointing+{suffix}", "7b",
+             ["lora", "packing", "compile", "liger"], FLCE_ONLY, pack_factor=k / 2,
+             settings={"gradient_checkpointing": False, **extra}, default=False)
+      for k, suffix, extra in ((4, "autocast", AUTOCAST), (4, "autocast+overlap", AUTOCAST_OVERLAP),
+                               (5, "autocast+overlap", AUTOCAST_OVERLAP), (6, "autocast+overlap", AUTOCAST_OVERLAP))],
+    Config("7b/lora+packing16k+compile+liger_flce+offload_prefetch+autocast+overlap", "7b",
+           ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH, pack_factor=8,
+           settings=AUTOCAST_OVERLAP, default=False),
+    *[replace(partial_checkpointing(tokens_k, left_out, default=False),
+              name=partial_checkpointing(tokens_k, left_out).name + "+autocast+overlap",
+              settings={"uncheckpointed_layers": left_out, **AUTOCAST_OVERLAP})
+      for tokens_k, left_out in ((8, 2), (16, 1))],
+    Config("7b/lora+liger+offload+autocast+overlap", "7b", ["lora", "liger", "offload"],
+           settings=AUTOCAST_OVERLAP, default=False, note="batch 1, uncompiled: the loss check of the two switches"),
     # Not in the default set (time; the first two were measured on one H200): select with --configs.
     Config("7b/lora+padding_free+liger+offload", "7b", ["lora", "padding_free", "liger", "offload"],
            note="batch 1 through the varlen kernel", default=False),
@@ -272,8 +302,23 @@ class BenchProbe:
         return list(self.samples) if split == "train" else []
 
     @hookimpl(wrapper=True)
-    def compute_loss(self, ctx, model, batch):
-        ids = batch["input_ids"].detach().cpu()
+    def make_collator(self, ctx, split):
+        collate = yield
+        if split != "train":
+            return collate
+
+        def recording(examples):
+            # Read on the host as the batch is collated: reading it on the GPU later would
+            # wait for the device inside the timed step (and end overlap_steps' overlap).
+            batch = collate(examples)
+            self.record(batch)
+            return batch
+
+        return recording
+
+    def record(self, batch: dict) -> None:
+        """One micro-batch's samples (the bench runs one micro-batch per step, in loader order)."""
+        ids = batch["input_ids"].detach()
         if "cu_seq_lens_q" in batch:
             cu = batch["cu_seq_lens_q"].reshape(-1).tolist()
             flat = ids.reshape(-1)
@@ -282,12 +327,8 @@ class BenchProbe:
             mask = batch.get("attention_mask")
             lengths = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
             docs = [ids[i, :n] for i, n in enumerate(lengths)]
-        while len(self.steps) <= ctx.global_step:
-            self.steps.append({"lengths": [], "hashes": []})
-        step = self.steps[ctx.global_step]
-        step["lengths"] += [int(d.numel()) for d in docs]
-        step["hashes"] += [token_hash(d.numpy()) for d in docs]
-        return (yield)
+        self.steps.append({"lengths": [int(d.numel()) for d in docs],
+                           "hashes": [token_hash(d.numpy()) for d in docs]})
 
 
 # -----------------------------------------------------------------------------------------
@@ -444,10 +485,15 @@ def run_baseline(fam: Family, args, samples: list[dict], order: list[int], steps
     return result
 
 
+def row_tokens(cfg: Config, args) -> int:
+    """Tokens of a config's rows: ``pack_factor`` samples' worth when packed, else one sample's."""
+    return int(cfg.pack_factor * args.sample_max) if cfg.pack_factor else args.sample_max
+
+
 def tunerkit_row(cfg: Config, fam: Family, args, steps: int, warmup: int, lora_dropout: float):
     from tunerkit.recipe import make_row
 
-    pack = cfg.pack_factor * args.sample_max if cfg.pack_factor else args.sample_max
+    pack = row_tokens(cfg, args)
     tables = {}
     if "lora" in cfg.plugins:
         tables["lora"] = {"rank": 8, "alpha": 32.0, "dropout": lora_dropout, "targets": ["q_proj", "k_proj", "v_proj"]}
@@ -470,6 +516,8 @@ def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int
     with tempfile.TemporaryDirectory() as tmp:
         m = run_row(row, Path(tmp) / "row", extra_plugins=[probe])
     mem = (m.get("memory") or [{}])[0]
+    # accelerate's loader collates one batch ahead of the step it feeds: keep the steps that ran
+    del probe.steps[len(m.get("train_loss_curve", [])):]
     return {"status": "ok", "peak_alloc_gib": mem.get("peak_allocated_gib"),
             "peak_reserved_gib": mem.get("peak_reserved_gib"), "trainable_params": m.get("trainable_params"),
             "losses": m.get("train_loss_curve", []), "lengths": [s["lengths"] for s in probe.steps],
@@ -839,13 +887,13 @@ def main(argv=None) -> int:
         missing = [p for p in cfg.plugins if p not in plugins or getattr(plugins[p], "load_error", None)]
         t0 = time.perf_counter()
         r = {"name": cfg.name, "plugins": cfg.plugins, "model": fam.model,
-             "tokens_per_row": cfg.pack_factor * args.sample_max if cfg.pack_factor else None}
+             "tokens_per_row": row_tokens(cfg, args) if cfg.pack_factor else None}
         if missing:
             r["status"] = f"skipped: plugin(s) not available: {', '.join(missing)}"
         else:
             if cfg.pack_factor:
                 warmup = args.packed_warmup
-                steps = max(2, math.ceil(args.packed_tokens / (cfg.pack_factor * args.sample_max)))
+                steps = max(2, math.ceil(args.packed_tokens / row_tokens(cfg, args)))
             else:
                 warmup, steps = args.warmup, args.steps
             try:

@@ -38,7 +38,9 @@ for part in "$@"; do
 case "$part" in
   fast-path)
     # --profile: separate short runs under torch.profiler (where the step time goes), after the table.
+    # FAST_PATH_CHECK: the batch-1 config the 50-step loss check compares with the baseline.
     timeout 560 python3 bench/fast_path.py --check-loss --time-limit "${FAST_PATH_LIMIT:-450}" \
+      --check-config "${FAST_PATH_CHECK:-7b/lora+liger+offload}" \
       --configs "${FAST_PATH_CONFIGS:-default}" \
       --profile "${FAST_PATH_PROFILE-7b/baseline,7b/lora,7b/lora+liger,7b/lora+packing16k+liger}" \
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn

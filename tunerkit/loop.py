@@ -22,9 +22,10 @@ from tunerkit.context import RunContext
 from tunerkit.core import CoreDefaults, resolve_dtype
 from tunerkit.distributed import count_label_tokens, data_parallel_size, global_throughput
 from tunerkit.errors import RowFailed
-from tunerkit.metrics import Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
+from tunerkit.metrics import StepClock, Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
+from tunerkit.precision import autocast_dtype, forward_autocast, tf32_matmuls
 
 
 def seed_everything(seed: int) -> None:
@@ -52,6 +53,8 @@ def run_row(row, out_dir: Path, progress=None, extra_plugins=()) -> dict:
             metrics["sdpa_kernels"] = ",".join(row.settings.sdpa_kernels)
         if row.settings.tf32:
             metrics["tf32"] = True
+        if ctx.settings.autocast:
+            metrics["autocast"] = str(autocast_dtype(ctx)).removeprefix("torch.")
         return metrics
     finally:
         ctx.hook.teardown(ctx=ctx)
@@ -70,23 +73,6 @@ def sdpa_kernels(names: list[str] | None):
     if "set_priority" in inspect.signature(sdpa_kernel).parameters:
         return sdpa_kernel(backends, set_priority=True)
     return sdpa_kernel(backends)
-
-
-@contextlib.contextmanager
-def tf32_matmuls(on: bool):
-    """fp32 matmuls on TF32 tensor cores for the row, and torch's setting back after it.
-    PEFT keeps adapter weights in fp32 beside bf16 base weights, so LoRA's small matmuls
-    otherwise run as plain fp32 FMA kernels (on one H200: 384 per packed 16k step, 3.8 % of
-    its GPU time)."""
-    if not on:
-        yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 def _release(ctx: RunContext) -> None:
@@ -154,24 +140,44 @@ def _run(ctx: RunContext, progress) -> dict:
     # -- the loop ------------------------------------------------------------------
     hook.on_train_begin(ctx=ctx)
     throughput = Throughput(warmup_steps=min(s.timing_warmup_steps, max(ctx.total_steps - 1, 0)))
-    losses: list[float] = []
+    clock = StepClock(ctx.device, overlap=s.overlap_steps)
+    step_losses: list = []  # per step: a float, or (overlap_steps) the loss tensor until it is read
+    step_counts: list[tuple[int, int, int]] = []
+    trained_tokens = 0
     eval_curve: list[tuple[int, float]] = []
     if progress is not None:
         progress.start(ctx.total_steps)
     for window in accumulation_windows(loader, s.gradient_accumulation_steps, ctx.total_steps):
-        with Timer(ctx.device) as t:
-            step_loss, samples, tokens, label_tokens = train_step(ctx, window)
+        clock.step_begins()
+        step_loss, samples, tokens, label_tokens = train_step(ctx, window)
+        clock.step_ends()
         ctx.global_step += 1
-        throughput.add_step(t.seconds, samples, tokens, label_tokens)
-        losses.append(step_loss)
-        if progress is not None:
-            progress.update(ctx.global_step, step_loss)
+        step_counts.append((samples, tokens, label_tokens))
+        trained_tokens += tokens
+        if s.overlap_steps:
+            # Reading this step's loss would wait for the GPU; the previous step's is done or
+            # nearly so while this one runs, and reading it keeps the host one step ahead, no more.
+            step_losses.append(step_loss)
+            if len(step_losses) > 1:
+                step_losses[-2] = float(step_losses[-2])
+                if progress is not None:
+                    progress.update(ctx.global_step - 1, step_losses[-2])
+        else:
+            step_losses.append(float(step_loss))
+            if progress is not None:
+                progress.update(ctx.global_step, step_losses[-1])
         if s.eval_steps and ctx.global_step % s.eval_steps == 0 and "eval" in ctx.datasets:
             from tunerkit.eval.loss import eval_loss
 
             eval_curve.append((ctx.global_step, eval_loss(ctx).get("eval_loss")))
-        if s.token_budget and throughput.total_tokens * data_parallel_size(ctx) >= s.token_budget:
+            clock.pause()
+        if s.token_budget and trained_tokens * data_parallel_size(ctx) >= s.token_budget:
             break
+    losses = [float(v) for v in step_losses]
+    if s.overlap_steps and progress is not None and losses:
+        progress.update(ctx.global_step, losses[-1])
+    for seconds, counts in zip(clock.seconds(), step_counts):
+        throughput.add_step(seconds, *counts)
     hook.on_train_end(ctx=ctx)
     ctx.metrics.update(throughput.summary())
     ctx.metrics.update(global_throughput(ctx, throughput))
@@ -218,11 +224,30 @@ def _evaluate_only(ctx: RunContext) -> dict:
 
 def make_loader(ctx: RunContext, dataset) -> DataLoader:
     s = ctx.settings
+    collate = counting_label_tokens(ctx.collators["train"])
+    # overlap_steps: batches in pinned memory copy to the GPU without waiting for it (a copy
+    # from pageable memory synchronises the stream first); accelerate's loader does the copy.
+    pin = s.overlap_steps and ctx.device.type == "cuda"
+    if pin and ctx.accelerator is not None:
+        ctx.accelerator.dataloader_config.non_blocking = True
     if isinstance(dataset, IterableDataset):
-        return DataLoader(dataset, batch_size=s.batch_size, collate_fn=ctx.collators["train"])
+        return DataLoader(dataset, batch_size=s.batch_size, collate_fn=collate, pin_memory=pin)
     generator = torch.Generator().manual_seed(s.seed)  # the same order for every row
     return DataLoader(dataset, batch_size=s.batch_size, shuffle=True, generator=generator,
-                      collate_fn=ctx.collators["train"], drop_last=False)
+                      collate_fn=collate, drop_last=False, pin_memory=pin)
+
+
+def counting_label_tokens(collate):
+    """The row's collator, adding each batch's scored label tokens (``num_label_tokens``)
+    while the batch is still on the host."""
+
+    def collate_and_count(examples):
+        batch = collate(examples)
+        if isinstance(batch, dict) and "labels" in batch and "num_label_tokens" not in batch:
+            batch["num_label_tokens"] = count_label_tokens(batch)
+        return batch
+
+    return collate_and_count
 
 
 def plan_steps(ctx: RunContext, loader: DataLoader) -> int:
@@ -266,12 +291,13 @@ def accumulation_windows(loader, size: int, total_steps: int):
             return
 
 
-def train_step(ctx: RunContext, window: list[dict]) -> tuple[float, int, int, int]:
-    """One optimizer step over ``window``; returns (loss, samples, tokens, label tokens) of this process."""
+def train_step(ctx: RunContext, window: list[dict]) -> tuple[torch.Tensor, int, int, int]:
+    """One optimizer step over ``window``; returns (loss, samples, tokens, label tokens) of this
+    process. The loss stays a tensor on the device: reading it waits for the step's work."""
     hook, model, acc = ctx.hook, ctx.model, ctx.accelerator
     samples = sum(b.pop("num_samples", b["input_ids"].shape[0]) for b in window)
     tokens = sum(b.pop("num_tokens", b["input_ids"].numel()) for b in window)
-    local_labels = sum(count_label_tokens(b) for b in window)
+    local_labels = sum(label_tokens_of(b) for b in window)
     global_labels = local_labels
     if ctx.world_size > 1:
         global_labels = int(acc.reduce(torch.tensor(local_labels, device=ctx.device), reduction="sum"))
@@ -286,7 +312,8 @@ def train_step(ctx: RunContext, window: list[dict]) -> tuple[float, int, int, in
         acc.sync_gradients = ctx.is_last_micro_step
         sync = contextlib.nullcontext() if ctx.is_last_micro_step else acc.no_sync(model)
         with sync:
-            loss = hook.compute_loss(ctx=ctx, model=model, batch=batch)
+            with forward_autocast(ctx):
+                loss = hook.compute_loss(ctx=ctx, model=model, batch=batch)
             acc.backward(loss)
         loss_sum += loss.detach().float()
     if ctx.settings.max_grad_norm > 0 and acc.sync_gradients:
@@ -299,7 +326,17 @@ def train_step(ctx: RunContext, window: list[dict]) -> tuple[float, int, int, in
     step_loss = loss_sum / ctx.world_size
     if ctx.world_size > 1:
         step_loss = acc.reduce(step_loss, reduction="sum")
-    return float(step_loss), samples, tokens, local_labels
+    return step_loss, samples, tokens, local_labels
+
+
+def label_tokens_of(batch: dict) -> int:
+    """The batch's scored label tokens: counted on the host when it was collated (reading a
+    device tensor would wait for the GPU), or here for batches an engine reshaped after
+    collation (sequence-parallel shards carry ``shift_labels``, their own share)."""
+    counted = batch.pop("num_label_tokens", None)
+    if counted is None or "shift_labels" in batch:
+        return count_label_tokens(batch)
+    return counted
 
 
 def gather_memory(ctx: RunContext) -> list[dict]:

@@ -105,6 +105,56 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+class StepClock:
+    """Times optimizer steps, in one of two ways.
+
+    ``overlap=False`` (the loop's default): the device is synchronised at each step's start
+    and end, so a step's time is its own wall time and the host's work between steps (the
+    next batch, progress, checks) is left out.
+
+    ``overlap=True`` on a GPU: nothing waits for the GPU at step boundaries, so the host
+    queues step n+1 while the GPU still runs step n, as a training job runs between its log
+    lines. A CUDA event recorded after each step's queued work marks its end on the GPU's
+    timeline; the previous step's end (or the first step's start, or a resume after a
+    pause) marks its start. The steps' times then add up to the GPU timeline they took,
+    idle gaps while the GPU waited for the host included. Read once, at the end. On a CPU,
+    where work is synchronous, both ways time the same wall clock.
+    """
+
+    def __init__(self, device: torch.device, overlap: bool = False):
+        self.device = device
+        self.events = overlap and device.type == "cuda"
+        self.spans: list[tuple] = []
+        self._start = None
+
+    def _mark(self):
+        if self.events:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def step_begins(self) -> None:
+        if self._start is None or not self.events:
+            self._start = self._mark()
+
+    def step_ends(self) -> None:
+        end = self._mark()
+        self.spans.append((self._start, end))
+        self._start = end if self.events else None
+
+    def pause(self) -> None:
+        """Work that is not a step follows (evaluation): the next step starts its own span."""
+        self._start = None
+
+    def seconds(self) -> list[float]:
+        if self.events:
+            torch.cuda.synchronize(self.device)
+            return [start.elapsed_time(end) / 1000 for start, end in self.spans]
+        return [end - start for start, end in self.spans]
+
+
 def _git_revision() -> str | None:
     """HEAD's short hash, with ``+dirty`` when tracked files differ from it (a row run from an
     edited or copied checkout must not claim to be exactly that commit)."""

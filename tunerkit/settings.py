@@ -34,6 +34,12 @@ class Settings:
            "instead of being rerun in the backward", added_later=True)
     tf32: bool = option(False, "TF32 tensor cores for fp32 matmuls (on GPU: LoRA's fp32 adapter weights); "
                                 "10-bit mantissa, as HF's tf32 argument", added_later=True)
+    autocast: bool = option(False, "run the forward under torch.autocast (HF's bf16/fp16 argument): fp32 weights "
+                                   "(PEFT's adapters) stay fp32 masters, their matmuls run in the row's 16-bit dtype "
+                                   "(bf16 where the weights are fp32)", added_later=True)
+    overlap_steps: bool = option(False, "no host-GPU synchronisation between optimizer steps: pinned, non-blocking "
+                                        "batch copies, step times from CUDA events, losses read one step late",
+                                 added_later=True)
     chat_template: str | None = option(
         None, "named fallback template when the tokenizer has none: chatml, llama3, plain")
     system: str | None = option(None, "system prompt put before every conversation")

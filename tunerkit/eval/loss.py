@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+from tunerkit.precision import forward_autocast
+
 
 @torch.no_grad()
 def mean_token_loss(model, dataset, collator, batch_size: int, device) -> float | None:
@@ -30,5 +32,7 @@ def eval_loss(ctx) -> dict:
     ds = ctx.datasets.get("eval")
     if ds is None:
         return {}
-    loss = mean_token_loss(ctx.unwrapped_model(), ds, ctx.collators["eval"], ctx.settings.eval_batch_size, ctx.device)
+    with forward_autocast(ctx):  # the numerics the row trained with
+        loss = mean_token_loss(ctx.unwrapped_model(), ds, ctx.collators["eval"], ctx.settings.eval_batch_size,
+                               ctx.device)
     return {} if loss is None else {"eval_loss": loss}

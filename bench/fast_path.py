@@ -91,6 +91,13 @@ FLCE_PREFETCH = {**FLCE_ONLY, "offload": {"prefetch": 3}}
 FLCE_PREFETCH1 = {**FLCE_ONLY, "offload": {"prefetch": 1}}
 
 AUTOCAST = {"autocast": True}
+
+
+def flce_chunks(options: dict, const: int) -> dict:
+    """``options`` with liger's fused cross-entropy chunk budget (``chunk_mem_const``) set to ``const``."""
+    return {**options, "liger": {**options["liger"], "chunk_mem_const": const}}
+
+
 OVERLAP = {"overlap_steps": True}
 AUTOCAST_OVERLAP = {**AUTOCAST, **OVERLAP}
 
@@ -198,6 +205,18 @@ CONFIGS = [
               name=partial_checkpointing(tokens_k, left_out).name + "+autocast+overlap",
               settings={"uncheckpointed_layers": left_out, **AUTOCAST_OVERLAP})
       for tokens_k, left_out in ((8, 2), (16, 1))],
+    # liger's fused cross-entropy in chunks of 64 tokens at batch 1 reads the 1.2 GiB lm_head
+    # weight 64 times a step; chunk_mem_const C lets a chunk's logits hold C x tokens x hidden.
+    *[Config(f"7b/lora+compile+liger_flce_chunk{c}+offload_prefetch1+autocast", "7b",
+             ["lora", "compile", "liger", "offload"], flce_chunks(FLCE_PREFETCH1, c), settings=AUTOCAST, default=False)
+      for c in (2, 4)],
+    Config("7b/lora+packing2k+compile+liger_flce_chunk4+offload_prefetch1+autocast", "7b",
+           ["lora", "packing", "compile", "liger", "offload"], flce_chunks(FLCE_PREFETCH1, 4), pack_factor=1,
+           settings=AUTOCAST, default=False),
+    *[Config(f"7b/lora+packing6k+compile+{liger}+no_checkpointing+autocast", "7b",
+             ["lora", "packing", "compile", "liger"], options, pack_factor=3,
+             settings={"gradient_checkpointing": False, **AUTOCAST}, default=False)
+      for liger, options in (("liger_flce", FLCE_ONLY), ("liger_flce_chunk4", flce_chunks(FLCE_ONLY, 4)))],
     Config("7b/lora+liger+offload+autocast+overlap", "7b", ["lora", "liger", "offload"],
            settings=AUTOCAST_OVERLAP, default=False, note="batch 1, uncompiled: the loss check of the two switches"),
     # Not in the default set (time; the first two were measured on one H200): select with --configs.

@@ -41,6 +41,13 @@ class LigerOptions:
     swiglu: bool = option(True, "liger's fused SwiGLU MLP (silu(gate) * up in one kernel)")
     fused_linear_cross_entropy: bool = option(
         True, "lm_head + cross-entropy in chunks: the tokens x vocab logits are never materialised")
+    chunk_mem_const: int = option(
+        1, "the fused cross-entropy's logits chunk holds up to C x tokens x hidden elements (liger's "
+           "chunk_mem_const; 1 = liger's default): larger chunks, fewer passes over the lm_head weight", added_later=True)
+
+    def __post_init__(self):
+        if self.chunk_mem_const < 1:
+            raise ValueError(f"chunk_mem_const must be >= 1, got {self.chunk_mem_const}")
 
 
 #: the kernels liger puts inside a decoder layer, the region the ``compile`` plugin compiles
@@ -121,7 +128,31 @@ class Liger(Plugin):
             changed = {k: v for k, v in saved.items() if vars(module).get(k) is not v}
             if changed:
                 self._restore.append((module, changed))
+        if o.fused_linear_cross_entropy and o.chunk_mem_const != 1:
+            self._widen_loss_chunks(o.chunk_mem_const)
         ctx.log("liger kernels: " + (", ".join(self.kernels()) or "none"))
+
+    def _widen_loss_chunks(self, const: int) -> None:
+        """Give liger's fused linear cross-entropy a larger chunk budget for this row.
+
+        liger sizes a chunk so that its logits hold about ``chunk_mem_const x tokens x
+        hidden`` elements; at 1 (its default) and Qwen's 151,936-token vocabulary a
+        1.8k-token step runs 32 chunks of 64 tokens, each reading the whole lm_head weight
+        twice (logits, input gradient): small, memory-bound matmuls. The patched causal-LM
+        forward calls ``liger_kernel.transformers.functional.liger_fused_linear_cross_entropy``
+        through its module at every step, so a partial with the budget bound in takes effect
+        there; teardown puts the original back.
+        """
+        import functools
+
+        import liger_kernel.transformers.functional as functional
+
+        original = functional.liger_fused_linear_cross_entropy
+        if "chunk_mem_const" not in inspect.signature(original).parameters:
+            raise RowFailed("this liger-kernel has no chunk_mem_const in liger_fused_linear_cross_entropy; "
+                            "leave [plugins.liger] chunk_mem_const at 1 or upgrade liger-kernel")
+        self._restore.append((functional, {"liger_fused_linear_cross_entropy": original}))
+        functional.liger_fused_linear_cross_entropy = functools.partial(original, chunk_mem_const=const)
 
     def in_layer_kernels(self) -> list[str]:
         return [k for k in IN_LAYER_KERNELS if getattr(self.options, k)]
@@ -131,7 +162,10 @@ class Liger(Plugin):
 
     @hookimpl
     def collect_metrics(self, ctx):
-        return {"liger_kernels": self.kernels()}
+        metrics = {"liger_kernels": self.kernels()}
+        if self.options.fused_linear_cross_entropy and self.options.chunk_mem_const != 1:
+            metrics["liger_chunk_mem_const"] = self.options.chunk_mem_const
+        return metrics
 
     @hookimpl
     def teardown(self, ctx):

@@ -144,3 +144,67 @@ def test_liger_fused_cross_entropy_alone_may_run_with_compile():
     reason = flce_only.validate(row=row)
     assert reason is None or "torch.compile" not in reason  # on a CPU: the no-GPU reason, not the compile one
     assert flce_only.kernels() == ["fused_linear_cross_entropy"]
+
+
+def loss_entry(chunk_param=True):
+    """A stand-in for liger's functional fused linear cross-entropy: records what it was called with."""
+    seen = []
+    if chunk_param:
+        def liger_fused_linear_cross_entropy(input, weight, target, reduction="mean", chunk_mem_const=1):
+            seen.append(chunk_mem_const)
+    else:
+        def liger_fused_linear_cross_entropy(input, weight, target, reduction="mean"):
+            seen.append(None)
+    return liger_fused_linear_cross_entropy, seen
+
+
+def patched_context(tmp_path, fake_liger, monkeypatch, liger_options, chunk_param=True):
+    from transformers import AutoModelForCausalLM
+
+    from tunerkit.loop import build_context
+    from tunerkit.models.presets import PRESETS
+
+    functional = types.ModuleType("liger_kernel.transformers.functional")
+    functional.liger_fused_linear_cross_entropy, seen = loss_entry(chunk_param)
+    sys.modules["liger_kernel.transformers"].functional = functional
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
+    row = make_row("r", ["lora", "liger"], model="tiny-llama", liger=liger_options)
+    ctx = build_context(row, tmp_path)
+    ctx.device = torch.device("cuda")  # the glue only reads the device; nothing runs
+    ctx.model = AutoModelForCausalLM.from_config(PRESETS["tiny-llama"].config())
+    return ctx, functional, seen
+
+
+def test_chunk_mem_const_reaches_every_fused_loss_call_of_the_row_and_is_undone(fake_liger, monkeypatch, tmp_path):
+    import inspect
+
+    ctx, functional, seen = patched_context(tmp_path, fake_liger, monkeypatch, {"chunk_mem_const": 4})
+    original = functional.liger_fused_linear_cross_entropy
+    ctx.hook.modify_model(ctx=ctx)
+    # liger's causal-LM loss looks the function up on its module and filters its kwargs by the signature
+    assert "chunk_mem_const" in inspect.signature(functional.liger_fused_linear_cross_entropy).parameters
+    functional.liger_fused_linear_cross_entropy(None, None, None, reduction="sum")
+    assert seen == [4]
+    assert ctx.hook.collect_metrics(ctx=ctx)[0]["liger_chunk_mem_const"] == 4
+    ctx.hook.teardown(ctx=ctx)
+    assert functional.liger_fused_linear_cross_entropy is original
+
+
+def test_chunk_mem_const_at_its_default_leaves_liger_alone(fake_liger, monkeypatch, tmp_path):
+    ctx, functional, seen = patched_context(tmp_path, fake_liger, monkeypatch, {})
+    original = functional.liger_fused_linear_cross_entropy
+    ctx.hook.modify_model(ctx=ctx)
+    assert functional.liger_fused_linear_cross_entropy is original
+    ctx.hook.teardown(ctx=ctx)
+
+
+def test_chunk_mem_const_on_a_liger_without_it_fails_the_row(fake_liger, monkeypatch, tmp_path):
+    ctx, _, _ = patched_context(tmp_path, fake_liger, monkeypatch, {"chunk_mem_const": 4}, chunk_param=False)
+    with pytest.raises(RowFailed, match="no chunk_mem_const"):
+        ctx.hook.modify_model(ctx=ctx)
+    ctx.hook.teardown(ctx=ctx)
+
+
+def test_chunk_mem_const_below_one_is_a_recipe_error():
+    with pytest.raises(UserError, match="chunk_mem_const"):
+        make_row("r", ["lora", "liger"], model="tiny-llama", liger={"chunk_mem_const": 0})

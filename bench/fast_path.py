@@ -658,7 +658,17 @@ def profile_line(name: str, p: dict) -> str:
         return f"{name:<40} {p.get('wall_ms_per_step', 0):8.1f} ms/step; {p.get('note', '')}"
     kinds = kinds_text(p)
     return (f"{name:<40} {p.get('wall_ms_per_step', 0):8.1f} ms/step, GPU busy {p.get('gpu_busy_ms_per_step', 0):8.1f} ms "
-            f"(idle {p.get('gpu_idle_pct')}%), {p.get('kernels_per_step', 0):.0f} kernels/step; {kinds}")
+            f"(idle {p.get('gpu_idle_pct')}%), {p.get('kernels_per_step', 0):.0f} kernels/step; {kinds}"
+            + host_text(p))
+
+
+def host_text(p: dict, top: int = 6) -> str:
+    """The host ops with the most self time per step, when the profile recorded them."""
+    ops = (p.get("top_host_ops") or [])[:top]
+    if not ops:
+        return ""
+    return (f"\n    host {p.get('host_self_ms_per_step')} ms/step in ops; most: "
+            + ", ".join(f"{o['name']} {o['self_ms_per_step']:.1f} ms ({o['calls_per_step']:.0f}x)" for o in ops))
 
 
 # -----------------------------------------------------------------------------------------

@@ -89,6 +89,24 @@ def breakdown(kernels: list[Kernel], wall_s: float, steps: int, top: int = 12) -
     }
 
 
+@dataclass
+class HostOp:
+    name: str
+    self_cpu_us: float  # host time in the op itself, its children's left out
+    calls: int
+
+
+def host_breakdown(ops: list[HostOp], steps: int, top: int = 12) -> dict:
+    """Where the host's time goes: the ops with the most self CPU time per step. A step the GPU
+    idles through (a large ``gpu_idle_pct``) waits on these; the profiler's own overhead per
+    recorded op inflates them, so read them against each other."""
+    steps = max(steps, 1)
+    ranked = sorted(ops, key=lambda op: -op.self_cpu_us)
+    return {"host_self_ms_per_step": round(sum(op.self_cpu_us for op in ops) / 1e3 / steps, 3),
+            "top_host_ops": [{"name": op.name[:120], "self_ms_per_step": round(op.self_cpu_us / 1e3 / steps, 3),
+                              "calls_per_step": op.calls / steps} for op in ranked[:top]]}
+
+
 class StepProfiler:
     """start() before the first profiled step, stop(steps) after the last: records CUDA kernels."""
 
@@ -117,9 +135,10 @@ class StepProfiler:
         self.prof.__exit__(None, None, None)
         kernels = [Kernel(e.name, e.time_range.start, e.time_range.end) for e in self.prof.events()
                    if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+        host = [HostOp(a.key, a.self_cpu_time_total, a.count) for a in self.prof.key_averages()]
         self.prof = None
         if kernels:
-            self.result = breakdown(kernels, wall, steps)
+            self.result = {**breakdown(kernels, wall, steps), **host_breakdown(host, steps)}
         else:
             self.result = {"steps": steps, "wall_ms_per_step": round(wall * 1e3 / max(steps, 1), 3),
                            "note": "no CUDA kernels recorded (not a GPU run): wall time only"}

@@ -58,3 +58,12 @@ def test_a_cpu_profile_reports_wall_time_only(kp):
     sum(range(1000))
     result = prof.stop(steps=2)
     assert "gpu_busy_ms_per_step" not in result and result["steps"] == 2 and result["wall_ms_per_step"] >= 0
+
+
+def test_host_breakdown_ranks_ops_by_their_own_host_time_per_step(kp):
+    ops = [kp.HostOp("cudaLaunchKernel", 40_000, 3000), kp.HostOp("aten::mm", 10_000, 200),
+           kp.HostOp("Torch-Compiled Region", 60_000, 128)]
+    out = kp.host_breakdown(ops, steps=2, top=2)
+    assert out["host_self_ms_per_step"] == 55.0
+    assert [(o["name"], o["self_ms_per_step"], o["calls_per_step"]) for o in out["top_host_ops"]] == [
+        ("Torch-Compiled Region", 30.0, 64.0), ("cudaLaunchKernel", 20.0, 1500.0)]

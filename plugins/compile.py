@@ -53,6 +53,13 @@ class CompileOptions:
     dynamic: bool = option(True, "symbolic sequence lengths: varlen batches reuse one graph instead of recompiling")
     backend: str = option("inductor", "torch.compile backend (inductor; aot_eager or eager to debug)")
     fullgraph: bool = option(False, "fail instead of falling back to eager at a graph break")
+    cpp_wrapper: bool = option(
+        False, "inductor writes the code that launches a compiled graph's kernels in C++ instead of Python "
+               "(less host time per layer call; compiling takes longer)", added_later=True)
+    skip_guard_eval: bool = option(
+        False, "after the row's warm-up steps, check only the guards that tell the layers' compiled graphs apart "
+               "(torch.compiler.set_stance(skip_guard_eval_unsafe=True)): less host time per layer call, "
+               "wrong if something the skipped guards check changes later", added_later=True)
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
@@ -141,6 +148,8 @@ class Compile(Plugin):
         self.patched: list[tuple[object, object]] = []
         self.placement = "layer"  # what was compiled: the layer call, or the forward its checkpoint runs
         self.saved_duck_shape: bool | None = None
+        self.saved_cpp_wrapper: bool | None = None
+        self.guards_skipped = False
 
     @hookimpl
     def on_train_begin(self, ctx):
@@ -158,6 +167,11 @@ class Compile(Plugin):
         if o.dynamic:  # read when each frame's shape environment is made, i.e. during training
             self.saved_duck_shape = shape_config().use_duck_shape
             shape_config().use_duck_shape = False
+        if o.cpp_wrapper:  # read when inductor compiles, i.e. during the row's first steps
+            import torch._inductor.config as inductor_config
+
+            self.saved_cpp_wrapper = inductor_config.cpp_wrapper
+            inductor_config.cpp_wrapper = True
         mode = None if o.mode == "default" else o.mode
         self.counts_before = dynamo_counts()
         settings = dict(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
@@ -174,6 +188,17 @@ class Compile(Plugin):
         self.layers = layers
         ctx.log(f"compiled {len(layers)} decoder layers ({o.backend}, mode {o.mode}, dynamic {o.dynamic}; "
                 f"{self.placement})")
+
+    @hookimpl
+    def on_step_begin(self, ctx):
+        # The warm-up steps compile every graph the row needs (forward, recompute, backward,
+        # each length class); from then on a layer call's guards only pick among them. The
+        # skipped guards are the ones every cached graph passed at least once.
+        warmup = max(ctx.settings.timing_warmup_steps, 1)
+        if self.options.skip_guard_eval and not self.guards_skipped and ctx.global_step >= warmup:
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+            self.guards_skipped = True
+            ctx.metrics["compile_guards_skipped_from_step"] = ctx.global_step + 1
 
     @hookimpl
     def collect_metrics(self, ctx):
@@ -202,6 +227,14 @@ class Compile(Plugin):
         if self.saved_duck_shape is not None:
             shape_config().use_duck_shape = self.saved_duck_shape
             self.saved_duck_shape = None
+        if self.saved_cpp_wrapper is not None:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.cpp_wrapper = self.saved_cpp_wrapper
+            self.saved_cpp_wrapper = None
+        if self.guards_skipped:
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=False)
+            self.guards_skipped = False
         restore_checkpoint_calls(self.patched)
         self.layers = []
         # Forget this row's graphs: they hold its model's modules and would only miss later.

@@ -136,8 +136,8 @@ class Liger(Plugin):
         """Give liger's fused linear cross-entropy a larger chunk budget for this row.
 
         liger sizes a chunk so that its logits hold about ``chunk_mem_const x tokens x
-        hidden`` elements; at 1 (its default) and Qwen's 151,936-token vocabulary a
-        1.8k-token step runs 32 chunks of 64 tokens, each reading the whole lm_head weight
+        hidden`` elements; at 1 (its default) and Qwen's 151,936-token vocabulary a step of
+        1.8-2k tokens runs 28-32 chunks of 64 tokens, each reading the whole lm_head weight
         twice (logits, input gradient): small, memory-bound matmuls. The patched causal-LM
         forward calls ``liger_kernel.transformers.functional.liger_fused_linear_cross_entropy``
         through its module at every step, so a partial with the budget bound in takes effect

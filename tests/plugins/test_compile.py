@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tunerkit import hookimpl
 from tunerkit_plugins.compile import decoder_layers
 
 # Dropout 0: compiled dropout draws its masks from another generator than eager.
@@ -197,3 +198,46 @@ def test_compile_places_each_layer_by_whether_it_is_still_checkpointed(tiny_row,
             assert (layer._compiled_call_impl is not None) == whole, (i, left_out, inside)
     finally:
         ctx.hook.teardown(ctx=ctx)
+
+
+class SeeGuardStance:
+    """Records, after each step, whether dynamo skips the guards that do not tell graphs apart."""
+
+    def __init__(self):
+        self.skipping: list[bool] = []
+
+    @hookimpl
+    def on_step_end(self, ctx):
+        import torch._dynamo.eval_frame as eval_frame
+
+        self.skipping.append(bool(eval_frame._stance.skip_guard_eval_unsafe))
+
+
+def test_skip_guard_eval_starts_after_the_warm_up_trains_the_same_and_is_undone(tiny_row, tmp_path):
+    from tunerkit.loop import run_row
+
+    row = dict(ROW, max_steps=4, timing_warmup_steps=2)
+    plain = run_row(tiny_row("lora", "compile", name="guarded", compile={"backend": "aot_eager"}, **row),
+                    tmp_path / "guarded")
+    torch._dynamo.reset()
+    spy = SeeGuardStance()
+    skipped = run_row(tiny_row("lora", "compile", name="skipped",
+                               compile={"backend": "aot_eager", "skip_guard_eval": True}, **row),
+                      tmp_path / "skipped", extra_plugins=[spy])
+    assert spy.skipping == [False, False, True, True]  # compiled and guarded through the warm-up
+    assert skipped["compile_guards_skipped_from_step"] == 3
+    assert skipped["train_loss_curve"] == pytest.approx(plain["train_loss_curve"], rel=1e-5, abs=1e-6)
+    import torch._dynamo.eval_frame as eval_frame
+
+    assert eval_frame._stance.skip_guard_eval_unsafe is False
+
+
+def test_cpp_wrapper_is_inductors_setting_for_the_row_only(tiny_row, tiny_context):
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.cpp_wrapper
+    ctx = tiny_context(tiny_row("lora", "compile", compile={"cpp_wrapper": True}, **ROW))
+    ctx.hook.on_train_begin(ctx=ctx)
+    assert inductor_config.cpp_wrapper is True
+    ctx.hook.teardown(ctx=ctx)
+    assert inductor_config.cpp_wrapper is before

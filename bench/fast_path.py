@@ -560,7 +560,8 @@ def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int
             "liger_kernels": m.get("liger_kernels"), "checkpointing": row.settings.gradient_checkpointing,
             "uncheckpointed_layer_indices": m.get("uncheckpointed_layer_indices"),
             **{k: m[k] for k in ("compile_frames", "compile_graphs", "compile_graph_breaks",
-                                 "compile_graph_break_reasons", "compile_recompile_reasons") if k in m}}
+                                 "compile_graph_break_reasons", "compile_recompile_reasons",
+                                 "compile_guards_skipped_from_step", "liger_chunk_mem_const", "autocast") if k in m}}
 
 
 def summarise(result: dict, shape: Shape, trained: str) -> dict:

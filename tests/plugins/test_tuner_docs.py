@@ -1,5 +1,6 @@
 """Each model-side tuner has a page in docs/tuners whose options table matches its options dataclass."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,30 @@ def test_index_links_every_page():
     index = (DOCS / "README.md").read_text()
     for name in PAGES:
         assert f"({name}.md)" in index
+
+
+#: the fast path's switches, each documented in its own section of docs/performance.md
+FAST_PATH_SECTIONS = ["liger", "offload", "selective_checkpointing", "compile"]
+
+
+def section_options(text: str, heading: str) -> dict[str, str]:
+    """option name -> default cell of the options table under ``### heading``."""
+    rows, inside = {}, False
+    for line in text.splitlines():
+        if line.startswith("#"):
+            inside = line.strip() == f"### {heading}"
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # "\|" is a pipe inside a cell
+        if inside and len(cells) == 4 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[2].strip("`")
+    return rows
+
+
+@pytest.mark.parametrize("name", FAST_PATH_SECTIONS)
+def test_performance_page_lists_every_fast_path_option_with_its_default(name):
+    text = (DOCS.parent / "performance.md").read_text()
+    documented = section_options(text, name)
+    options = {opt: default for opt, _, default, _ in describe(get_plugin(name).Options)}
+    assert set(documented) == set(options)
+    for opt, default in options.items():
+        assert documented[opt] in (repr(default), str(default), f'"{default}"'), (opt, documented[opt], default)

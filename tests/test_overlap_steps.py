@@ -41,7 +41,7 @@ def test_overlapped_steps_train_and_count_exactly_as_synchronised_ones(tiny_row,
     assert sync_progress.updates == list(zip(range(1, 5), sync["train_loss_curve"]))
 
 
-def test_label_tokens_are_counted_on_the_host_when_collated(tiny_row, run_tiny):
+def test_label_tokens_are_counted_on_the_host_when_collated():
     """The count the loop uses comes with the batch; it equals counting the labels themselves."""
     from tunerkit.core import count_shifted_labels
     from tunerkit.loop import counting_label_tokens, label_tokens_of

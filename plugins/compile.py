@@ -143,12 +143,10 @@ class Compile(Plugin):
     def __init__(self, options=None):
         super().__init__(options)
         self.layers: list[torch.nn.Module] = []
-        self.saved_limit: int | None = None
         self.counts_before: dict | None = None
         self.patched: list[tuple[object, object]] = []
         self.placement = "layer"  # what was compiled: the layer call, or the forward its checkpoint runs
-        self.saved_duck_shape: bool | None = None
-        self.saved_cpp_wrapper: bool | None = None
+        self.settings_before: list[tuple[object, str, object]] = []  # (config module, name, value) to restore
         self.guards_skipped = False
 
     @hookimpl
@@ -162,16 +160,13 @@ class Compile(Plugin):
         import torch._dynamo
 
         name = _limit_name()
-        self.saved_limit = getattr(torch._dynamo.config, name)
-        setattr(torch._dynamo.config, name, max(self.saved_limit, RECOMPILE_LIMIT))
+        self.set_for_row(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
         if o.dynamic:  # read when each frame's shape environment is made, i.e. during training
-            self.saved_duck_shape = shape_config().use_duck_shape
-            shape_config().use_duck_shape = False
+            self.set_for_row(shape_config(), "use_duck_shape", False)
         if o.cpp_wrapper:  # read when inductor compiles, i.e. during the row's first steps
             import torch._inductor.config as inductor_config
 
-            self.saved_cpp_wrapper = inductor_config.cpp_wrapper
-            inductor_config.cpp_wrapper = True
+            self.set_for_row(inductor_config, "cpp_wrapper", True)
         mode = None if o.mode == "default" else o.mode
         self.counts_before = dynamo_counts()
         settings = dict(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
@@ -188,6 +183,11 @@ class Compile(Plugin):
         self.layers = layers
         ctx.log(f"compiled {len(layers)} decoder layers ({o.backend}, mode {o.mode}, dynamic {o.dynamic}; "
                 f"{self.placement})")
+
+    def set_for_row(self, module, name: str, value) -> None:
+        """Set a process-wide torch config value for this row; teardown puts the old one back."""
+        self.settings_before.append((module, name, getattr(module, name)))
+        setattr(module, name, value)
 
     @hookimpl
     def on_step_begin(self, ctx):
@@ -221,17 +221,9 @@ class Compile(Plugin):
     def teardown(self, ctx):
         import torch._dynamo
 
-        if self.saved_limit is not None:
-            setattr(torch._dynamo.config, _limit_name(), self.saved_limit)
-            self.saved_limit = None
-        if self.saved_duck_shape is not None:
-            shape_config().use_duck_shape = self.saved_duck_shape
-            self.saved_duck_shape = None
-        if self.saved_cpp_wrapper is not None:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.cpp_wrapper = self.saved_cpp_wrapper
-            self.saved_cpp_wrapper = None
+        for module, name, value in reversed(self.settings_before):
+            setattr(module, name, value)
+        self.settings_before.clear()
         if self.guards_skipped:
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=False)
             self.guards_skipped = False

@@ -128,7 +128,7 @@ class Liger(Plugin):
             changed = {k: v for k, v in saved.items() if vars(module).get(k) is not v}
             if changed:
                 self._restore.append((module, changed))
-        if o.fused_linear_cross_entropy and o.chunk_mem_const != 1:
+        if self.widens_loss_chunks():
             self._widen_loss_chunks(o.chunk_mem_const)
         ctx.log("liger kernels: " + (", ".join(self.kernels()) or "none"))
 
@@ -154,6 +154,9 @@ class Liger(Plugin):
         self._restore.append((functional, {"liger_fused_linear_cross_entropy": original}))
         functional.liger_fused_linear_cross_entropy = functools.partial(original, chunk_mem_const=const)
 
+    def widens_loss_chunks(self) -> bool:
+        return self.options.fused_linear_cross_entropy and self.options.chunk_mem_const != 1
+
     def in_layer_kernels(self) -> list[str]:
         return [k for k in IN_LAYER_KERNELS if getattr(self.options, k)]
 
@@ -163,7 +166,7 @@ class Liger(Plugin):
     @hookimpl
     def collect_metrics(self, ctx):
         metrics = {"liger_kernels": self.kernels()}
-        if self.options.fused_linear_cross_entropy and self.options.chunk_mem_const != 1:
+        if self.widens_loss_chunks():
             metrics["liger_chunk_mem_const"] = self.options.chunk_mem_const
         return metrics
 

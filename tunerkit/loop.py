@@ -53,7 +53,7 @@ def run_row(row, out_dir: Path, progress=None, extra_plugins=()) -> dict:
             metrics["sdpa_kernels"] = ",".join(row.settings.sdpa_kernels)
         if row.settings.tf32:
             metrics["tf32"] = True
-        if ctx.settings.autocast:
+        if row.settings.autocast:
             metrics["autocast"] = str(autocast_dtype(ctx)).removeprefix("torch.")
         return metrics
     finally:

@@ -230,6 +230,19 @@ CONFIGS = [
           ("", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce", 1),
           ("", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce_chunk4", 4),
           ("+packing2k", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce_chunk4", 4))],
+    # Packed rows' attention through cuDNN instead of FlashAttention-2 (torch's varlen operator
+    # carries both; attention was 11-15 % of a packed step's GPU time on one H200), each beside
+    # the same config through FlashAttention-2.
+    *[replace(c, name=c.name + suffix, options={**c.options, "packing": {"kernel": kernel}}, default=False)
+      for c in (Config("7b/lora+packing6k+compile+liger_flce_chunk4+no_checkpointing+autocast", "7b",
+                       ["lora", "packing", "compile", "liger"], flce_chunks(FLCE_ONLY, 4), pack_factor=3,
+                       settings={"gradient_checkpointing": False, **AUTOCAST}),
+                Config("7b/lora+packing16k+compile+liger_flce+offload_prefetch+autocast", "7b",
+                       ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH, pack_factor=8,
+                       settings=AUTOCAST),
+                replace(partial_checkpointing(16, 1), name=partial_checkpointing(16, 1).name + "+autocast",
+                        settings={"uncheckpointed_layers": 1, **AUTOCAST}))
+      for suffix, kernel in (("+flash2", "torch_varlen"), ("+cudnn", "torch_cudnn"))],
     Config("7b/lora+liger+offload+autocast+overlap", "7b", ["lora", "liger", "offload"],
            settings=AUTOCAST_OVERLAP, default=False, note="batch 1, uncompiled: the loss check of the two switches"),
     # Not in the default set (time; the first two were measured on one H200): select with --configs.

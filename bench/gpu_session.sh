@@ -10,6 +10,7 @@
 #   bash bench/gpu_session.sh memory-quant    # optimizer_memory.py: full beside Q-GaLore
 #   bash bench/gpu_session.sh memory-all      # optimizer_memory.py: full, LISA-2/4 and the three GaLore rows
 #   bash bench/gpu_session.sh infer         # infer_speed.py, check_packing_gpu.py
+#   bash bench/gpu_session.sh attention     # attention_kernels.py, check_packing_gpu.py: FlashAttention-2 beside cuDNN
 #   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
 #
 # Wheels the host lacks (liger-kernel, galore-torch, q-galore-torch, bitsandbytes) are taken
@@ -33,7 +34,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i 
 python3 -c "import tunerkit_plugins.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-[ $# -gt 0 ] || { echo "parts: smoke | fast-path | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "parts: smoke | fast-path | attention | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }
 for part in "$@"; do
 case "$part" in
   fast-path)
@@ -44,6 +45,14 @@ case "$part" in
       --configs "${FAST_PATH_CONFIGS:-default}" \
       --profile "${FAST_PATH_PROFILE-7b/baseline,7b/lora,7b/lora+liger,7b/lora+packing16k+liger}" \
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
+    ;;
+  attention)
+    # The varlen kernels alone (forward and backward of packed rows), then through a model:
+    # packed per-sample losses and gradients against SDPA alone, for each kernel.
+    timeout 120 python3 bench/attention_kernels.py --json "$OUT/attention_kernels.json" 2>&1 \
+      | tee "$OUT/attention_kernels.log" | grep -v -i warn
+    timeout 120 python3 bench/check_packing_gpu.py --kernels "${ATTENTION_KERNELS:-torch_varlen,torch_cudnn}" 2>&1 \
+      | tee "$OUT/check_packing_gpu.log" | grep -v -i warn
     ;;
   svd)
     # galore-torch's projector refresh: one SVD per projected matrix, timed per cuSOLVER driver.

@@ -91,8 +91,30 @@ class Installed:
         self.va.restore(self.model, self.before)
 
 
+def pinned_sdpa(backend: str | None):
+    """A context that pins torch's SDPA to one backend (``sdpa:cudnn``, ``sdpa:flash``), or nothing."""
+    import contextlib
+
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([{"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend]])
+
+
 def measure(va, kernel: str, q, k, v, cu, max_len: int, repeats: int, warmup: int, device) -> dict:
-    """Forward and forward+backward ms of one kernel, and its output and input gradients."""
+    """Forward and forward+backward ms of one kernel, and its output and input gradients.
+    ``sdpa:BACKEND`` is the per-sample SDPA kernel with torch's SDPA pinned to that backend."""
+    kernel, _, backend = kernel.partition(":")
+    with pinned_sdpa(backend or None):
+        result = _measure(va, kernel, q, k, v, cu, max_len, repeats, warmup, device)
+    if backend:
+        result["resolved"] += f" ({backend})"
+    return result
+
+
+def _measure(va, kernel: str, q, k, v, cu, max_len: int, repeats: int, warmup: int, device) -> dict:
     resolved = va.resolve_kernel(kernel, device, q.dtype)
     call = {"flash_attn": va._flash, "torch_varlen": va._torch_varlen, "torch_cudnn": va._torch_cudnn,
             "sdpa": lambda q, k, v, cu, m, s, d, g: va._sdpa_per_sample(q, k, v, cu, s, d, g)}[resolved]
@@ -127,7 +149,8 @@ def compare(result: dict, reference: dict) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", default="torch_varlen,torch_cudnn", help="comma-separated; the first is the reference")
+    parser.add_argument("--kernels", default="torch_varlen,torch_cudnn,sdpa:cudnn,sdpa:flash",
+                        help="comma-separated; the first is the reference; sdpa:BACKEND pins SDPA per sample to a backend")
     parser.add_argument("--rows", default="6144,16384", help="comma-separated packed row capacities in tokens")
     parser.add_argument("--longest", type=int, default=2048, help="samples cut to this many tokens")
     parser.add_argument("--heads", type=int, default=32)

@@ -242,7 +242,7 @@ CONFIGS = [
                        settings=AUTOCAST),
                 replace(partial_checkpointing(16, 1), name=partial_checkpointing(16, 1).name + "+autocast",
                         settings={"uncheckpointed_layers": 1, **AUTOCAST}))
-      for suffix, kernel in (("+flash2", "torch_varlen"), ("+cudnn", "torch_cudnn"))],
+      for suffix, kernel in (("+flash2", "torch_varlen"), ("+cudnn", "torch_cudnn"), ("+sdpa_per_sample", "sdpa"))],
     Config("7b/lora+liger+offload+autocast+overlap", "7b", ["lora", "liger", "offload"],
            settings=AUTOCAST_OVERLAP, default=False, note="batch 1, uncompiled: the loss check of the two switches"),
     # Not in the default set (time; the first two were measured on one H200): select with --configs.

@@ -1,15 +1,17 @@
 """The varlen attention kernels alone: forward and backward time of packed rows, and agreement.
 
     python bench/attention_kernels.py                          # qwen-7b's heads, rows of 6k and 16k tokens
-    python bench/attention_kernels.py --kernels torch_varlen,torch_cudnn --rows 6144
+    python bench/attention_kernels.py --kernels torch_varlen,sdpa:cudnn --rows 6144
     python bench/attention_kernels.py --device cpu --kernels sdpa --rows 256 --heads 2 --repeats 1   # smoke
 
 Rows are filled best-fit with samples whose lengths follow the seed's cls-fudan-news-zh
 statistics cut to 2048 tokens (what a packed training row holds), q, k and v random bf16
 in the (1, heads, tokens, head_dim) layout the packing plugin's attention function gets.
 Every kernel runs the same rows through :mod:`varlen_attention`'s own call (the one a
-training step makes, installed the way a row installs it); the first kernel named is the
-reference the others' outputs and input gradients are compared with. Times are CUDA
+training step makes, installed the way a row installs it); ``sdpa:BACKEND`` is the
+per-sample SDPA kernel with torch's SDPA pinned to one backend (cuDNN, FlashAttention-2,
+memory-efficient, math). The first kernel named is the reference the others' outputs and
+input gradients are compared with. Times are CUDA
 event spans of ``--repeats`` calls after ``--warmup``; TFLOP/s counts causal attention's
 useful work (forward 2 * 2 * L^2 / 2 * head_dim per head and sample, backward 2.5 times
 that). Prints one JSON line per kernel and row size; ``--json`` writes them all.
@@ -72,7 +74,7 @@ class Timer:
 
 class Installed:
     """A kernel set up the way a row sets it up (``install`` on a stand-in model) for the span
-    of the measurement, so ``torch_cudnn``'s switch is on only while it runs."""
+    of the measurement."""
 
     def __init__(self, va, kernel: str):
         self.va, self.kernel = va, kernel
@@ -116,7 +118,7 @@ def measure(va, kernel: str, q, k, v, cu, max_len: int, repeats: int, warmup: in
 
 def _measure(va, kernel: str, q, k, v, cu, max_len: int, repeats: int, warmup: int, device) -> dict:
     resolved = va.resolve_kernel(kernel, device, q.dtype)
-    call = {"flash_attn": va._flash, "torch_varlen": va._torch_varlen, "torch_cudnn": va._torch_cudnn,
+    call = {"flash_attn": va._flash, "torch_varlen": va._torch_varlen,
             "sdpa": lambda q, k, v, cu, m, s, d, g: va._sdpa_per_sample(q, k, v, cu, s, d, g)}[resolved]
     scale = q.shape[-1] ** -0.5
     grad_out = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], device=device, dtype=q.dtype,
@@ -149,7 +151,7 @@ def compare(result: dict, reference: dict) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", default="torch_varlen,torch_cudnn,sdpa:cudnn,sdpa:flash",
+    parser.add_argument("--kernels", default="torch_varlen,sdpa:cudnn,sdpa:flash",
                         help="comma-separated; the first is the reference; sdpa:BACKEND pins SDPA per sample to a backend")
     parser.add_argument("--rows", default="6144,16384", help="comma-separated packed row capacities in tokens")
     parser.add_argument("--longest", type=int, default=2048, help="samples cut to this many tokens")

@@ -230,9 +230,9 @@ CONFIGS = [
           ("", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce", 1),
           ("", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce_chunk4", 4),
           ("+packing2k", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce_chunk4", 4))],
-    # Packed rows' attention through cuDNN instead of FlashAttention-2 (torch's varlen operator
-    # carries both; attention was 11-15 % of a packed step's GPU time on one H200), each beside
-    # the same config through FlashAttention-2.
+    # Packed rows' attention pinned to torch's varlen FlashAttention-2 (what auto resolves to
+    # without the flash-attn package), and through SDPA sample by sample (cuDNN's attention on
+    # Hopper, which ran its forward faster and its backward slower; bench/attention_kernels.py).
     *[replace(c, name=c.name + suffix, options={**c.options, "packing": {"kernel": kernel}}, default=False)
       for c in (Config("7b/lora+packing6k+compile+liger_flce_chunk4+no_checkpointing+autocast", "7b",
                        ["lora", "packing", "compile", "liger"], flce_chunks(FLCE_ONLY, 4), pack_factor=3,
@@ -242,7 +242,7 @@ CONFIGS = [
                        settings=AUTOCAST),
                 replace(partial_checkpointing(16, 1), name=partial_checkpointing(16, 1).name + "+autocast",
                         settings={"uncheckpointed_layers": 1, **AUTOCAST}))
-      for suffix, kernel in (("+flash2", "torch_varlen"), ("+cudnn", "torch_cudnn"), ("+sdpa_per_sample", "sdpa"))],
+      for suffix, kernel in (("+flash2", "torch_varlen"), ("+sdpa_per_sample", "sdpa"))],
     Config("7b/lora+liger+offload+autocast+overlap", "7b", ["lora", "liger", "offload"],
            settings=AUTOCAST_OVERLAP, default=False, note="batch 1, uncompiled: the loss check of the two switches"),
     # Not in the default set (time; the first two were measured on one H200): select with --configs.

@@ -10,7 +10,7 @@
 #   bash bench/gpu_session.sh memory-quant    # optimizer_memory.py: full beside Q-GaLore
 #   bash bench/gpu_session.sh memory-all      # optimizer_memory.py: full, LISA-2/4 and the three GaLore rows
 #   bash bench/gpu_session.sh infer         # infer_speed.py, check_packing_gpu.py
-#   bash bench/gpu_session.sh attention     # attention_kernels.py, check_packing_gpu.py: FlashAttention-2 beside cuDNN
+#   bash bench/gpu_session.sh attention     # attention_kernels.py: the varlen kernels alone, FlashAttention-2 beside cuDNN
 #   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
 #
 # Wheels the host lacks (liger-kernel, galore-torch, q-galore-torch, bitsandbytes) are taken
@@ -47,12 +47,10 @@ case "$part" in
       2>&1 | tee "$OUT/fast_path.log" | grep -v -i warn
     ;;
   attention)
-    # The varlen kernels alone (forward and backward of packed rows), then through a model:
-    # packed per-sample losses and gradients against SDPA alone, for each kernel.
-    timeout 120 python3 bench/attention_kernels.py --json "$OUT/attention_kernels.json" 2>&1 \
-      | tee "$OUT/attention_kernels.log" | grep -v -i warn
-    timeout 120 python3 bench/check_packing_gpu.py --kernels "${ATTENTION_KERNELS:-torch_varlen,torch_cudnn}" 2>&1 \
-      | tee "$OUT/check_packing_gpu.log" | grep -v -i warn
+    # The varlen kernels alone, forward and backward of packed rows: torch's varlen
+    # FlashAttention-2 beside SDPA sample by sample on each of its backends.
+    timeout 120 python3 bench/attention_kernels.py --kernels "${ATTENTION_KERNELS:-torch_varlen,sdpa:cudnn,sdpa:flash,sdpa:efficient}" \
+      --json "$OUT/attention_kernels.json" 2>&1 | tee "$OUT/attention_kernels.log" | grep -v -i warn
     ;;
   svd)
     # galore-torch's projector refresh: one SVD per projected matrix, timed per cuSOLVER driver.

@@ -22,16 +22,14 @@ from torch.utils.data import IterableDataset
 from tunerkit import Plugin, hookimpl, option
 from tunerkit_plugins.varlen_attention import KERNELS, FlatBatchHooks
 
-Kernel = Literal["auto", "flash_attn", "torch_varlen", "torch_cudnn", "sdpa"]
+Kernel = Literal["auto", "flash_attn", "torch_varlen", "sdpa"]
 assert set(Kernel.__args__) == set(KERNELS)
 
 
 @dataclass
 class PackingOptions:
     buffer_size: int = option(1000, "samples packed together when the data is streamed (lazy_tokenize)")
-    kernel: Kernel = option(
-        "auto", "varlen attention: auto = flash_attn, else torch varlen_attn, else SDPA per sample; "
-                "torch_cudnn = torch varlen_attn through cuDNN (by name only)")
+    kernel: Kernel = option("auto", "varlen attention: auto = flash_attn, else torch varlen_attn, else SDPA per sample")
 
     def __post_init__(self):
         if self.buffer_size < 1:

@@ -16,9 +16,7 @@ from tunerkit_plugins.varlen_attention import FlatBatchHooks
 
 @dataclass
 class PaddingFreeOptions:
-    kernel: Kernel = option(
-        "auto", "varlen attention: auto = flash_attn, else torch varlen_attn, else SDPA per sample; "
-                "torch_cudnn = torch varlen_attn through cuDNN (by name only)")
+    kernel: Kernel = option("auto", "varlen attention: auto = flash_attn, else torch varlen_attn, else SDPA per sample")
 
 
 class PaddingFree(FlatBatchHooks, Plugin):

@@ -12,17 +12,6 @@ the varlen kwargs ``cu_seq_lens_q/k`` and ``max_length_q/k``, and no attention m
    path, and the reference the others are checked against).
 The first two need a CUDA device and fp16/bf16 tensors; anything else takes the third.
 
-A fourth, ``torch_cudnn``, is chosen only by name: the same torch operator as
-``torch_varlen`` (``torch.ops.torch_attn._varlen_attn`` and its backward) run through the
-cuDNN attention kernels that operator already carries (``aten._cudnn_attention_forward``
-and ``_backward`` with cumulative sequence lengths) instead of FlashAttention-2. torch
-chooses between the two with a private switch that is off for every device it knows in
-2.11–2.13 (``_should_use_cudnn``); a row that names ``torch_cudnn`` turns it on while it
-trains and puts it back at teardown (:func:`install`, :func:`restore`), so rows before and
-after it keep torch's choice. On Hopper cuDNN's attention is faster than FlashAttention-2,
-which is why the operator has the path; the packed-row check in
-``bench/check_packing_gpu.py`` compares its losses and gradients with SDPA's.
-
 Without varlen kwargs (evaluation batches, generation) the function is plain SDPA with
 the usual padding mask, so the model works unchanged outside training. The matching mask
 function builds no mask for flattened rows (``attention_mask`` is None there) and the
@@ -39,7 +28,7 @@ import torch.nn.functional as F
 from tunerkit import hookimpl
 
 NAME = "tunerkit_varlen"
-KERNELS = ("auto", "flash_attn", "torch_varlen", "torch_cudnn", "sdpa")
+KERNELS = ("auto", "flash_attn", "torch_varlen", "sdpa")
 
 
 # -- what this machine offers ---------------------------------------------------------------
@@ -64,65 +53,6 @@ def _probe_torch_varlen():
 TORCH_VARLEN = _probe_torch_varlen()
 
 
-def _probe_torch_cudnn():
-    """(torch's varlen module, its operator) when that operator carries the cuDNN path this
-    plugin can switch on (a ``_should_use_cudnn`` switch, an ``is_causal`` and a ``scale``
-    argument, and aten's cuDNN attention with sequence lengths), else None."""
-    try:
-        import torch.nn.attention.varlen as module
-    except ImportError:
-        return None
-    op = getattr(getattr(torch.ops, "torch_attn", None), "_varlen_attn", None)
-    if op is None or not callable(getattr(module, "_should_use_cudnn", None)):
-        return None
-    if not hasattr(torch.ops.aten, "_cudnn_attention_forward"):
-        return None
-    arguments = [a.name for a in op.default._schema.arguments]
-    if arguments[7:9] != ["is_causal", "scale"]:
-        return None
-    return module, op
-
-
-TORCH_CUDNN = _probe_torch_cudnn()
-
-
-class _CudnnSwitch:
-    """torch's ``_should_use_cudnn`` forced on while at least one model is installed with
-    ``torch_cudnn``; the original function is put back when the last one is restored."""
-
-    def __init__(self):
-        self.users = 0
-        self.original = None
-
-    def acquire(self) -> None:
-        if TORCH_CUDNN is None:
-            raise RuntimeError(f"kernel 'torch_cudnn' asked for, but torch {torch.__version__} has no cuDNN varlen path")
-        module = TORCH_CUDNN[0]
-        if self.users == 0:
-            self.original = module._should_use_cudnn
-            module._should_use_cudnn = _use_cudnn
-        self.users += 1
-
-    def release(self) -> None:
-        if self.users == 0:
-            return
-        self.users -= 1
-        if self.users == 0:
-            TORCH_CUDNN[0]._should_use_cudnn = self.original
-            self.original = None
-
-    @property
-    def on(self) -> bool:
-        return self.users > 0
-
-
-def _use_cudnn(device_index: int) -> bool:
-    return True
-
-
-CUDNN_SWITCH = _CudnnSwitch()
-
-
 def _probe_flash_attn():
     try:
         from flash_attn import flash_attn_varlen_func
@@ -141,17 +71,13 @@ def resolve_kernel(preference: str, device: torch.device, dtype: torch.dtype) ->
     """The kernel a call on ``device``/``dtype`` uses, given the preference (see module doc)."""
     fast_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     if preference == "sdpa" or not fast_ok:
-        if preference in ("flash_attn", "torch_varlen", "torch_cudnn"):
+        if preference in ("flash_attn", "torch_varlen"):
             raise RuntimeError(f"the {preference} kernel needs a CUDA device and fp16/bf16 (got {device.type}, {dtype})")
         return "sdpa"
     if preference in ("auto", "flash_attn") and FLASH_ATTN is not None:
         return "flash_attn"
     if preference == "flash_attn":
         raise RuntimeError("kernel 'flash_attn' asked for, but the flash-attn package is not installed")
-    if preference == "torch_cudnn":
-        if TORCH_CUDNN is None:
-            raise RuntimeError(f"kernel 'torch_cudnn' asked for, but torch {torch.__version__} has no cuDNN varlen path")
-        return "torch_cudnn"
     if TORCH_VARLEN is not None:
         return "torch_varlen"
     if preference == "torch_varlen":
@@ -166,8 +92,6 @@ def describe_kernel(kernel: str) -> str:
         return f"varlen: flash_attn {getattr(flash_attn, '__version__', '')}".strip()
     if kernel == "torch_varlen":
         return f"varlen: torch {torch.__version__.split('+')[0]} varlen_attn"
-    if kernel == "torch_cudnn":
-        return f"varlen: torch {torch.__version__.split('+')[0]} varlen_attn through cuDNN"
     return "varlen: sdpa per sample"
 
 
@@ -208,17 +132,6 @@ def _torch_varlen(q, k, v, cu, max_len, scale, dropout, groups):
     return out.unsqueeze(0)
 
 
-def _torch_cudnn(q, k, v, cu, max_len, scale, dropout, groups):
-    # The operator itself, causal by its flag: its public wrapper in 2.11 says causal as a
-    # (-1, 0) window, which the cuDNN branch refuses.
-    if not CUDNN_SWITCH.on:
-        raise RuntimeError("kernel 'torch_cudnn' runs only on a model installed with it (install())")
-    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)  # the cuDNN branch takes no grouped heads
-    out, _, _ = TORCH_CUDNN[1](q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu,
-                               max_len, max_len, True, scale)
-    return out.unsqueeze(0)
-
-
 def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                      preference: str = "auto", **kwargs):
     """A transformers attention function: per-sample causal attention on flattened rows."""
@@ -237,14 +150,12 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
     groups = query.shape[1] // key.shape[1]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     kernel = resolve_kernel(preference, query.device, query.dtype)
-    if kernel in ("torch_varlen", "torch_cudnn") and dropout:
-        kernel = "sdpa"  # torch's varlen operator has no dropout
+    if kernel == "torch_varlen" and dropout:
+        kernel = "sdpa"  # torch's varlen kernel has no dropout
     if kernel == "flash_attn":
         out = _flash(query, key, value, cu, int(max_len), scale, dropout, groups)
     elif kernel == "torch_varlen":
         out = _torch_varlen(query, key, value, cu, int(max_len), scale, dropout, groups)
-    elif kernel == "torch_cudnn":
-        out = _torch_cudnn(query, key, value, cu, int(max_len), scale, dropout, groups)
     else:
         out = _sdpa_per_sample(query, key, value, cu, scale, dropout, groups)
     return out, None
@@ -286,24 +197,17 @@ def register(preference: str = "auto") -> str:
 
 
 def install(model, preference: str = "auto") -> str:
-    """Switch ``model`` to varlen attention; returns the implementation it had before.
-    With ``torch_cudnn`` torch's varlen operator takes its cuDNN path until :func:`restore`."""
+    """Switch ``model`` to varlen attention; returns the implementation it had before."""
     name = register(preference)
     before = model.config._attn_implementation
-    if preference == "torch_cudnn":
-        CUDNN_SWITCH.acquire()
     _set(model, name)
     if model.config._attn_implementation != name:
-        if preference == "torch_cudnn":
-            CUDNN_SWITCH.release()
         raise RuntimeError(f"{type(model).__name__} does not accept attention functions registered through "
                            "transformers' AttentionInterface, which varlen training needs")
     return before
 
 
 def restore(model, implementation: str) -> None:
-    if model.config._attn_implementation == implementation_name("torch_cudnn"):
-        CUDNN_SWITCH.release()
     _set(model, implementation)
 
 
@@ -332,11 +236,9 @@ class FlatBatchHooks:
 
     @hookimpl
     def modify_model(self, ctx):
-        # Resolved first: a kernel this machine lacks fails the row before install() changes
-        # anything process-wide (torch_cudnn's switch).
-        self._kernel = resolve_kernel(self.options.kernel, ctx.device, ctx.dtype)
         self._previous_attention = install(ctx.model, self.options.kernel)
         self._patched_model = ctx.model
+        self._kernel = resolve_kernel(self.options.kernel, ctx.device, ctx.dtype)
         ctx.attention_used = describe_kernel(self._kernel)
 
     @hookimpl

@@ -24,13 +24,15 @@ def test_causal_flops_count_half_the_square_per_sample(attention_kernels):
 
 def test_cpu_run_compares_kernels_and_records_one_it_cannot_run(attention_kernels, tmp_path, capsys):
     out = tmp_path / "attention.json"
-    rc = attention_kernels.main(["--device", "cpu", "--kernels", "sdpa,torch_varlen,sdpa", "--rows", "1200",
+    rc = attention_kernels.main(["--device", "cpu", "--kernels", "sdpa,torch_varlen,sdpa,sdpa:math", "--rows", "1200",
                                  "--longest", "500", "--heads", "2", "--head-dim", "8", "--repeats", "1",
                                  "--warmup", "1", "--json", str(out)])
     assert rc == 0
-    reference, missing, again = json.loads(out.read_text())["results"]
+    reference, missing, again, pinned = json.loads(out.read_text())["results"]
     assert reference["reference"] and reference["samples"] > 1 and reference["fwd_bwd_ms"] > 0
     assert missing["status"] == "failed" and "CUDA" in missing["error"]
     # the same kernel on the same rows: identical output and gradients
     assert again["status"] == "ok" and again["out_rel_err"] == 0 and again["grad_rel_err"] == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    # SDPA pinned to its math backend: the same attention by another kernel
+    assert pinned["resolved"].endswith("(math)") and pinned["out_rel_err"] < 1e-5 and pinned["grad_rel_err"] < 1e-5
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4

@@ -232,9 +232,10 @@ CONFIGS = [
           ("+packing2k", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce_chunk4", 4))],
     # At the baseline's memory (19.1 GiB) with every layer checkpointed: bigger fused
     # cross-entropy chunks, and rows between 16k and the 32k that no longer fit.
-    *[Config(f"7b/lora+packing{k}k+compile+liger_flce_chunk4+offload_prefetch+autocast", "7b",
-             ["lora", "packing", "compile", "liger", "offload"], flce_chunks(FLCE_PREFETCH, 4), pack_factor=k / 2,
-             settings=AUTOCAST, default=False) for k in (16, 20)],
+    *[Config(f"7b/lora+packing{k}k+compile+{liger}+offload_prefetch+autocast", "7b",
+             ["lora", "packing", "compile", "liger", "offload"], flce_chunks(FLCE_PREFETCH, c), pack_factor=k / 2,
+             settings=AUTOCAST, default=False)
+      for k, liger, c in ((16, "liger_flce_chunk4", 4), (20, "liger_flce_chunk4", 4), (20, "liger_flce", 1))],
     # Packed rows' attention pinned to torch's varlen FlashAttention-2 (what auto resolves to
     # without the flash-attn package), and through SDPA sample by sample (cuDNN's attention on
     # Hopper, which ran its forward faster and its backward slower; bench/attention_kernels.py).

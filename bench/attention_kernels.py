@@ -7,8 +7,8 @@
 Rows are filled best-fit with samples whose lengths follow the seed's cls-fudan-news-zh
 statistics cut to 2048 tokens (what a packed training row holds), q, k and v random bf16
 in the (1, heads, tokens, head_dim) layout the packing plugin's attention function gets.
-Every kernel runs the same rows through :mod:`varlen_attention`'s own call (the one a
-training step makes, installed the way a row installs it); ``sdpa:BACKEND`` is the
+Every kernel runs the same rows through :mod:`varlen_attention`'s own kernel call (the one
+a training step's attention function makes); ``sdpa:BACKEND`` is the
 per-sample SDPA kernel with torch's SDPA pinned to one backend (cuDNN, FlashAttention-2,
 memory-efficient, math). The first kernel named is the reference the others' outputs and
 input gradients are compared with. Times are CUDA
@@ -35,6 +35,7 @@ from check_packing_gpu import varlen_module  # noqa: E402
 
 from tunerkit.data.packing import best_fit_decreasing  # noqa: E402
 from tunerkit.data.synthetic import DISTRIBUTIONS, sample_lengths  # noqa: E402
+from tunerkit.loop import sdpa_kernels  # noqa: E402
 
 
 def packed_row(capacity: int, longest: int, seed: int) -> list[int]:
@@ -52,6 +53,9 @@ def causal_flops(lengths: list[int], heads: int, head_dim: int) -> float:
 
 
 class Timer:
+    """Milliseconds of a span: on the GPU's timeline by CUDA events (the kernels' own time, as
+    the profiles of fast_path measure it), on a CPU by the wall clock."""
+
     def __init__(self, device):
         self.cuda = device.type == "cuda"
 
@@ -72,44 +76,11 @@ class Timer:
             self.ms = (time.perf_counter() - self.t0) * 1e3
 
 
-class Installed:
-    """A kernel set up the way a row sets it up (``install`` on a stand-in model) for the span
-    of the measurement."""
-
-    def __init__(self, va, kernel: str):
-        self.va, self.kernel = va, kernel
-
-    def __enter__(self):
-        from transformers import LlamaConfig
-
-        self.model = torch.nn.Module()
-        self.model.config = LlamaConfig(hidden_size=64, num_attention_heads=2, num_hidden_layers=1,
-                                        intermediate_size=64, vocab_size=32)
-        self.model.config._attn_implementation = "sdpa"
-        self.before = self.va.install(self.model, self.kernel)
-        return self
-
-    def __exit__(self, *exc):
-        self.va.restore(self.model, self.before)
-
-
-def pinned_sdpa(backend: str | None):
-    """A context that pins torch's SDPA to one backend (``sdpa:cudnn``, ``sdpa:flash``), or nothing."""
-    import contextlib
-
-    if backend is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([{"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend]])
-
-
 def measure(va, kernel: str, q, k, v, cu, max_len: int, repeats: int, warmup: int, device) -> dict:
     """Forward and forward+backward ms of one kernel, and its output and input gradients.
     ``sdpa:BACKEND`` is the per-sample SDPA kernel with torch's SDPA pinned to that backend."""
     kernel, _, backend = kernel.partition(":")
-    with pinned_sdpa(backend or None):
+    with sdpa_kernels([backend] if backend else None):  # the row setting's own pinning
         result = _measure(va, kernel, q, k, v, cu, max_len, repeats, warmup, device)
     if backend:
         result["resolved"] += f" ({backend})"
@@ -123,19 +94,18 @@ def _measure(va, kernel: str, q, k, v, cu, max_len: int, repeats: int, warmup: i
     scale = q.shape[-1] ** -0.5
     grad_out = torch.randn(q.shape[0], q.shape[2], q.shape[1], q.shape[3], device=device, dtype=q.dtype,
                            generator=torch.Generator(device).manual_seed(1))
-    with Installed(va, kernel):
-        for _ in range(warmup):
+    for _ in range(warmup):
+        q.grad = k.grad = v.grad = None
+        out = call(q, k, v, cu, max_len, scale, 0.0, 1)
+        out.backward(grad_out)
+    with torch.no_grad(), Timer(device) as fwd:
+        for _ in range(repeats):
+            call(q, k, v, cu, max_len, scale, 0.0, 1)
+    with Timer(device) as both:
+        for _ in range(repeats):
             q.grad = k.grad = v.grad = None
             out = call(q, k, v, cu, max_len, scale, 0.0, 1)
             out.backward(grad_out)
-        with torch.no_grad(), Timer(device) as fwd:
-            for _ in range(repeats):
-                call(q, k, v, cu, max_len, scale, 0.0, 1)
-        with Timer(device) as both:
-            for _ in range(repeats):
-                q.grad = k.grad = v.grad = None
-                out = call(q, k, v, cu, max_len, scale, 0.0, 1)
-                out.backward(grad_out)
     return {"kernel": kernel, "resolved": va.describe_kernel(resolved), "fwd_ms": fwd.ms / repeats,
             "fwd_bwd_ms": both.ms / repeats, "out": out.detach().float().clone(),
             "grads": [t.grad.detach().float().clone() for t in (q, k, v)]}

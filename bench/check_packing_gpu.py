@@ -37,11 +37,8 @@ from tunerkit.models.presets import get_preset  # noqa: E402
 
 
 def varlen_module():
-    try:
-        from tunerkit_plugins import varlen_attention
-    except ImportError:  # a checkout that is not pip-installed: plugins/ is the package's source
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
-        import varlen_attention
+    from tunerkit_plugins.data import varlen_attention  # the checkout is on sys.path above
+
     return varlen_attention
 
 

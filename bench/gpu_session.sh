@@ -31,7 +31,7 @@ else
 fi
 # tunerkit itself, without touching the host's torch/transformers (the `tunerkit` command).
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3
-python3 -c "import tunerkit_plugins.lora" || { echo "tunerkit did not install" >&2; exit 1; }
+python3 -c "import tunerkit_plugins.tuners.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 [ $# -gt 0 ] || { echo "parts: smoke | fast-path | attention | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }

@@ -60,7 +60,6 @@ def ensure_plugins() -> None:
     import importlib
     import tomllib
 
-    sys.modules.setdefault("tunerkit_plugins", importlib.import_module("plugins"))
     table = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["tunerkit.plugins"]
     found = {}
     for name, target in table.items():

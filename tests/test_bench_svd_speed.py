@@ -11,7 +11,7 @@ def svd_speed(bench_script):
 
 
 def test_projected_shapes_are_every_decoder_linear(svd_speed):
-    from tunerkit_plugins.galore import galore_targets
+    from tunerkit_plugins.tuners.galore import galore_targets
     from transformers import AutoModelForCausalLM
 
     from tunerkit.models.presets import get_preset

@@ -20,7 +20,7 @@ class CountLayerCalls:
 
     @hookimpl
     def on_train_begin(self, ctx):
-        from tunerkit_plugins._layers import decoder_layers
+        from tunerkit_plugins._helpers.layers import decoder_layers
 
         owner, attr = decoder_layers(ctx.unwrapped_model())
         layers = getattr(owner, attr)

@@ -33,7 +33,7 @@ def test_output_passes_through_the_adapter(tiny_row, tiny_context):
 
 
 def test_saved_adapter_loads_into_a_fresh_model(tiny_row, tiny_context, tmp_path):
-    from tunerkit_plugins.adapter import load_adapter
+    from tunerkit_plugins.tuners.adapter import load_adapter
 
     ctx = tiny_context(tiny_row("adapter", adapter={"dim": 16}))
     out = tmp_path / "row"

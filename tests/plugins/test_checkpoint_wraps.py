@@ -4,7 +4,7 @@ import functools
 
 from torch import nn
 
-from tunerkit_plugins._layers import restore_checkpoint_calls, wrap_checkpoint_calls
+from tunerkit_plugins._helpers.layers import restore_checkpoint_calls, wrap_checkpoint_calls
 
 
 def tagging(tag):

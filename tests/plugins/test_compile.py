@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunerkit import hookimpl
-from tunerkit_plugins.compile import decoder_layers
+from tunerkit_plugins.speed.compile import decoder_layers
 
 # Dropout 0: compiled dropout draws its masks from another generator than eager.
 # Gradient checkpointing on, as in every speed row: the recompute runs the compiled layer again.
@@ -44,7 +44,7 @@ def test_compile_wraps_every_decoder_layer_and_teardown_restores_limit(tiny_row,
 def test_checkpointed_layers_get_their_forward_compiled_and_teardown_restores_the_call(tiny_row, tiny_context):
     import functools
 
-    from tunerkit_plugins.compile import checkpointed_inside_forward
+    from tunerkit_plugins.speed.compile import checkpointed_inside_forward
 
     ctx = tiny_context(tiny_row("lora", "compile", **ROW))
     layers = decoder_layers(ctx.unwrapped_model())
@@ -78,7 +78,7 @@ def test_compile_with_offload_keeps_the_checkpoint_wrappers_out_of_the_graph(tin
     from transformers import AutoModelForCausalLM
 
     from tunerkit.models.presets import get_preset
-    from tunerkit_plugins.compile import checkpointed_inside_forward, decoder_layers
+    from tunerkit_plugins.speed.compile import checkpointed_inside_forward, decoder_layers
 
     layer = decoder_layers(AutoModelForCausalLM.from_config(get_preset("tiny-llama").config()))[0]
     inside = checkpointed_inside_forward(layer) is not None
@@ -95,7 +95,7 @@ def test_compile_with_offload_keeps_the_checkpoint_wrappers_out_of_the_graph(tin
 def test_compiled_checkpoint_wrap_swaps_only_the_layer_forward(monkeypatch):
     import functools
 
-    from tunerkit_plugins.compile import compiling_checkpoint
+    from tunerkit_plugins.speed.compile import compiling_checkpoint
 
     def forward(self, x, scale=1):
         return ("eager", self, x, scale)
@@ -136,7 +136,7 @@ def test_a_first_length_equal_to_the_hidden_size_does_not_pin_the_length(tiny_ro
     batch of exactly hidden_size tokens would share the hidden size's symbol, which the
     weights pin, and the next length would recompile. The plugin turns duck shaping off for
     its row, and teardown turns it back."""
-    from tunerkit_plugins.compile import dynamo_counts, recompile_reasons, shape_config
+    from tunerkit_plugins.speed.compile import dynamo_counts, recompile_reasons, shape_config
 
     before_row = shape_config().use_duck_shape
     ctx = tiny_context(tiny_row("lora", "compile", **{**ROW, "compile": {"backend": "aot_eager"}}))
@@ -157,7 +157,7 @@ def test_resolving_the_varlen_kernel_traces_without_a_graph_break():
     """Attention resolves its kernel on every call, inside the compiled layers: the lookup
     must be plain Python on values probed at import (a traced import that fails is a graph
     break, one per layer call on a GPU host without flash-attn)."""
-    from tunerkit_plugins.varlen_attention import resolve_kernel
+    from tunerkit_plugins.data.varlen_attention import resolve_kernel
 
     def attend(x):
         kernel = resolve_kernel("auto", torch.device("cuda"), torch.bfloat16)
@@ -182,7 +182,7 @@ def test_layers_left_out_of_checkpointing_are_compiled_whole_and_train_as_eager(
 
 def test_compile_places_each_layer_by_whether_it_is_still_checkpointed(tiny_row, tiny_context):
     from tunerkit.checkpointing import enable_gradient_checkpointing, leave_layers_unchecked
-    from tunerkit_plugins.compile import checkpointed_inside_forward
+    from tunerkit_plugins.speed.compile import checkpointed_inside_forward
 
     ctx = tiny_context(tiny_row("lora", "compile", **ROW))
     enable_gradient_checkpointing(ctx.model)

@@ -12,8 +12,8 @@ import torch
 
 from tunerkit.errors import UserError
 from tunerkit.validation import validate_row
-from tunerkit_plugins import deepspeed as ds_plugin
-from tunerkit_plugins.deepspeed import DeepSpeed, deepspeed_config
+from tunerkit_plugins.parallel import deepspeed as ds_plugin
+from tunerkit_plugins.parallel.deepspeed import DeepSpeed, deepspeed_config
 
 
 def test_options_are_range_checked(tiny_row):

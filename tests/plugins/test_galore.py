@@ -126,7 +126,7 @@ def test_per_parameter_never_holds_the_whole_gradient(tiny_row, tiny_context):
 def test_per_parameter_matches_one_optimizer(tiny_row, tiny_context, monkeypatch):
     """The per-parameter machinery (hooks, stepping inside backward, schedules) gives the grouped
     optimizer's result; here every parameter keeps galore-torch's optimizer, so only the machinery differs."""
-    import tunerkit_plugins.galore as galore
+    import tunerkit_plugins.tuners.galore as galore
 
     monkeypatch.setattr(galore, "build_per_parameter_optimizer", galore.build_optimizer)
     windows = [[token_batch(10 + 2 * i), token_batch(11 + 2 * i)] for i in range(3)]
@@ -161,7 +161,7 @@ def test_per_parameter_unprojected_parameters_take_torch_adamw_with_the_same_upd
     ours = torch.nn.Parameter(theirs.detach().clone())
     start = theirs.detach().clone()
     a = GaLoreAdamW([{"params": [theirs], "weight_decay": 0.01}], lr=1e-3, eps=1e-8, no_deprecation_warning=True)
-    from tunerkit_plugins.galore import GaLoreOptions, build_per_parameter_optimizer
+    from tunerkit_plugins.tuners.galore import GaLoreOptions, build_per_parameter_optimizer
 
     b = build_per_parameter_optimizer(GaLoreOptions(), [{"params": [ours], "weight_decay": 0.01}], lr=1e-3)
     for _ in range(3):
@@ -187,7 +187,7 @@ def test_galore_row_runs_through_the_loop(tiny_row, run_tiny):
 
 
 def test_adafactor_update_is_low_rank():
-    from tunerkit_plugins.galore import GaLoreOptions, build_optimizer
+    from tunerkit_plugins.tuners.galore import GaLoreOptions, build_optimizer
 
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(48, 32))
@@ -203,7 +203,7 @@ def test_adafactor_update_is_low_rank():
 def test_quantized_galore_wiring(monkeypatch):
     """Q-GaLore's optimizer through tunerkit's compatibility layer (its step syncs CUDA: stubbed on CPU)."""
     pytest.importorskip("q_galore_torch")
-    from tunerkit_plugins.galore import GaLore, GaLoreOptions, build_optimizer
+    from tunerkit_plugins.tuners.galore import GaLore, GaLoreOptions, build_optimizer
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     options = GaLoreOptions(rank=16, update_proj_gap=2, quantize=True, proj_quant=True)
@@ -252,7 +252,7 @@ def test_svd_driver_routes_gpu_svds_while_the_row_runs_and_is_removed_after(tiny
     optimizer's construction to teardown, and a CPU row leaves torch.linalg.svd alone."""
     from types import SimpleNamespace
 
-    from tunerkit_plugins.galore import GaLoreOptions, SvdDriver, resolved_svd_driver
+    from tunerkit_plugins.tuners.galore import GaLoreOptions, SvdDriver, resolved_svd_driver
 
     assert resolved_svd_driver(GaLoreOptions()) == "gesvda"
     assert resolved_svd_driver(GaLoreOptions(svd_driver="torch")) is None

@@ -12,7 +12,7 @@ import torch
 from tunerkit.errors import RowFailed, UserError
 from tunerkit.recipe import make_row
 from tunerkit.validation import validate_row
-from tunerkit_plugins.liger import Liger, LigerOptions
+from tunerkit_plugins.speed.liger import Liger, LigerOptions
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 

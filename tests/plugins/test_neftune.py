@@ -39,7 +39,7 @@ def test_teardown_removes_the_hook(tiny_row, tiny_context):
 
 
 def test_lora_plus_neftune_row_trains_noisy_and_leaves_nothing_hooked(tiny_row, run_tiny, monkeypatch):
-    import tunerkit_plugins.neftune as neftune
+    import tunerkit_plugins.tuners.neftune as neftune
 
     seen, modes = [], []
     real_hook = neftune._hook_function()

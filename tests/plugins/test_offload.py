@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunerkit_plugins.offload import HostOffloader
+from tunerkit_plugins.speed.offload import HostOffloader
 
 ROW = dict(lora={"rank": 4, "dropout": 0.0}, max_steps=3, batch_size=2, max_train_samples=6, max_length=64,
            evaluate=[])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tunerkit.data.collate import FlatteningCollator, PaddingCollator
 from tunerkit.errors import UserError
-from tunerkit_plugins import varlen_attention as va
+from tunerkit_plugins.data import varlen_attention as va
 
 
 def random_samples(lengths, seed=0):

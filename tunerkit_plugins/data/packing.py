@@ -20,7 +20,7 @@ from typing import Literal
 from torch.utils.data import IterableDataset
 
 from tunerkit import Plugin, hookimpl, option
-from tunerkit_plugins.varlen_attention import KERNELS, FlatBatchHooks
+from tunerkit_plugins.data.varlen_attention import KERNELS, FlatBatchHooks
 
 Kernel = Literal["auto", "flash_attn", "torch_varlen", "sdpa"]
 assert set(Kernel.__args__) == set(KERNELS)

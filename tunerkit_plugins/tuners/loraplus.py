@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunerkit import hookimpl, option
-from tunerkit_plugins.lora import LoRA, LoRAOptions
+from tunerkit_plugins.tuners.lora import LoRA, LoRAOptions
 
 
 @dataclass

@@ -25,7 +25,7 @@ from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
-from tunerkit_plugins._layers import decoder_layers, text_config
+from tunerkit_plugins._helpers.layers import decoder_layers, text_config
 
 #: Attribute names families use for the feed-forward block of a decoder layer.
 MLP_NAMES = ("mlp", "feed_forward", "ffn")

@@ -27,7 +27,7 @@ from tunerkit import Plugin, hookimpl, option
 from tunerkit.checkpointing import checkpointed_layers
 from tunerkit.errors import RowFailed
 
-from ._layers import restore_checkpoint_calls, wrap_checkpoint_calls
+from tunerkit_plugins._helpers.layers import restore_checkpoint_calls, wrap_checkpoint_calls
 
 #: Dispatcher names of the ops a "matmul" policy keeps (what nn.Linear and LoRA lower to).
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"})

@@ -39,7 +39,7 @@ import torch
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
 
-from ._layers import restore_checkpoint_calls, wrap_checkpoint_calls
+from tunerkit_plugins._helpers.layers import restore_checkpoint_calls, wrap_checkpoint_calls
 
 #: Compiled graphs one code object may keep. Decoder layers share their code; some torch
 #: versions still guard per layer, and the default (8) would drop the rest to eager.

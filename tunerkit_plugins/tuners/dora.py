@@ -8,7 +8,7 @@ LoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353).
 
 from __future__ import annotations
 
-from tunerkit_plugins.lora import LoRA
+from tunerkit_plugins.tuners.lora import LoRA
 
 
 class DoRA(LoRA):

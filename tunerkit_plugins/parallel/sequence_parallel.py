@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from tunerkit import Plugin, hookimpl, option
-from tunerkit_plugins.deepspeed import (attention_for_sequence_parallel, deepspeed_missing,
+from tunerkit_plugins.parallel.deepspeed import (attention_for_sequence_parallel, deepspeed_missing,
                                         make_deepspeed_accelerator, reset_accelerate_state)
 
 IGNORE_INDEX = -100

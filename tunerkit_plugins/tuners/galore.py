@@ -27,8 +27,8 @@ from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
-from tunerkit_plugins._optimizer_state import state_gib
-from tunerkit_plugins._per_parameter import PerParameterScheduler, build_per_parameter
+from tunerkit_plugins._helpers.optimizer_state import state_gib
+from tunerkit_plugins._helpers.per_parameter import PerParameterScheduler, build_per_parameter
 
 
 #: galore-torch's class for each ``optimizer`` choice

@@ -24,8 +24,8 @@ from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed, UserError
-from tunerkit_plugins._layers import decoder_layers
-from tunerkit_plugins._optimizer_state import state_gib
+from tunerkit_plugins._helpers.layers import decoder_layers
+from tunerkit_plugins._helpers.optimizer_state import state_gib
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
-from tunerkit_plugins._layers import decoder_layers, text_config
+from tunerkit_plugins._helpers.layers import decoder_layers, text_config
 
 #: Output projections of the two residual branches; zeroed, they make a block an identity.
 ZEROED = ("o_proj", "down_proj")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunerkit import Plugin, option
-from tunerkit_plugins.packing import Kernel
-from tunerkit_plugins.varlen_attention import FlatBatchHooks
+from tunerkit_plugins.data.packing import Kernel
+from tunerkit_plugins.data.varlen_attention import FlatBatchHooks
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunerkit import option
-from tunerkit_plugins.lora import LoRA, LoRAOptions
+from tunerkit_plugins.tuners.lora import LoRA, LoRAOptions
 
 
 @dataclass

@@ -33,7 +33,7 @@ from tunerkit import Plugin, hookimpl, option
 from tunerkit.checkpointing import checkpointed_layers
 from tunerkit.errors import RowFailed
 
-from ._layers import restore_checkpoint_calls, wrap_checkpoint_calls
+from tunerkit_plugins._helpers.layers import restore_checkpoint_calls, wrap_checkpoint_calls
 
 GIB = 1024 ** 3
 

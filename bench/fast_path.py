@@ -1,278 +1,91 @@
-"""The fast path beside the plain HF + PEFT baseline, in one process on one GPU.
+"""The fast path's recipe rows beside the plain HF + PEFT baseline, in one process on one GPU.
 
-    PYTHONUNBUFFERED=1 python bench/fast_path.py --check-loss        # the whole thing; no config starts after --time-limit (420 s)
-    python bench/fast_path.py --list                                  # config names
+    PYTHONUNBUFFERED=1 python bench/fast_path.py --check-loss        # the default rows; none starts after --time-limit (420 s)
+    python bench/fast_path.py --list                                  # row names
     python bench/fast_path.py --configs 7b/baseline,7b/lora+liger     # a selection
     python bench/fast_path.py --smoke                                 # tiny shapes on CPU: the script's plumbing
 
-(a) Baseline, written with plain transformers + peft (no tunerkit code in the training
-path): the qwen-7b-chat preset's shape (Qwen2, hidden 4096, 32 layers, ffn 11008, vocab
-151936, random bf16 weights), LoRA r8 alpha 32 dropout 0.05 on q,k,v, batch 1, gradient
-checkpointing (non-reentrant), SDPA, torch fused AdamW, transformers' loss.
-(b) tunerkit rows through ``tunerkit.loop.run_row`` with the switches of the fast path
-(liger, offload, compile, padding_free, packing).
+The configurations are the rows of recipes/beyond_seed/fast_path.toml (``tunerkit run`` runs
+them alone); this script adds what a recipe cannot hold:
 
-Same samples everywhere: ``tunerkit.data.synthetic`` draws the seed's cls-fudan-news-zh
-lengths (``synthetic:lengths``), each sample cut to its first 2048 tokens. The baseline
-walks them in the order tunerkit's loader does (``torch.randperm`` under the row's seed);
-tunerkit rows get the same truncated samples handed in by a bench-only hook object
-(packing rows need rows of 16k tokens while samples stay cut at 2048, which no single
-``max_length`` gives), and every trained sample is hashed: batch-1 rows must train the
-baseline's samples in the baseline's order, packed rows only samples of the same set.
+(a) The baseline, written with plain transformers + peft (no tunerkit code in the training
+path), for each family of rows: LoRA on the qwen-7b-chat shape ("7b/...") and full
+fine-tuning of the qwen-1_8b-chat shape ("1.8b/..."). It takes its hyperparameters, step
+counts and LoRA options from the family's plain recipe row (``TEMPLATES``): random bf16
+weights, batch 1, non-reentrant gradient checkpointing, SDPA, torch fused AdamW,
+transformers' loss.
+(b) Same samples: both stacks train the same list of samples (``synthetic:lengths``, each
+cut to max_length), the baseline in the order tunerkit's loader visits them; a bench-only
+hook object hands them to the recipe rows and hashes every trained sample, so a batch-1 row
+must train the baseline's samples in its order and a packed row only samples of the set.
+(c) The 50-step loss agreement (``--check-loss``) and the profiles (``--profile``).
 
-Timing: each config runs warm-up steps, then timed steps (a fixed count for batch-1
-configs, a fixed token budget for packed ones), timed like tunerkit's loop (synchronised
-step wall time, data transfer and optimizer step included). Model FLOPs count the
-matmuls a step must do: forward 2N, input gradients 2N, weight gradients 2N only for
-trained weights (LoRA: 4N frozen + 6N adapters per token; full: 6N), N = every linear
-weight incl. the LM head, plus causal attention 6*L^2*hidden per layer and sample. MFU
-divides them by the step time and 790 TFLOP/s (an 8192^3 bf16 matmul on the H100); HFU
-adds the forward recompute of gradient checkpointing.
+Rows run through ``tunerkit.loop.run_row``, as ``tunerkit run`` runs them. Timing is the
+loop's (synchronised step wall time, data transfer and optimizer step included). Model FLOPs
+count the matmuls a step must do: forward 2N, input gradients 2N, weight gradients 2N only
+for trained weights, N = every linear weight incl. the LM head, plus causal attention
+6*L^2*hidden per layer and sample. MFU divides them by the step time and ``--peak-tflops``;
+HFU adds the forward recompute of gradient checkpointing.
 
-Every config is wrapped in try/except (OOM included) and printed as it finishes; JSON
-goes to $OUT/fast_path.json (and --json) after every config, so a cut run keeps its rows.
+Every row is wrapped in try/except (OOM included) and printed as it finishes; JSON goes to
+$OUT/fast_path.json (and --json) after every row, so a cut run keeps its rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import hashlib
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # runnable from a checkout without installation
-    sys.path.insert(0, str(REPO))
+from tunerkit.hookspecs import hookimpl
 
-import tunerkit  # noqa: E402
-from tunerkit.hookspecs import hookimpl  # noqa: E402
-
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "beyond_seed" / "fast_path.toml"
+#: bf16 dense matmul ceiling MFU divides by unless --peak-tflops says otherwise: the figure every
+#: committed fast-path result used (its JSON's peak_tflops); the H200 datasheet's dense bf16 peak is 989.
 PEAK_TFLOPS = 790.0
 GIB = 1024 ** 3
-SPEC = "synthetic:lengths"  # dist=cls-fudan-news-zh, 2000 rows
 
 
-# -----------------------------------------------------------------------------------------
-# Configs
-# -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    model: str  # preset name
+    trained: str  # "lora" or "full"
+    template: str  # the recipe row whose hyperparameters the plain baseline copies
 
 
-@dataclass
-class Config:
-    name: str
-    family: str  # "7b" (LoRA on the 7b shape) or "1.8b" (full fine-tuning on the 1.8b shape)
-    plugins: list[str] = field(default_factory=list)  # empty: the plain baseline
-    options: dict = field(default_factory=dict)
-    pack_factor: float = 0  # packed rows of pack_factor * sample_max tokens (0: one sample per step)
-    default: bool = True
-    note: str = ""
-    settings: dict = field(default_factory=dict)  # row settings beyond the bench's fixed ones
+FAMILIES = {"7b": Family("qwen-7b-chat", "lora", "7b/lora"), "1.8b": Family("qwen-1_8b-chat", "full", "1.8b/full+liger")}
 
-    @property
-    def baseline(self) -> bool:
-        return not self.plugins
+#: results before the recipe named these sweep points by hand; their recipe rows
+RENAMED = {
+    "7b/lora+compile+liger_flce_chunk2+offload_prefetch1+autocast":
+        "7b/lora+compile+liger_flce_chunk+offload_prefetch1+autocast[liger.chunk_mem_const=2]",
+    "7b/lora+compile+liger_flce_chunk4+offload_prefetch1+autocast":
+        "7b/lora+compile+liger_flce_chunk+offload_prefetch1+autocast[liger.chunk_mem_const=4]",
+    "7b/lora+packing20k+compile+liger_flce_chunk4+offload_prefetch+autocast":
+        "7b/lora+packing20k+compile+liger_flce_chunk+offload_prefetch+autocast[liger.chunk_mem_const=4]",
+    "7b/lora+packing20k+compile+liger_flce+offload_prefetch+autocast":
+        "7b/lora+packing20k+compile+liger_flce_chunk+offload_prefetch+autocast[liger.chunk_mem_const=1]",
+    **{f"{base}+{old}": f"{base}+pinned_kernel[packing.kernel={kernel}]"
+       for base in ("7b/lora+packing6k+compile+liger_flce_chunk4+no_checkpointing+autocast",
+                    "7b/lora+packing16k+compile+liger_flce+offload_prefetch+autocast",
+                    "7b/lora+packing16k+compile+liger_flce+offload_prefetch+uncheckpointed1+autocast")
+       for old, kernel in (("flash2", "torch_varlen"), ("sdpa_per_sample", "sdpa"))},
+}
 
-
-#: liger with its fused linear cross-entropy only (the one liger kernel allowed beside compile)
-FLCE_ONLY = {"liger": {"rope": False, "rms_norm": False, "swiglu": False}}
-#: beside compile: the fused cross-entropy, and offload starting 3 (or 1) copies back ahead
-FLCE_PREFETCH = {**FLCE_ONLY, "offload": {"prefetch": 3}}
-FLCE_PREFETCH1 = {**FLCE_ONLY, "offload": {"prefetch": 1}}
-
-AUTOCAST = {"autocast": True}
-
-
-def flce_chunks(options: dict, const: int) -> dict:
-    """``options`` with liger's fused cross-entropy chunk budget (``chunk_mem_const``) set to ``const``."""
-    return {**options, "liger": {**options["liger"], "chunk_mem_const": const}}
-
-
-OVERLAP = {"overlap_steps": True}
-AUTOCAST_OVERLAP = {**AUTOCAST, **OVERLAP}
-
-
-def partial_checkpointing(tokens_k: int, left_out: int, default: bool = True) -> Config:
-    """Packed ``tokens_k``-k rows, compile, fused cross-entropy, prefetched offload, and
-    ``left_out`` of the 32 layers not checkpointed."""
-    return Config(f"7b/lora+packing{tokens_k}k+compile+liger_flce+offload_prefetch+uncheckpointed{left_out}", "7b",
-                  ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH, pack_factor=tokens_k // 2,
-                  settings={"uncheckpointed_layers": left_out}, default=default)
-
-
-CONFIGS = [
-    Config("7b/baseline", "7b", note="plain transformers + peft"),
-    Config("7b/lora", "7b", ["lora"], note="tunerkit with no switch: the loop's own overhead"),
-    Config("7b/lora+liger", "7b", ["lora", "liger"]),
-    # liger's fused linear cross-entropy cuts a step's tokens into chunks of about
-    # tokens / (vocab / hidden) rows (~64 at 1.8k tokens and Qwen's 152k vocabulary): small
-    # matmuls. This config keeps the other kernels and the plain loss, to see what the chunking costs.
-    Config("7b/lora+liger-noflce", "7b", ["lora", "liger"],
-           {"liger": {"fused_linear_cross_entropy": False}}),
-    Config("7b/lora+liger+offload", "7b", ["lora", "liger", "offload"]),
-    # SDPA pinned to its FlashAttention-2 kernel (memory-efficient as the fallback): on Hopper
-    # torch 2.11 prefers cuDNN attention; this config shows whether that choice costs speed.
-    Config("7b/lora+sdpa_flash", "7b", ["lora"], settings={"sdpa_kernels": ["flash", "efficient"]}),
-    Config("7b/lora+packing8k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=4,
-           note="shorter packed rows: less activation memory (the <= 15 GiB target)"),
-    Config("7b/lora+packing4k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=2,
-           note="the 15 GiB point: batch-1 liger+offload peaked at 14.9 GiB"),
-    Config("7b/lora+packing16k", "7b", ["lora", "packing"], pack_factor=8),
-    Config("7b/lora+packing16k+liger", "7b", ["lora", "packing", "liger"], pack_factor=8),
-    Config("7b/lora+packing16k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=8),
-    # selective checkpointing keeps matmul/attention outputs: no matmul recompute, more memory.
-    Config("7b/lora+selective_checkpointing", "7b", ["lora", "selective_checkpointing"]),
-    Config("7b/lora+packing8k+liger+selective_checkpointing", "7b",
-           ["lora", "packing", "liger", "selective_checkpointing"], pack_factor=4),
-    Config("1.8b/baseline", "1.8b", note="plain transformers, full fine-tuning"),
-    Config("1.8b/full+packing16k+liger", "1.8b", ["full", "packing", "liger"], pack_factor=8),
-    # compile with liger's in-layer kernels is refused (dynamo fails inside liger's RMSNorm,
-    # torch 2.11 / liger-kernel 0.8.5); its fused linear cross-entropy runs outside the compiled
-    # layers, so compile + that loss alone is allowed. The baseline's profile showed the GPU idle
-    # for most of a batch-1 step (launch-bound): the first suspect compile goes after.
-    Config("7b/lora+packing16k+compile", "7b", ["lora", "packing", "compile"], pack_factor=8),
-    Config("7b/lora+compile+liger_flce+offload", "7b", ["lora", "compile", "liger", "offload"], FLCE_ONLY,
-           note="batch 1, fewer launches, no logits, offloaded checkpoints: the <= 15 GiB point"),
-    Config("7b/lora+packing4k+compile+liger_flce+offload", "7b", ["lora", "packing", "compile", "liger", "offload"],
-           FLCE_ONLY, pack_factor=2),
-    Config("7b/lora+packing16k+compile+liger_flce", "7b", ["lora", "packing", "compile", "liger"], FLCE_ONLY,
-           pack_factor=8),
-    Config("7b/lora+packing16k+compile+liger_flce+offload", "7b", ["lora", "packing", "compile", "liger", "offload"],
-           FLCE_ONLY, pack_factor=8, default=False),
-    # offload's copies back ran on the compute stream (10 % of a packed step's GPU time on one
-    # H200): prefetch starts them a few saved tensors ahead on a side stream (about one layer:
-    # its input and the rotary cos/sin each leave the GPU).
-    Config("7b/lora+packing16k+liger+offload_prefetch", "7b", ["lora", "packing", "liger", "offload"],
-           {"offload": {"prefetch": 3}}, pack_factor=8),
-    Config("7b/lora+compile+liger_flce+offload_prefetch", "7b", ["lora", "compile", "liger", "offload"],
-           FLCE_PREFETCH, note="batch 1: the <= 15 GiB point with prefetched copies"),
-    # prefetch 3 ran 1.38x at 15.03 GiB on one H200, 47 MiB above the 15.0 GiB point: one
-    # layer input in flight instead of three.
-    Config("7b/lora+compile+liger_flce+offload_prefetch1", "7b", ["lora", "compile", "liger", "offload"],
-           FLCE_PREFETCH1, note="batch 1: one prefetched copy at a time"),
-    Config("7b/lora+packing16k+compile+liger_flce+offload_prefetch", "7b",
-           ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH,
-           pack_factor=8),
-    # PEFT's fp32 adapter weights: their matmuls ran as fp32 FMA kernels (37 ms of the 990 GPU-busy ms of a packed 16k step).
-    Config("7b/lora+packing16k+compile+liger_flce+offload_prefetch+tf32", "7b",
-           ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH,
-           pack_factor=8, settings={"tf32": True}),
-    Config("7b/lora+compile+liger_flce+offload_prefetch1+tf32", "7b", ["lora", "compile", "liger", "offload"],
-           FLCE_PREFETCH1, settings={"tf32": True}),
-    Config("7b/lora+packing8k+compile+liger_flce+offload_prefetch", "7b",
-           ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH,
-           pack_factor=4),
-    # Gradient checkpointing for only some layers: the layers left out keep their activations
-    # and skip the recompute (a third of a LoRA step's matmul work), at their memory each.
-    *[partial_checkpointing(tokens_k, left_out) for tokens_k, left_out in ((8, 3), (4, 8), (8, 24), (16, 12))],
-    # Under 40 GiB: on one H200 a left-out layer kept 1.2 GiB per 8k tokens (0.6 per 4k).
-    *[partial_checkpointing(tokens_k, left_out, default=False) for tokens_k, left_out in ((4, 28), (6, 24), (8, 20))],
-    Config("7b/lora+packing4k+compile+liger_flce+no_checkpointing", "7b", ["lora", "packing", "compile", "liger"],
-           FLCE_ONLY, pack_factor=2, settings={"gradient_checkpointing": False}, default=False,
-           note="no layer checkpointed: the recompute gone, every activation kept"),
-    Config("7b/lora+packing4k+compile+liger_flce+no_checkpointing+tf32", "7b", ["lora", "packing", "compile", "liger"],
-           FLCE_ONLY, pack_factor=2, settings={"gradient_checkpointing": False, "tf32": True}, default=False),
-    # autocast: PEFT's fp32 adapters run their matmuls in bf16 (fp32 masters kept), so autograd
-    # keeps bf16 copies of their inputs instead of fp32 ones; overlap: no host-GPU sync between
-    # steps. Each beside the same config without them, in one process.
-    *[replace(c, name=c.name + suffix, settings={**c.settings, **extra}, default=False)
-      for c in (Config("7b/lora+compile+liger_flce+offload_prefetch1", "7b", ["lora", "compile", "liger", "offload"],
-                       FLCE_PREFETCH1),)
-      for suffix, extra in (("+overlap", OVERLAP), ("+autocast", AUTOCAST), ("+autocast+overlap", AUTOCAST_OVERLAP))],
-    Config("7b/lora+packing2k+compile+liger_flce+offload_prefetch1+autocast+overlap", "7b",
-           ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH1, pack_factor=1,
-           settings=AUTOCAST_OVERLAP, default=False,
-           note="the <= 15 GiB point with rows filled to 2048 tokens"),
-    *[Config(f"7b/lora+packing{k}k+compile+liger_flce+no_checkpointing+{suffix}", "7b",
-             ["lora", "packing", "compile", "liger"], FLCE_ONLY, pack_factor=k / 2,
-             settings={"gradient_checkpointing": False, **extra}, default=False)
-      for k, suffix, extra in ((4, "autocast", AUTOCAST), (4, "autocast+overlap", AUTOCAST_OVERLAP),
-                               (5, "autocast+overlap", AUTOCAST_OVERLAP), (6, "autocast+overlap", AUTOCAST_OVERLAP))],
-    Config("7b/lora+packing16k+compile+liger_flce+offload_prefetch+autocast+overlap", "7b",
-           ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH, pack_factor=8,
-           settings=AUTOCAST_OVERLAP, default=False),
-    *[replace(partial_checkpointing(tokens_k, left_out, default=False),
-              name=partial_checkpointing(tokens_k, left_out).name + "+autocast+overlap",
-              settings={"uncheckpointed_layers": left_out, **AUTOCAST_OVERLAP})
-      for tokens_k, left_out in ((8, 2), (16, 1))],
-    # liger's fused cross-entropy in chunks of 64 tokens at batch 1 reads the 1.2 GiB lm_head
-    # weight 56-64 times a step; chunk_mem_const C lets a chunk's logits hold C x tokens x hidden.
-    *[Config(f"7b/lora+compile+liger_flce_chunk{c}+offload_prefetch1+autocast", "7b",
-             ["lora", "compile", "liger", "offload"], flce_chunks(FLCE_PREFETCH1, c), settings=AUTOCAST, default=False)
-      for c in (2, 4)],
-    Config("7b/lora+packing2k+compile+liger_flce_chunk4+offload_prefetch1+autocast", "7b",
-           ["lora", "packing", "compile", "liger", "offload"], flce_chunks(FLCE_PREFETCH1, 4), pack_factor=1,
-           settings=AUTOCAST, default=False),
-    *[Config(f"7b/lora+packing6k+compile+{liger}+no_checkpointing+autocast", "7b",
-             ["lora", "packing", "compile", "liger"], options, pack_factor=3,
-             settings={"gradient_checkpointing": False, **AUTOCAST}, default=False)
-      for liger, options in (("liger_flce", FLCE_ONLY), ("liger_flce_chunk4", flce_chunks(FLCE_ONLY, 4)))],
-    # The batch-1 step waits on the host (run M's profile: the compiled layers' Python launch
-    # code, autograd's wrappers, dynamo's guards): inductor's C++ launch code and guards skipped
-    # after the warm-up, each alone and together.
-    *[Config(f"7b/lora{pack}+compile_{tag}+{liger}+offload_prefetch1+autocast", "7b",
-             ["lora", *(["packing"] if pack else []), "compile", "liger", "offload"],
-             {**flce_chunks(FLCE_PREFETCH1, chunks), "compile": compile_options}, pack_factor=1 if pack else 0,
-             settings=AUTOCAST, default=False)
-      for pack, tag, compile_options, liger, chunks in (
-          ("", "guardskip", {"skip_guard_eval": True}, "liger_flce", 1),
-          ("", "cpp", {"cpp_wrapper": True}, "liger_flce", 1),
-          ("", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce", 1),
-          ("", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce_chunk4", 4),
-          ("+packing2k", "cpp_guardskip", {"cpp_wrapper": True, "skip_guard_eval": True}, "liger_flce_chunk4", 4))],
-    # At the baseline's memory (19.1 GiB) with every layer checkpointed: bigger fused
-    # cross-entropy chunks, and rows between 16k and the 32k that no longer fit.
-    *[Config(f"7b/lora+packing{k}k+compile+{liger}+offload_prefetch+autocast", "7b",
-             ["lora", "packing", "compile", "liger", "offload"], flce_chunks(FLCE_PREFETCH, c), pack_factor=k / 2,
-             settings=AUTOCAST, default=False)
-      for k, liger, c in ((16, "liger_flce_chunk4", 4), (20, "liger_flce_chunk4", 4), (20, "liger_flce", 1),
-                          (22, "liger_flce", 1))],
-    # One copy back in flight instead of three (0.4 GiB less at 16k rows): room for longer rows.
-    Config("7b/lora+packing24k+compile+liger_flce+offload_prefetch1+autocast", "7b",
-           ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH1, pack_factor=12, settings=AUTOCAST,
-           default=False),
-    # Packed rows' attention pinned to torch's varlen FlashAttention-2 (what auto resolves to
-    # without the flash-attn package), and through SDPA sample by sample (cuDNN's attention on
-    # Hopper, which ran its forward faster and its backward slower; bench/attention_kernels.py).
-    *[replace(c, name=c.name + suffix, options={**c.options, "packing": {"kernel": kernel}}, default=False)
-      for c in (Config("7b/lora+packing6k+compile+liger_flce_chunk4+no_checkpointing+autocast", "7b",
-                       ["lora", "packing", "compile", "liger"], flce_chunks(FLCE_ONLY, 4), pack_factor=3,
-                       settings={"gradient_checkpointing": False, **AUTOCAST}),
-                Config("7b/lora+packing16k+compile+liger_flce+offload_prefetch+autocast", "7b",
-                       ["lora", "packing", "compile", "liger", "offload"], FLCE_PREFETCH, pack_factor=8,
-                       settings=AUTOCAST),
-                replace(partial_checkpointing(16, 1), name=partial_checkpointing(16, 1).name + "+autocast",
-                        settings={"uncheckpointed_layers": 1, **AUTOCAST}))
-      for suffix, kernel in (("+flash2", "torch_varlen"), ("+sdpa_per_sample", "sdpa"))],
-    Config("7b/lora+liger+offload+autocast+overlap", "7b", ["lora", "liger", "offload"],
-           settings=AUTOCAST_OVERLAP, default=False, note="batch 1, uncompiled: the loss check of the two switches"),
-    # Not in the default set (time; the first two were measured on one H200): select with --configs.
-    Config("7b/lora+padding_free+liger+offload", "7b", ["lora", "padding_free", "liger", "offload"],
-           note="batch 1 through the varlen kernel", default=False),
-    Config("7b/lora+packing32k+liger", "7b", ["lora", "packing", "liger"], pack_factor=16, default=False),
-    Config("7b/lora+packing16k+liger+selective_checkpointing", "7b",
-           ["lora", "packing", "liger", "selective_checkpointing"], pack_factor=8, default=False),
-    Config("7b/lora+compile", "7b", ["lora", "compile"], default=False),
-
-    Config("7b/lora+packing32k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=16,
-           default=False),
-    Config("7b/lora+packing64k+liger+offload", "7b", ["lora", "packing", "liger", "offload"], pack_factor=32,
-           default=False),
-    Config("1.8b/full+liger", "1.8b", ["full", "liger"], default=False),
-    Config("1.8b/full+packing16k+liger+offload", "1.8b", ["full", "packing", "liger", "offload"], pack_factor=8,
-           default=False),
-]
-BY_NAME = {c.name: c for c in CONFIGS}
+#: --smoke: tiny shapes for both families (settings and packing's row length, as ``--set`` would give them)
+SMOKE = {"model": "tiny-qwen2", "max_length": 64, "max_steps": 4, "timing_warmup_steps": 1,
+         "packing": {"row_length": 256}}
 
 TARGETS = [
     # (label, family, speed test on the ratio to the baseline, memory test on (peak alloc, baseline's))
@@ -284,16 +97,108 @@ TARGETS = [
 
 
 # -----------------------------------------------------------------------------------------
+# Rows: the recipe's, as the bench runs them
+# -----------------------------------------------------------------------------------------
+
+
+def family_of(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def is_baseline(name: str) -> bool:
+    return name.endswith("/baseline")
+
+
+def load_rows(recipe: Path, smoke: bool) -> dict:
+    """Every row of the recipe (profile ``all``), by name; --smoke applies its tiny shapes."""
+    from tunerkit.recipe import load_recipe
+
+    loaded = load_recipe(recipe, "all", check_files=False, overrides=SMOKE if smoke else None)
+    return {r.name: smoke_row(r, torch.cuda.is_available()) if smoke else r for r in loaded.rows}
+
+
+def default_names(recipe: Path) -> list[str]:
+    """The rows of profile ``bench``, each family's baseline first."""
+    from tunerkit.recipe import load_recipe
+
+    return with_baselines([r.name for r in load_recipe(recipe, "bench", check_files=False).rows])
+
+
+def with_baselines(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        baseline = f"{family_of(name)}/baseline"
+        if baseline not in out:
+            out.append(baseline)
+        out.append(name)
+    return out
+
+
+def select(spec: str, rows: dict, recipe: Path) -> list[str]:
+    """Row names for ``--configs``: 'default', 'all', or names (old names, base names of sweeps)."""
+    if spec == "default":
+        return default_names(recipe)
+    if spec == "all":
+        return with_baselines(list(rows))
+    chosen, unknown = [], []
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+        name = RENAMED.get(name, name)
+        points = [n for n, r in rows.items() if name in (n, r.base_name)]
+        if is_baseline(name) and family_of(name) in FAMILIES:
+            chosen.append(name)
+        elif points:
+            chosen += points
+        else:
+            unknown.append(name)
+    if unknown:
+        raise SystemExit(f"unknown config(s): {', '.join(unknown)} (see --list)")
+    return chosen
+
+
+def smoke_row(row, cuda: bool):
+    """A row as the tiny smoke shapes can run it: at most 2 of the tiny preset's 4 layers left
+    out of checkpointing, and without a GPU no liger (its kernels need CUDA; the smoke run then
+    exercises the other switches only)."""
+    settings = dataclasses.replace(row.settings, uncheckpointed_layers=min(row.settings.uncheckpointed_layers, 2))
+    if cuda or "liger" not in row.plugins:
+        return dataclasses.replace(row, settings=settings)
+    return dataclasses.replace(row, settings=settings, plugins=[p for p in row.plugins if p != "liger"],
+                               options={k: v for k, v in row.options.items() if k != "liger"})
+
+
+def with_steps(row, steps: int, warmup: int, lora_dropout: float | None = None):
+    """``row`` for ``steps`` timed steps after ``warmup`` (the loss check and the profiles)."""
+    settings = dataclasses.replace(row.settings, max_steps=warmup + steps, timing_warmup_steps=warmup)
+    options = dict(row.options)
+    if lora_dropout is not None and "lora" in options:
+        options["lora"] = dataclasses.replace(options["lora"], dropout=lora_dropout)
+    return dataclasses.replace(row, settings=settings, options=options)
+
+
+def packed(row) -> bool:
+    return "packing" in row.plugins
+
+
+def template(rows: dict, family: str):
+    """The recipe row a family's baseline copies its hyperparameters from."""
+    name = FAMILIES[family].template
+    if name not in rows:
+        raise SystemExit(f"{RECIPE.name} has no row {name!r}: the {family} baseline copies its settings")
+    return rows[name]
+
+
+# -----------------------------------------------------------------------------------------
 # Data: the same truncated samples, in tunerkit's loader order
 # -----------------------------------------------------------------------------------------
 
 
-def make_samples(vocab: int, seed: int, sample_max: int) -> list[dict]:
-    """tunerkit's synthetic samples (dataset order), each cut to its first ``sample_max`` tokens."""
+def make_samples(vocab: int, seed: int, spec: str, sample_max: int) -> list[dict]:
+    """tunerkit's synthetic samples of ``spec`` (dataset order), each cut to its first ``sample_max``
+    tokens, as the rows' ``truncation_strategy = "truncation_right"`` cuts them."""
     from tunerkit.data.synthetic import synthetic_records
 
     out = []
-    for r in synthetic_records(SPEC, vocab, seed):
+    for r in synthetic_records(spec, vocab, seed):
         ids = r["input_ids"][:sample_max]
         out.append({"input_ids": ids, "labels": list(ids)})
     return out
@@ -328,9 +233,9 @@ class TokenIdsOnly:
 class BenchProbe:
     """Bench-only hooks registered beside a row's plugins.
 
-    Hands the row the bench's samples and no tokenizer, and records, for every
-    micro-batch, the token hash and length of each sample inside it (for the same-samples
-    check and the attention FLOPs).
+    Hands the row the very samples the baseline trains (token ids, so no tokenizer), and
+    records, for every micro-batch, the token hash and length of each sample inside it (for
+    the same-samples check and the attention FLOPs).
     """
 
     def __init__(self, samples: list[dict], profiler=None, profile_from: int = 0, profile_steps: int = 0):
@@ -438,12 +343,6 @@ def step_flops(shape: Shape, lengths: list[int], trained: str, adapter_params: i
 # -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Family:
-    model: str  # preset name
-    trained: str  # "lora" or "full"
-
-
 def device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -473,27 +372,25 @@ def peaks() -> dict:
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB}
 
 
-def run_baseline(fam: Family, args, samples: list[dict], order: list[int], steps: int, warmup: int,
-                 lora_dropout: float, profiler=None) -> dict:
-    """Plain transformers + peft: the stack the seed's tool used. No tunerkit code trains here."""
-    from transformers import AutoModelForCausalLM, get_scheduler
+def baseline_model(row, dev: torch.device):
+    """The row's preset in plain transformers (the same random weights: presets draw them under
+    seed 0), with PEFT's LoRA of the row's options or every weight trainable."""
+    from transformers import AutoModelForCausalLM
 
     from tunerkit.models.presets import get_preset
 
-    preset = get_preset(fam.model)
-    dev = device()
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    reset_peaks()
-    config = preset.config()
+    config = get_preset(row.settings.model).config()
     config._attn_implementation = "sdpa"
-    torch.manual_seed(0)  # tunerkit's presets draw their random weights under seed 0: the same weights
+    torch.manual_seed(0)
     with torch.device(dev):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    if fam.trained == "lora":
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32,
+                                                 attn_implementation="sdpa")
+    if "lora" in row.plugins:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=lora_dropout,
-                                                 target_modules=["q_proj", "k_proj", "v_proj"], task_type="CAUSAL_LM"))
+        lora = row.options["lora"]
+        model = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.targets), task_type="CAUSAL_LM"))
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -501,27 +398,41 @@ def run_baseline(fam: Family, args, samples: list[dict], order: list[int], steps
     model.enable_input_require_grads()
     model.config.use_cache = False
     model.train()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return model
+
+
+def decay_groups(named: list, weight_decay: float) -> list[dict]:
+    """AdamW groups as HF Trainer forms them: no weight decay on biases and norms."""
     decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n.lower()]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n.lower())]
-    groups = [g for g in ({"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0})
-              if g["params"]]
-    trainable = sum(p.numel() for _, p in named)
-    optimizer = torch.optim.AdamW(groups, lr=1e-4, fused=dev.type == "cuda")
-    total = warmup + steps
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=int(0.03 * total), num_training_steps=total)
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]]
+
+
+def run_baseline(row, samples: list[dict], order: list[int], profiler=None) -> dict:
+    """Plain transformers + peft, with the hyperparameters and step counts of ``row`` (a
+    family's template row): the stack the ms-swift benchmark page used. No tunerkit code trains here."""
+    from transformers import get_scheduler
+
+    s, dev = row.settings, device()
+    reset_peaks()
+    model = baseline_model(row, dev)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(decay_groups(named, s.weight_decay), lr=s.learning_rate, fused=dev.type == "cuda")
+    scheduler = get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=int(s.warmup_ratio * s.max_steps),
+                              num_training_steps=s.max_steps)
     params = [p for _, p in named]
     losses, seconds, lengths, hashes = [], [], [], []
-    for step in range(total):
+    for step in range(s.max_steps):
         sample = samples[order[step % len(order)]]
-        if profiler is not None and step == warmup:
+        if profiler is not None and step == s.timing_warmup_steps:
             profiler.start()
         sync()
         start = time.perf_counter()
         ids = torch.tensor([sample["input_ids"]], device=dev)
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -532,43 +443,25 @@ def run_baseline(fam: Family, args, samples: list[dict], order: list[int], steps
         hashes.append([token_hash(sample["input_ids"])])
         del out, ids
     if profiler is not None:
-        profiler.stop(steps)
-    result = {"status": "ok", **peaks(), "trainable_params": trainable, "losses": losses,
-              "step_seconds": seconds, "lengths": lengths, "hashes": hashes, "warmup": warmup,
+        profiler.stop(s.max_steps - s.timing_warmup_steps)
+    result = {"status": "ok", **peaks(), "trainable_params": sum(p.numel() for p in params), "losses": losses,
+              "step_seconds": seconds, "lengths": lengths, "hashes": hashes, "warmup": s.timing_warmup_steps,
               "attention": "sdpa"}
-    del model, optimizer, scheduler, params, named, groups, decay, no_decay
+    del model, optimizer, scheduler, params, named
     free_memory()
     return result
 
 
-def row_tokens(cfg: Config, args) -> int:
-    """Tokens of a config's rows: ``pack_factor`` samples' worth when packed, else one sample's."""
-    return int(cfg.pack_factor * args.sample_max) if cfg.pack_factor else args.sample_max
+LOOP_METRICS = ("compile_frames", "compile_graphs", "compile_graph_breaks", "compile_graph_break_reasons",
+                "compile_recompile_reasons", "compile_guards_skipped_from_step", "liger_chunk_mem_const", "autocast")
 
 
-def tunerkit_row(cfg: Config, fam: Family, args, steps: int, warmup: int, lora_dropout: float):
-    from tunerkit.recipe import make_row
-
-    pack = row_tokens(cfg, args)
-    tables = {}
-    if "lora" in cfg.plugins:
-        tables["lora"] = {"rank": 8, "alpha": 32.0, "dropout": lora_dropout, "targets": ["q_proj", "k_proj", "v_proj"]}
-    for name, opts in cfg.options.items():
-        tables[name] = dict(opts)
-    fixed = dict(model=fam.model, dataset=SPEC, dtype="auto",
-                 attention="sdpa", gradient_checkpointing=True, batch_size=1, gradient_accumulation_steps=1,
-                 max_length=pack, truncation_strategy="truncation_right", learning_rate=1e-4,
-                 lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.01, max_grad_norm=1.0,
-                 max_steps=warmup + steps, timing_warmup_steps=warmup, evaluate=[], val_size=0, seed=args.seed)
-    return make_row(cfg.name.replace("/", "_"), cfg.plugins, **{**fixed, **tables, **cfg.settings})
-
-
-def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int, warmup: int,
-                 lora_dropout: float, profiler=None) -> dict:
+def run_tunerkit(row, samples: list[dict], profiler=None) -> dict:
+    """One recipe row through tunerkit's row runner, with the bench's samples and probe."""
     from tunerkit.loop import run_row
 
-    row = tunerkit_row(cfg, fam, args, steps, warmup, lora_dropout)
-    probe = BenchProbe(samples, profiler, profile_from=warmup, profile_steps=steps)
+    warmup = row.settings.timing_warmup_steps
+    probe = BenchProbe(samples, profiler, profile_from=warmup, profile_steps=row.settings.max_steps - warmup)
     with tempfile.TemporaryDirectory() as tmp:
         m = run_row(row, Path(tmp) / "row", extra_plugins=[probe])
     mem = (m.get("memory") or [{}])[0]
@@ -583,12 +476,10 @@ def run_tunerkit(cfg: Config, fam: Family, args, samples: list[dict], steps: int
             "offload_gib_per_step": m.get("offload_gib_per_step"), "compiled_layers": m.get("compiled_layers"),
             "liger_kernels": m.get("liger_kernels"), "checkpointing": row.settings.gradient_checkpointing,
             "uncheckpointed_layer_indices": m.get("uncheckpointed_layer_indices"),
-            **{k: m[k] for k in ("compile_frames", "compile_graphs", "compile_graph_breaks",
-                                 "compile_graph_break_reasons", "compile_recompile_reasons",
-                                 "compile_guards_skipped_from_step", "liger_chunk_mem_const", "autocast") if k in m}}
+            **{k: m[k] for k in LOOP_METRICS if k in m}}
 
 
-def summarise(result: dict, shape: Shape, trained: str) -> dict:
+def summarise(result: dict, shape: Shape, trained: str, peak_tflops: float) -> dict:
     """Throughput and utilisation over the timed steps."""
     warm = result["warmup"]
     lengths = result["lengths"][warm:]
@@ -610,8 +501,8 @@ def summarise(result: dict, shape: Shape, trained: str) -> dict:
            "tokens_per_step": tokens / max(len(lengths), 1)}
     if seconds > 0:
         out.update(tokens_per_s=tokens / seconds, samples_per_s=samples / seconds,
-                   mfu_pct=100 * model_f / seconds / (PEAK_TFLOPS * 1e12),
-                   hfu_pct=100 * hw_f / seconds / (PEAK_TFLOPS * 1e12))
+                   mfu_pct=100 * model_f / seconds / (peak_tflops * 1e12),
+                   hfu_pct=100 * hw_f / seconds / (peak_tflops * 1e12))
     return out
 
 
@@ -632,20 +523,20 @@ def same_samples(result: dict, expected: list[str], all_hashes: set[str], batch_
 # -----------------------------------------------------------------------------------------
 
 
-def check_loss(args, fams, samples, order) -> dict:
-    """50 steps of the baseline and of a batch-1 fast path on the same samples and weights."""
-    cfg = BY_NAME[args.check_config]
-    if cfg.pack_factor:
-        raise SystemExit("--check-config must be a batch-1 config (packed steps hold other samples than the baseline's)")
-    fam = fams[cfg.family]
-    print(f"\n== loss agreement: {cfg.name} vs {cfg.family}/baseline, {args.check_steps} steps, "
+def check_loss(args, rows: dict, samples: list[dict], order: list[int]) -> dict:
+    """``--check-steps`` steps of the baseline and of a batch-1 row on the same samples and weights."""
+    name = RENAMED.get(args.check_config, args.check_config)
+    if name not in rows or packed(rows[name]):
+        raise SystemExit("--check-config must name a batch-1 row (packed steps hold other samples than the baseline's)")
+    family = family_of(name)
+    print(f"\n== loss agreement: {name} vs {family}/baseline, {args.check_steps} steps, "
           f"LoRA dropout {args.check_dropout} ==", flush=True)
-    out = {"config": cfg.name, "steps": args.check_steps, "lora_dropout": args.check_dropout}
+    out = {"config": name, "steps": args.check_steps, "lora_dropout": args.check_dropout}
     try:
-        base = run_baseline(fam, args, samples, order, args.check_steps, 0, args.check_dropout)
-        fast = run_tunerkit(cfg, fam, args, samples, args.check_steps, 0, args.check_dropout)
+        base = run_baseline(with_steps(template(rows, family), args.check_steps, 0, args.check_dropout), samples, order)
+        fast = run_tunerkit(with_steps(rows[name], args.check_steps, 0, args.check_dropout), samples)
     except Exception as err:  # noqa: BLE001 - report and go on to the speed table
-        out["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        out["status"] = failure(err)
         print(out["status"], flush=True)
         free_memory()
         return out
@@ -669,19 +560,20 @@ def check_loss(args, fams, samples, order) -> dict:
 # -----------------------------------------------------------------------------------------
 
 
-def profile_config(cfg: Config, fam: Family, args, samples: list[dict], order: list[int]) -> dict:
-    """A separate short run of one config: its warm-up, then --profile-steps steps under torch.profiler.
+def profile_row(name: str, rows: dict, args, samples: list[dict], order: list[int]) -> dict:
+    """A separate short run of one row: its warm-up, then --profile-steps steps under torch.profiler.
 
     Separate from the timed run so the profiler's overhead never reaches the speed table.
     """
     from kernel_profile import StepProfiler
 
-    warmup = args.packed_warmup if cfg.pack_factor else args.warmup
     prof = StepProfiler()
-    if cfg.baseline:
-        run_baseline(fam, args, samples, order, args.profile_steps, warmup, args.lora_dropout, profiler=prof)
+    row = template(rows, family_of(name)) if is_baseline(name) else rows[name]
+    row = with_steps(row, args.profile_steps, row.settings.timing_warmup_steps)
+    if is_baseline(name):
+        run_baseline(row, samples, order, profiler=prof)
     else:
-        run_tunerkit(cfg, fam, args, samples, args.profile_steps, warmup, args.lora_dropout, profiler=prof)
+        run_tunerkit(row, samples, profiler=prof)
     return prof.result or {"note": "the profiled steps did not run"}
 
 
@@ -713,12 +605,13 @@ def host_text(p: dict, top: int = 6) -> str:
 # Output
 # -----------------------------------------------------------------------------------------
 
+
 COLUMNS = [("config", 40), ("tok/s", 8), ("samp/s", 7), ("x base", 6), ("alloc", 6), ("resv", 6), ("MFU%", 5),
            ("HFU%", 5), ("tok/step", 8), ("samples", 18)]
 
 
 def target_state(t: dict) -> str:
-    """met by CONFIGS / not met / baseline not run (a target with no baseline in the run)."""
+    """met by ROWS / not met / baseline not run (a target with no baseline in the run)."""
     if t["met_by"]:
         if t.get("baseline_repeated") is False:  # files before this field: no remark
             return "met by " + ", ".join(t["met_by"]) + " (against the baseline's first run only: not repeated)"
@@ -835,70 +728,185 @@ def targets(results: list[dict], repeats: dict | None = None) -> list[dict]:
 
 
 # -----------------------------------------------------------------------------------------
+# The run
+# -----------------------------------------------------------------------------------------
+
+
+def failure(err: BaseException) -> str:
+    if isinstance(err, torch.OutOfMemoryError):
+        return "OOM"
+    first = str(err).splitlines()[0][:160] if str(err) else ""
+    return f"failed: {type(err).__name__}: {first}"
+
+
+@dataclass
+class Bench:
+    """What every part of a run shares: the rows, the samples and the clock."""
+
+    args: argparse.Namespace
+    rows: dict
+    samples: list[dict]
+    order: list[int]
+    shapes: dict
+    started: float
+
+    @property
+    def expected(self) -> list[str]:
+        """What a one-sample step trains, in order."""
+        return [token_hash(self.samples[i]["input_ids"]) for i in self.order]
+
+    def past_limit(self) -> str | None:
+        if time.perf_counter() - self.started > self.args.time_limit:
+            return f"skipped: past --time-limit {self.args.time_limit:.0f} s"
+        return None
+
+    def attempt(self, fn):
+        """(fn's result, None), or (None, why it failed): one failure must not end the run."""
+        try:
+            return fn(), None
+        except Exception as err:  # noqa: BLE001 - recorded with its reason, the run goes on
+            if os.environ.get("FAST_PATH_TRACEBACK"):
+                import traceback
+
+                traceback.print_exc()
+            return None, failure(err)
+        finally:
+            free_memory()
+
+    def measure(self, name: str) -> dict:
+        """One timed row (or baseline): speed, memory, utilisation and which samples it trained."""
+        family = family_of(name)
+        row = template(self.rows, family) if is_baseline(name) else self.rows[name]
+        r = {"name": name, "plugins": [] if is_baseline(name) else row.plugins, "model": row.settings.model,
+             "tokens_per_row": row.options["packing"].row_length or row.settings.max_length if packed(row) else None}
+        if is_baseline(name):
+            raw, why = self.attempt(lambda: run_baseline(row, self.samples, self.order))
+        else:
+            raw, why = self.attempt(lambda: run_tunerkit(row, self.samples))
+        if raw is None:
+            return {**r, "status": why}
+        r.update({k: v for k, v in raw.items() if k not in ("hashes", "lengths", "step_seconds")})
+        r.update(summarise(raw, self.shapes[family], FAMILIES[family].trained, self.args.peak_tflops))
+        r["same_samples"] = same_samples(raw, self.expected, set(self.expected), batch_one=not packed(row))
+        return r
+
+    def repeat(self, first: dict) -> dict | None:
+        """A baseline measured again after the other rows: how far its host drifted within the run."""
+        family = family_of(first["name"])
+        raw, why = self.attempt(lambda: run_baseline(template(self.rows, family), self.samples, self.order))
+        if raw is None:
+            print(f"{first['name']} again: {why}", flush=True)
+            return None
+        again = summarise(raw, self.shapes[family], FAMILIES[family].trained, self.args.peak_tflops)
+        return {"tokens_per_s": again["tokens_per_s"],
+                "drift_pct": 100.0 * (again["tokens_per_s"] / first["tokens_per_s"] - 1.0)}
+
+
+def with_ratio(r: dict, results: list[dict]) -> dict:
+    """``x_baseline``: against the first ok reading of the row's family baseline in this run."""
+    base = next((b for b in results if b["name"] == f"{family_of(r['name'])}/baseline" and b["status"] == "ok"), None)
+    if is_baseline(r["name"]) and r.get("status") == "ok":
+        r["x_baseline"] = 1.0
+    if base is not None and r.get("tokens_per_s") and base.get("tokens_per_s"):
+        r["x_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
+    return r
+
+
+def time_rows(bench: Bench, names: list[str], payload: dict, save) -> None:
+    results: list[dict] = payload["results"]
+    print("\n" + header(), flush=True)
+    for name in names:
+        t0 = time.perf_counter()
+        late = bench.past_limit()
+        r = {"name": name, "status": late} if late else with_ratio(bench.measure(name), results)
+        r.setdefault("status", "ok")
+        r["wall_s"] = time.perf_counter() - t0
+        results.append(r)
+        print(line(r), flush=True)
+        payload["targets"] = targets(results)
+        save()
+
+
+def repeat_baselines(bench: Bench, payload: dict, save) -> None:
+    # A batch-1 baseline waits on the host for part of every step, so its speed follows the
+    # host's CPU: measuring it again at the end shows how far that moved within this run.
+    payload["baseline_repeats"] = {}
+    firsts: dict = {}  # the first ok entry of each baseline (--configs may name one more than once)
+    for r in payload["results"]:
+        if is_baseline(r["name"]) and r["status"] == "ok":
+            firsts.setdefault(r["name"], r)
+    for first in firsts.values():
+        late = bench.past_limit()
+        rep = None if late else bench.repeat(first)
+        if late:
+            print(f"{first['name']} again: {late}", flush=True)
+        if rep is not None:
+            payload["baseline_repeats"][first["name"]] = rep
+            print(f"{first['name']} again: {rep['tokens_per_s']:,.0f} tokens/s ({rep['drift_pct']:+.1f} % against "
+                  "its first run)", flush=True)
+    payload["targets"] = targets(payload["results"], payload["baseline_repeats"])
+    save()
+
+
+def profile_rows(bench: Bench, names: list[str], payload: dict, save) -> None:
+    payload["profiles"] = {}
+    print("\n== where the time goes (torch.profiler, separate runs; kinds are by kernel name) ==", flush=True)
+    for name in names:
+        late = bench.past_limit()
+        if late:
+            print(f"{name:<40} {late}", flush=True)
+            continue
+        prof, why = bench.attempt(lambda: profile_row(name, bench.rows, bench.args, bench.samples, bench.order))
+        prof = prof if prof is not None else {"status": why}
+        payload["profiles"][name] = prof
+        print(profile_line(name, prof) if "status" not in prof else f"{name:<40} {prof['status']}", flush=True)
+        save()
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default="default", help="comma-separated names, 'default' or 'all' (see --list)")
-    p.add_argument("--list", action="store_true", help="print the configs and exit")
-    p.add_argument("--steps", type=int, default=24, help="timed steps of a one-sample-per-step config")
-    p.add_argument("--warmup", type=int, default=4, help="warm-up steps of a one-sample-per-step config")
-    p.add_argument("--packed-tokens", type=int, default=160_000,
-                   help="timed-token budget of a packed config (its timed steps = budget / row size)")
-    p.add_argument("--packed-warmup", type=int, default=2, help="warm-up steps of a packed config")
-    p.add_argument("--sample-max", type=int, default=2048, help="samples are cut to their first N tokens")
-    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout of every LoRA config (the seed's)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--model", default="qwen-7b-chat", help="preset of the 7b (LoRA) family")
-    p.add_argument("--full-model", default="qwen-1_8b-chat", help="preset of the 1.8b (full fine-tuning) family")
-    p.add_argument("--check-loss", action="store_true", help="first run the 50-step loss-agreement check")
-    p.add_argument("--check-config", default="7b/lora+liger+offload", help="the fast path the check compares")
+    p.add_argument("--recipe", type=Path, default=RECIPE, help="the recipe whose rows run (profile 'all'; 'bench' for the default set)")
+    p.add_argument("--configs", default="default",
+                   help="comma-separated row names (FAMILY/baseline for a baseline), 'default' or 'all' (see --list)")
+    p.add_argument("--list", action="store_true", help="print the rows and exit")
+    p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS,
+                   help="the bf16 matmul ceiling MFU and HFU divide by (H200 datasheet dense bf16: 989)")
+    p.add_argument("--check-loss", action="store_true", help="first run the loss-agreement check")
+    p.add_argument("--check-config", default="7b/lora+liger+offload", help="the batch-1 row the check compares")
     p.add_argument("--check-steps", type=int, default=50)
     p.add_argument("--check-dropout", type=float, default=0.0,
                    help="LoRA dropout in the check (0: compare the math, not dropout masks)")
     p.add_argument("--check-rtol", type=float, default=1e-2, help="largest per-step relative loss difference allowed")
     p.add_argument("--time-limit", type=float, default=420.0,
-                   help="start no further config once this many seconds have passed")
+                   help="start no further row once this many seconds have passed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--no-repeat-baseline", dest="repeat_baseline", action="store_false",
-                   help="do not measure each baseline again after the other configs (drift within the run)")
+                   help="do not measure each baseline again after the other rows (drift within the run)")
     p.add_argument("--render", type=Path, default=None, help="print a fast_path.json as Markdown tables and exit")
-    p.add_argument("--profile", default="", help="comma-separated configs to profile after the speed table "
+    p.add_argument("--profile", default="", help="comma-separated rows to profile after the speed table "
                    "(a separate short run each: where the step time goes, by kernel kind)")
-    p.add_argument("--profile-steps", type=int, default=3, help="profiled steps per --profile config")
+    p.add_argument("--profile-steps", type=int, default=3, help="profiled steps per --profile row")
     p.add_argument("--smoke", action="store_true",
                    help="tiny shapes for a plumbing check: tiny presets, 64-token samples, 3+1 steps (on a CPU: liger left out)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.model, args.full_model, args.sample_max = "tiny-qwen2", "tiny-qwen2", 64
-        args.steps, args.warmup, args.packed_warmup, args.packed_tokens = 3, 1, 1, 1024
         args.check_steps = 4
     return args
 
 
-def smoke_config(c: Config, cuda: bool) -> Config:
-    """A config as the tiny smoke shapes can run it: at most 2 of the tiny presets' 4 layers
-    left out of checkpointing, and without a GPU no liger (its kernels need CUDA; the smoke
-    run then exercises the other switches only)."""
-    settings = dict(c.settings)
-    if "uncheckpointed_layers" in settings:
-        settings["uncheckpointed_layers"] = min(settings["uncheckpointed_layers"], 2)
-    if cuda:
-        return replace(c, settings=settings)
-    return replace(c, plugins=[p for p in c.plugins if p != "liger"],
-                   options={k: v for k, v in c.options.items() if k != "liger"}, settings=settings)
+def start(args) -> Bench:
+    """The rows, the common samples in the loader's order, and the FLOP shapes of both families."""
+    from tunerkit.models.presets import get_preset
 
-
-def select(spec: str) -> list[Config]:
-    if spec == "default":
-        return [c for c in CONFIGS if c.default]
-    if spec == "all":
-        return list(CONFIGS)
-    names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BY_NAME]
-    if unknown:
-        raise SystemExit(f"unknown config(s): {', '.join(unknown)} (see --list)")
-    return [BY_NAME[n] for n in names]
+    rows = load_rows(args.recipe, args.smoke)
+    models = {family: template(rows, family).settings.model for family in FAMILIES}
+    vocabs = {get_preset(m).vocab for m in models.values()}
+    if len(vocabs) != 1:
+        raise SystemExit("both families must share a vocabulary (the samples are token ids)")
+    any_row = template(rows, "7b").settings
+    samples = make_samples(vocabs.pop(), any_row.seed, any_row.dataset, any_row.max_length)
+    return Bench(args, rows, samples, loader_order(len(samples), any_row.seed),
+                 {family: Shape.of(get_preset(m)) for family, m in models.items()}, time.perf_counter())
 
 
 def main(argv=None) -> int:
@@ -907,36 +915,20 @@ def main(argv=None) -> int:
         print(markdown(json.loads(args.render.read_text())))
         return 0
     if args.list:
-        for c in CONFIGS:
-            print(f"{c.name:<42} {'default' if c.default else 'opt-in':8} {c.note}")
+        defaults = set(default_names(args.recipe))
+        for name, row in load_rows(args.recipe, smoke=False).items():
+            print(f"{name:<60} {'default' if name in defaults else 'opt-in':8} {row.note}")
         return 0
-    chosen = select(args.configs)
-    if args.smoke:
-        chosen = [smoke_config(c, cuda=torch.cuda.is_available()) for c in chosen]
-        BY_NAME.update({c.name: c for c in chosen})
-    started = time.perf_counter()
+    bench = start(args)
+    names = select(args.configs, bench.rows, args.recipe)
     out_path = Path(os.environ["OUT"]) / "fast_path.json" if os.environ.get("OUT") else None
-
-    from tunerkit.models.presets import get_preset
-    from tunerkit.plugins import registry
-
-    fams = {"7b": Family(args.model, "lora"), "1.8b": Family(args.full_model, "full")}
-    shapes = {k: Shape.of(get_preset(f.model)) for k, f in fams.items()}
-    vocab = get_preset(args.model).vocab
-    if get_preset(args.full_model).vocab != vocab:
-        raise SystemExit("both families must share a vocabulary (the samples are token ids)")
-    samples = make_samples(vocab, args.seed, args.sample_max)
-    order = loader_order(len(samples), args.seed)
-    expected = [token_hash(samples[i]["input_ids"]) for i in order]  # what a one-sample step trains, in order
-    all_hashes = set(expected)
     env = environment()
-    plugins = registry()
+    s = template(bench.rows, "7b").settings
     print(f"fast path bench: {env['device']}, torch {env['torch']}, transformers {env['transformers']}, "
-          f"peft {env['peft']}, liger-kernel {env['liger-kernel']}", flush=True)
-    print(f"samples: {len(samples)} from {SPEC} (seed {args.seed}), cut at {args.sample_max} tokens, mean "
-          f"{np.mean([len(s['input_ids']) for s in samples]):.0f}; plugins found: "
-          f"{', '.join(sorted(n for n, c in plugins.items() if not getattr(c, 'load_error', None)))}", flush=True)
-    payload = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}, "peak_tflops": PEAK_TFLOPS,
+          f"peft {env['peft']}, liger-kernel {env['liger-kernel']}; rows of {args.recipe.name}", flush=True)
+    print(f"samples: {len(bench.samples)} from {s.dataset} (seed {s.seed}), cut at {s.max_length} tokens, mean "
+          f"{np.mean([len(x['input_ids']) for x in bench.samples]):.0f}", flush=True)
+    payload = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}, "peak_tflops": args.peak_tflops,
                "results": [], "loss_check": None, "targets": None}
 
     def save() -> None:  # after every part, so a run cut by its time limit keeps what it measured
@@ -944,110 +936,19 @@ def main(argv=None) -> int:
         write_json(args.json, payload)
 
     if args.check_loss:
-        payload["loss_check"] = check_loss(args, fams, samples, order)
+        payload["loss_check"] = check_loss(args, bench.rows, bench.samples, bench.order)
         save()
-
-    print("\n" + header(), flush=True)
-    results: list[dict] = payload["results"]
-    for cfg in chosen:
-        if time.perf_counter() - started > args.time_limit:
-            r = {"name": cfg.name, "status": f"skipped: past --time-limit {args.time_limit:.0f} s"}
-            results.append(r)
-            print(line(r), flush=True)
-            continue
-        fam = fams[cfg.family]
-        missing = [p for p in cfg.plugins if p not in plugins or getattr(plugins[p], "load_error", None)]
-        t0 = time.perf_counter()
-        r = {"name": cfg.name, "plugins": cfg.plugins, "model": fam.model,
-             "tokens_per_row": row_tokens(cfg, args) if cfg.pack_factor else None}
-        if missing:
-            r["status"] = f"skipped: plugin(s) not available: {', '.join(missing)}"
-        else:
-            if cfg.pack_factor:
-                warmup = args.packed_warmup
-                steps = max(2, math.ceil(args.packed_tokens / row_tokens(cfg, args)))
-            else:
-                warmup, steps = args.warmup, args.steps
-            try:
-                if cfg.baseline:
-                    raw = run_baseline(fam, args, samples, order, steps, warmup, args.lora_dropout)
-                else:
-                    raw = run_tunerkit(cfg, fam, args, samples, steps, warmup, args.lora_dropout)
-                r.update({k: v for k, v in raw.items() if k not in ("hashes", "lengths", "step_seconds")})
-                r.update(summarise(raw, shapes[cfg.family], fam.trained))
-                base = next((b for b in results if b["name"] == f"{cfg.family}/baseline" and b["status"] == "ok"), None)
-                r["same_samples"] = same_samples(raw, expected, all_hashes, batch_one=not cfg.pack_factor)
-                if cfg.baseline:
-                    r["x_baseline"] = 1.0
-                if base is not None and r.get("tokens_per_s") and base.get("tokens_per_s"):
-                    r["x_baseline"] = r["tokens_per_s"] / base["tokens_per_s"]
-            except torch.OutOfMemoryError:
-                r["status"] = "OOM"
-            except Exception as err:  # noqa: BLE001 - one failed config must not end the run
-                r["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
-                if os.environ.get("FAST_PATH_TRACEBACK"):
-                    traceback.print_exc()
-            if "status" not in r:
-                r["status"] = "ok"
-            free_memory()
-        r["wall_s"] = time.perf_counter() - t0
-        results.append(r)
-        print(line(r), flush=True)
-        payload["targets"] = targets(results)
-        save()
-
+    time_rows(bench, names, payload, save)
     if args.repeat_baseline:
-        # A batch-1 baseline waits on the host for part of every step, so its speed follows the
-        # host's CPU: measuring it again at the end shows how far that moved within this run.
-        payload["baseline_repeats"] = {}
-        firsts = {}  # the first ok entry of each baseline (--configs may name one more than once)
-        for r in results:
-            if r["name"].endswith("/baseline") and r["status"] == "ok":
-                firsts.setdefault(r["name"], r)
-        for first in firsts.values():
-            if time.perf_counter() - started > args.time_limit:
-                print(f"{first['name']} again: skipped: past --time-limit {args.time_limit:.0f} s", flush=True)
-                continue
-            family = first["name"].split("/")[0]
-            try:
-                raw = run_baseline(fams[family], args, samples, order, args.steps, args.warmup, args.lora_dropout)
-                again = summarise(raw, shapes[family], fams[family].trained)
-            except Exception as err:  # noqa: BLE001 - the repeat must not end the run
-                print(f"{first['name']} again: failed: {type(err).__name__}: {err}", flush=True)
-                continue
-            finally:
-                free_memory()
-            rep = {"tokens_per_s": again["tokens_per_s"],
-                   "drift_pct": 100.0 * (again["tokens_per_s"] / first["tokens_per_s"] - 1.0)}
-            payload["baseline_repeats"][first["name"]] = rep
-            print(f"{first['name']} again: {rep['tokens_per_s']:,.0f} tokens/s ({rep['drift_pct']:+.1f} % against "
-                  "its first run)", flush=True)
-        payload["targets"] = targets(results, payload["baseline_repeats"])
-        save()
-
+        repeat_baselines(bench, payload, save)
     if args.profile:
-        payload["profiles"] = {}
-        print("\n== where the time goes (torch.profiler, separate runs; kinds are by kernel name) ==", flush=True)
-        for cfg in select(args.profile):
-            if time.perf_counter() - started > args.time_limit:
-                print(f"{cfg.name:<40} skipped: past --time-limit {args.time_limit:.0f} s", flush=True)
-                continue
-            try:
-                prof = profile_config(cfg, fams[cfg.family], args, samples, order)
-            except Exception as err:  # noqa: BLE001 - a failed profile must not end the run
-                prof = {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"}
-            free_memory()
-            payload["profiles"][cfg.name] = prof
-            print(profile_line(cfg.name, prof) if "status" not in prof else f"{cfg.name:<40} {prof['status']}",
-                  flush=True)
-            save()
-
+        profile_rows(bench, select(args.profile, bench.rows, args.recipe), payload, save)
     print("\nsamples/s and tokens/s count real (unpadded) samples and tokens of the timed steps; alloc/resv: "
-          "peak GiB allocated/reserved over the whole config (weights included); MFU/HFU: % of "
-          f"{PEAK_TFLOPS:.0f} TFLOP/s, HFU with the recompute of gradient checkpointing.", flush=True)
+          "peak GiB allocated/reserved over the whole row (weights included); MFU/HFU: % of "
+          f"{args.peak_tflops:.0f} TFLOP/s, HFU with the recompute of gradient checkpointing.", flush=True)
     for v in payload["targets"] or []:
         print(f"target {v['target']}: {target_state(v)}", flush=True)
-    print(f"total {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"total {time.perf_counter() - bench.started:.0f} s", flush=True)
     return 0
 
 

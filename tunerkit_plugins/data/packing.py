@@ -1,7 +1,7 @@
-"""packing: whole samples bin-packed into max_length rows, attention confined to each sample.
+"""packing: whole samples bin-packed into rows, attention confined to each sample.
 
-Best-fit decreasing (:mod:`tunerkit.data.packing`) fills rows of ``max_length`` tokens
-with whole samples; the flattening collator restarts ``position_ids`` per sample and sends
+Best-fit decreasing (:mod:`tunerkit.data.packing`) fills rows of ``row_length`` tokens
+(``max_length`` unless set) with whole samples, each already cut to ``max_length``; the flattening collator restarts ``position_ids`` per sample and sends
 the varlen boundaries, and the varlen attention function (:mod:`.varlen_attention`) keeps
 every token's attention inside its own sample. The first label of each sample is -100, so
 no loss crosses a boundary: per-sample losses equal the unpacked ones.
@@ -30,10 +30,19 @@ assert set(Kernel.__args__) == set(KERNELS)
 class PackingOptions:
     buffer_size: int = option(1000, "samples packed together when the data is streamed (lazy_tokenize)")
     kernel: Kernel = option("auto", "varlen attention: auto = flash_attn, else torch varlen_attn, else SDPA per sample")
+    row_length: int | None = option(None, "tokens per packed row (unset: max_length); samples are still cut "
+                                    "at max_length, so rows may hold several long samples", added_later=True)
 
     def __post_init__(self):
         if self.buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        if self.row_length is not None and self.row_length < 1:
+            raise ValueError(f"row_length must be >= 1, got {self.row_length}")
+
+
+def row_capacity(options: PackingOptions, max_length: int) -> int:
+    """Tokens per packed row: the option, else the row's max_length."""
+    return options.row_length if options.row_length is not None else max_length
 
 
 class Packing(FlatBatchHooks, Plugin):
@@ -43,12 +52,20 @@ class Packing(FlatBatchHooks, Plugin):
     conflicts = ("padding_free",)
 
     @hookimpl
+    def validate(self, row):
+        if row_capacity(self.options, row.settings.max_length) < row.settings.max_length:
+            return (f"packing.row_length ({self.options.row_length}) is below max_length "
+                    f"({row.settings.max_length}): a sample of max_length tokens would fit no row; "
+                    "raise row_length or lower max_length")
+        return None
+
+    @hookimpl
     def transform_dataset(self, ctx, split):
         if split != "train" or split not in ctx.datasets:
             return
         from tunerkit.data import packing
 
-        capacity = ctx.settings.max_length
+        capacity = row_capacity(self.options, ctx.settings.max_length)
         data = ctx.datasets[split]
         if isinstance(data, IterableDataset):
             packer = packing.StreamingPacker(data, capacity, self.options.buffer_size, ctx.settings.seed)

@@ -136,3 +136,38 @@ def test_lora_packing_row_trains_and_counts_original_samples(tiny_row, run_tiny)
     assert m["train_samples"] == 16
     assert m["optimizer_steps"] == -(-m["packed_rows"] // 2)
     assert m["eval_loss"] > 0
+
+
+def packed_row_lengths(tiny_row, tiny_context, samples, **packing):
+    """Lengths of the rows packing builds from ``samples`` at max_length 32, with ``packing`` options."""
+    ctx = tiny_context(tiny_row("full", "packing", max_length=32, packing=packing))
+    try:
+        ctx.datasets["train"] = [dict(s) for s in samples]
+        ctx.hook.transform_dataset(ctx=ctx, split="train")
+        return sorted(len(r["input_ids"]) for r in ctx.datasets["train"]), ctx.metrics
+    finally:
+        ctx.hook.teardown(ctx=ctx)
+
+
+def test_row_length_packs_longer_rows_than_max_length(tiny_row, tiny_context):
+    samples = random_samples([32] * 8 + [20, 12])
+    lengths, _ = packed_row_lengths(tiny_row, tiny_context, samples)
+    assert lengths == [32] * 9  # one row per max_length: the 20- and 12-token samples share one
+    lengths, metrics = packed_row_lengths(tiny_row, tiny_context, samples, row_length=128)
+    assert sum(lengths) == 32 * 8 + 32 and max(lengths) <= 128 and len(lengths) == 3
+    assert metrics["packed_samples"] == 10 and metrics["packing_efficiency"] == pytest.approx(288 / (3 * 128))
+
+
+def test_row_length_unset_keeps_stored_rows_config_hash(tiny_row):
+    plain = tiny_row("lora", "packing")
+    assert "row_length" not in plain.config()["options"]["packing"]
+    assert "row_length" in tiny_row("lora", "packing", packing={"row_length": 4096}).config()["options"]["packing"]
+
+
+def test_row_length_below_max_length_is_refused_before_anything_runs(tiny_row):
+    from tunerkit.validation import validate_row
+
+    with pytest.raises(UserError, match=r"row_length \(64\) is below max_length \(128\)"):
+        validate_row(tiny_row("lora", "packing", packing={"row_length": 64}), file="r.toml")
+    with pytest.raises(UserError, match="row_length must be >= 1"):
+        tiny_row("lora", "packing", packing={"row_length": 0})

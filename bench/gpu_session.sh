@@ -3,7 +3,7 @@
 # each fit a ten-minute slot:
 #
 #   bash bench/gpu_session.sh smoke         # every script at tiny shapes on the GPU, about a minute
-#   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss: docs/performance.md
+#   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss (recipes/beyond_seed/fast_path.toml): bench/results/RUNS.md
 #   bash bench/gpu_session.sh svd           # svd_speed.py: GaLore's projector refresh, per SVD driver
 #   bash bench/gpu_session.sh memory          # optimizer_memory.py: full beside per-parameter GaLore
 #   bash bench/gpu_session.sh memory-grouped  # optimizer_memory.py: full beside GaLore as one optimizer

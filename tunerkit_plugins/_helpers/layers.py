@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
 from tunerkit.errors import RowFailed
@@ -45,9 +47,10 @@ def _compose(layer: nn.Module) -> None:
     layer._gradient_checkpointing_func = function
 
 
-def wrap_checkpoint_calls(layers: list[nn.Module], wrap) -> list[tuple[nn.Module, object]]:
+def wrap_checkpoint_calls(layers: list[nn.Module], wrap, ctx=None) -> list[tuple[nn.Module, object]]:
     """Wrap each layer's checkpoint call: it becomes ``wrap(previous)``; returns what
-    :func:`restore_checkpoint_calls` needs to take this wrap off again.
+    :func:`restore_checkpoint_calls` needs to take this wrap off again. Given the row's
+    context, the wrap comes off after the row (``ctx.on_teardown``).
 
     Several plugins wrap the same call (offload, selective_checkpointing, compile) and tear
     down in the order they set up, not in reverse; so each layer keeps its original call
@@ -59,6 +62,8 @@ def wrap_checkpoint_calls(layers: list[nn.Module], wrap) -> list[tuple[nn.Module
         chain["wraps"].append((token, wrap))
         _compose(layer)
         patched.append((layer, token))
+    if ctx is not None:
+        ctx.on_teardown(functools.partial(restore_checkpoint_calls, patched), "checkpoint wraps")
     return patched
 
 

@@ -129,8 +129,9 @@ def make_deepspeed_accelerator(ctx):
 
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     # accelerate keeps one state per process: rows run one after another in the same process,
-    # so drop what an earlier row set up (the process group itself stays).
+    # so drop what an earlier row set up (the process group itself stays), and this row's after it.
     reset_accelerate_state()
+    ctx.on_teardown(reset_accelerate_state)
     accelerator = Accelerator(deepspeed_plugin=plugin, **kwargs)
     # accelerate announces a ZeRO-3 config to transformers, which then builds models inside
     # deepspeed.zero.Init (weights partitioned at creation, numel() = 0, initialised
@@ -183,7 +184,3 @@ class DeepSpeed(Plugin):
         return {"deepspeed_zero_stage": zero.get("stage"),
                 "deepspeed_offload_optimizer": (zero.get("offload_optimizer") or {}).get("device", "none"),
                 "deepspeed_offload_param": (zero.get("offload_param") or {}).get("device", "none")}
-
-    @hookimpl
-    def teardown(self, ctx):
-        reset_accelerate_state()

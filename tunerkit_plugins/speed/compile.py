@@ -39,7 +39,7 @@ import torch
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
 
-from tunerkit_plugins._helpers.layers import restore_checkpoint_calls, wrap_checkpoint_calls
+from tunerkit_plugins._helpers.layers import wrap_checkpoint_calls
 
 #: Compiled graphs one code object may keep. Decoder layers share their code; some torch
 #: versions still guard per layer, and the default (8) would drop the rest to eager.
@@ -144,9 +144,7 @@ class Compile(Plugin):
         super().__init__(options)
         self.layers: list[torch.nn.Module] = []
         self.counts_before: dict | None = None
-        self.patched: list[tuple[object, object]] = []
         self.placement = "layer"  # what was compiled: the layer call, or the forward its checkpoint runs
-        self.settings_before: list[tuple[object, str, object]] = []  # (config module, name, value) to restore
         self.guards_skipped = False
 
     @hookimpl
@@ -159,14 +157,16 @@ class Compile(Plugin):
         o = self.options
         import torch._dynamo
 
+        # Undone last: forget this row's graphs, they hold its model's modules and would only miss later.
+        ctx.on_teardown(torch._dynamo.reset, "torch._dynamo.reset")
         name = _limit_name()
-        self.set_for_row(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
+        ctx.patch(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
         if o.dynamic:  # read when each frame's shape environment is made, i.e. during training
-            self.set_for_row(shape_config(), "use_duck_shape", False)
+            ctx.patch(shape_config(), "use_duck_shape", False)
         if o.cpp_wrapper:  # read when inductor compiles, i.e. during the row's first steps
             import torch._inductor.config as inductor_config
 
-            self.set_for_row(inductor_config, "cpp_wrapper", True)
+            ctx.patch(inductor_config, "cpp_wrapper", True)
         mode = None if o.mode == "default" else o.mode
         self.counts_before = dynamo_counts()
         settings = dict(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
@@ -178,16 +178,11 @@ class Compile(Plugin):
                 continue
             if original not in compiled:
                 compiled[original] = torch.compile(original, **settings)
-            self.patched += wrap_checkpoint_calls([layer], compiling_checkpoint(original, compiled[original]))
+            wrap_checkpoint_calls([layer], compiling_checkpoint(original, compiled[original]), ctx)
             self.placement = "checkpointed forward"
         self.layers = layers
         ctx.log(f"compiled {len(layers)} decoder layers ({o.backend}, mode {o.mode}, dynamic {o.dynamic}; "
                 f"{self.placement})")
-
-    def set_for_row(self, module, name: str, value) -> None:
-        """Set a process-wide torch config value for this row; teardown puts the old one back."""
-        self.settings_before.append((module, name, getattr(module, name)))
-        setattr(module, name, value)
 
     @hookimpl
     def on_step_begin(self, ctx):
@@ -197,6 +192,8 @@ class Compile(Plugin):
         warmup = max(ctx.settings.timing_warmup_steps, 1)
         if self.options.skip_guard_eval and not self.guards_skipped and ctx.global_step >= warmup:
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+            ctx.on_teardown(functools.partial(torch.compiler.set_stance, "default", skip_guard_eval_unsafe=False),
+                            "torch.compiler.set_stance")
             self.guards_skipped = True
             ctx.metrics["compile_guards_skipped_from_step"] = ctx.global_step + 1
 
@@ -216,18 +213,3 @@ class Compile(Plugin):
                            compile_graph_break_reasons=sorted({r.strip().splitlines()[0][:120] for r in breaks}),
                            compile_recompile_reasons=recompile_reasons(before["guard_failures"]))
         return metrics
-
-    @hookimpl
-    def teardown(self, ctx):
-        import torch._dynamo
-
-        for module, name, value in reversed(self.settings_before):
-            setattr(module, name, value)
-        self.settings_before.clear()
-        if self.guards_skipped:
-            torch.compiler.set_stance("default", skip_guard_eval_unsafe=False)
-            self.guards_skipped = False
-        restore_checkpoint_calls(self.patched)
-        self.layers = []
-        # Forget this row's graphs: they hold its model's modules and would only miss later.
-        torch._dynamo.reset()

@@ -88,10 +88,10 @@ class SvdDriver:
 
     def __init__(self, driver: str):
         self.driver = driver
-        self.original = None
         self.fallbacks = 0  # SVDs the driver failed on, redone with torch's choice
 
-    def install(self) -> None:
+    def install(self, ctx) -> None:
+        """Route ``torch.linalg.svd`` through the driver until the row ends (``ctx.patch``)."""
         import torch
 
         original, driver = torch.linalg.svd, self.driver
@@ -102,18 +102,12 @@ class SvdDriver:
             try:
                 return original(A, *args, **kwargs, driver=driver)
             except torch.linalg.LinAlgError:
-                # gesvda does not converge on some rank-deficient gradients (measured on one
-                # H200 with per-parameter GaLore and Q-GaLore): torch's own choice takes those.
+                # gesvda does not converge on some rank-deficient gradients (see
+                # docs/tuners/galore.md): torch's own choice takes those.
                 self.fallbacks += 1
                 return original(A, *args, **kwargs)
 
-        self.original, torch.linalg.svd = original, svd
-
-    def remove(self) -> None:
-        import torch
-
-        if self.original is not None:
-            torch.linalg.svd, self.original = self.original, None
+        ctx.patch(torch.linalg, "svd", svd)
 
 
 def resolved_svd_driver(options: GaLoreOptions) -> str | None:
@@ -313,7 +307,7 @@ class GaLore(Plugin):
         driver = resolved_svd_driver(self.options)
         if ctx.device.type == "cuda" and driver is not None:
             self.svd = SvdDriver(driver)
-            self.svd.install()
+            self.svd.install(ctx)
         if not self.options.per_parameter:
             return build_optimizer(self.options, groups, lr)
         if ctx.world_size > 1:  # validate() refuses gpus > 1; this catches a launch by hand
@@ -323,6 +317,7 @@ class GaLore(Plugin):
                     " (each parameter steps before the whole gradient exists)")
         self.per_parameter = build_per_parameter(groups, lambda g: build_per_parameter_optimizer(self.options, g, lr),
                                                  should_step=lambda: ctx.is_last_micro_step)
+        ctx.on_teardown(self.per_parameter.remove_hooks, "galore per-parameter hooks")
         return self.per_parameter
 
     @hookimpl
@@ -352,10 +347,3 @@ class GaLore(Plugin):
             "galore_grad_clipping": not o.per_parameter and ctx.settings.max_grad_norm > 0,
             "galore_optimizer_state_gib": state_gib(dict(optimizer.state)) if optimizer is not None else None,
         }
-
-    @hookimpl
-    def teardown(self, ctx):
-        if self.per_parameter is not None:
-            self.per_parameter.remove_hooks()
-        if self.svd is not None:
-            self.svd.remove()

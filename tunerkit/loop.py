@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from tunerkit.checkpointing import enable_gradient_checkpointing, leave_layers_unchecked
 from tunerkit.context import RunContext
-from tunerkit.core import CoreDefaults, resolve_dtype
+from tunerkit.core import CoreDefaults
 from tunerkit.distributed import count_label_tokens, data_parallel_size, global_throughput
 from tunerkit.errors import RowFailed
 from tunerkit.metrics import StepClock, Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
-from tunerkit.precision import autocast_dtype, forward_autocast, tf32_matmuls
+from tunerkit.precision import autocast_dtype, forward_autocast, resolve_dtype, tf32_matmuls
 
 
 def seed_everything(seed: int) -> None:

@@ -29,7 +29,7 @@ class Plugin:
     """Base class of every tuner plugin.
 
     Subclasses set ``name``, ``summary``, an ``Options`` dataclass (defaults = the
-    seed's, each field with ``metadata={"help": ...}``) and implement hooks as methods
+    those of ms-swift's benchmark page, each field with ``metadata={"help": ...}``) and implement hooks as methods
     decorated with ``tunerkit.hookimpl``.
     """
 
@@ -83,13 +83,6 @@ def registry() -> dict[str, type[Plugin]]:
     if _REGISTRY is None:
         _REGISTRY = discover()
     return _REGISTRY
-
-
-def reset_registry() -> None:
-    """Forget discovered plugins (after installing a plugin package in the same process)."""
-    global _REGISTRY
-    _REGISTRY = None
-    importlib.invalidate_caches()
 
 
 def get_plugin(name: str, *, file=None, table=None, key="plugins") -> type[Plugin]:

@@ -9,7 +9,7 @@ from torch import nn
 from tunerkit.errors import RowFailed
 
 
-def decoder_layers(model: nn.Module) -> tuple[nn.Module, str]:
+def decoder_stack(model: nn.Module) -> tuple[nn.Module, str]:
     """(owner, attribute) of the ModuleList holding the decoder blocks: ``owner.<attribute>[i]``.
 
     transformers models expose their decoder through ``get_decoder()`` with a ``layers`` list
@@ -28,6 +28,12 @@ def decoder_layers(model: nn.Module) -> tuple[nn.Module, str]:
     if best is None:
         raise RowFailed(f"found no decoder layers in {type(model).__name__}")
     return best
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder blocks themselves, in order (``owner.<attribute>`` of :func:`decoder_stack`)."""
+    owner, attr = decoder_stack(model)
+    return list(getattr(owner, attr))
 
 
 def text_config(model: nn.Module):

@@ -64,10 +64,9 @@ def read_config_file(path: str) -> dict:
 
 
 def model_dtype(settings) -> torch.dtype:
-    from tunerkit.core import resolve_dtype
+    from tunerkit.precision import row_dtype
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_dtype(settings.dtype, device)
+    return row_dtype(settings)
 
 
 def deepspeed_config(settings, options: DeepSpeedOptions | None) -> dict:
@@ -102,9 +101,9 @@ def deepspeed_config(settings, options: DeepSpeedOptions | None) -> dict:
 def attention_for_sequence_parallel(settings) -> str:
     """The transformers attention implementation the model will load with (Ulysses wraps that one)."""
     from tunerkit.models.loading import attn_implementation
+    from tunerkit.precision import row_device
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return attn_implementation(settings.attention, device)[0]
+    return attn_implementation(settings.attention, row_device())[0]
 
 
 def make_deepspeed_accelerator(ctx):

@@ -4,7 +4,7 @@ In training mode only, every embedding output of shape (batch, L, d) gets noise 
 uniformly from ±alpha/sqrt(L*d); eval and generation see clean embeddings. The hook is
 transformers' own ``neftune_post_forward_hook`` (the one HF Trainer installs for
 ``neftune_noise_alpha``); the row's context removes it after the row (``ctx.on_teardown``), so nothing stays hooked.
-L is the padded length of the batch, as in transformers and the seed
+L is the padded length of the batch, as in transformers and ms-swift
 (Jain et al. 2023, https://arxiv.org/abs/2310.05914).
 
 Fills no slot: it composes with any tuner (``plugins = ["lora", "neftune"]``).

@@ -65,7 +65,7 @@ def _probe_flash_attn():
 
 # Probed once at import, not at the first call: the kernel is resolved inside every
 # attention call, and under ``compile`` those calls are traced, where an import that fails
-# is a graph break (on one H200 without flash-attn, 5 breaks per compiled decoder layer).
+# is a graph break, several per compiled decoder layer on a machine without flash-attn.
 FLASH_ATTN = _probe_flash_attn()
 
 

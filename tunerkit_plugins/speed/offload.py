@@ -77,9 +77,9 @@ class HostOffloader:
     its device memory from being reused before the copy ends); an event marks the copy's
     end, and the backward's copy back waits on it. With ``prefetch``, taking one tensor
     back also starts the copies back of the ``prefetch`` tensors saved before it, on a
-    second side stream, so the compute stream does not wait for them later (the profile of
-    a packed step on one H200 showed these copies at 10 % of its GPU time, on the compute
-    stream). On a CPU the "copy back" is the host copy itself; the same bookkeeping runs.
+    second side stream, so the compute stream does not wait for them later (in a profiled
+    packed step they were a tenth of its GPU time, on the compute stream: docs/performance.md).
+    On a CPU the "copy back" is the host copy itself; the same bookkeeping runs.
     """
 
     def __init__(self, min_bytes: int, prefetch: int = 0):

@@ -56,7 +56,7 @@ def count_on_meta(plugins: list[str], model: str = "qwen-7b-chat", **tables) -> 
         ctx.hook.apply_tuner(ctx=ctx)
         return count_parameters(ctx.model)
     finally:
-        ctx.hook.teardown(ctx=ctx)
+        ctx.close()
 
 
 def main() -> None:

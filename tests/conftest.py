@@ -46,7 +46,7 @@ def run_tiny(tmp_path):
 @pytest.fixture
 def tiny_context(tmp_path):
     """A RunContext with the model loaded, modified and tuned (no data), for unit tests of plugins."""
-    from tunerkit.core import resolve_dtype
+    from tunerkit.precision import resolve_dtype
     from tunerkit.loop import build_context, seed_everything
     from tunerkit.models.loading import resolve_model
 

@@ -43,7 +43,7 @@ def test_overlapped_steps_train_and_count_exactly_as_synchronised_ones(tiny_row,
 
 def test_label_tokens_are_counted_on_the_host_when_collated():
     """The count the loop uses comes with the batch; it equals counting the labels themselves."""
-    from tunerkit.core import count_shifted_labels
+    from tunerkit.distributed import count_shifted_labels
     from tunerkit.loop import counting_label_tokens, label_tokens_of
 
     labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 1, 2, 3, 4]])

@@ -45,7 +45,7 @@ def run_cli(tmp_path, text, *extra):
     (('dataset = "builtin:arithmetic"', 'dataset = "data/missing.jsonl"'), ["row 'lora'", "dataset", "not found"]),
     (('plugins = ["lora"]', 'plugins = ["lora", "full"]'), ["row 'lora'", "plugins", "'lora' and 'full'"]),
     (('plugins = ["lora"]', 'plugins = ["lora", "liger", "compile"]'),
-     ["row 'lora'", "plugins", "torch.compile", "rope, rms_norm and swiglu = false"]),
+     ["row 'lora'", "plugins", "torch.compile", "liger = { rope = false, rms_norm = false, swiglu = false }"]),
     (('model = "tiny-llama"', 'model = "qwen-72b-chat"\ndtype = "fp32"'), ["row 'lora'", "model", "GiB"]),
     (('lora = { rank = 4 }', 'lora = { rank = 4 }\nuncheckpointed_layers = 2'),
      ["row 'lora'", "uncheckpointed_layers", "gradient_checkpointing = true"]),

@@ -20,9 +20,9 @@ class CountLayerCalls:
 
     @hookimpl
     def on_train_begin(self, ctx):
-        from tunerkit_plugins._helpers.layers import decoder_layers
+        from tunerkit_plugins._helpers.layers import decoder_stack
 
-        owner, attr = decoder_layers(ctx.unwrapped_model())
+        owner, attr = decoder_stack(ctx.unwrapped_model())
         layers = getattr(owner, attr)
         self.calls = [0] * len(layers)
         for i, layer in enumerate(layers):

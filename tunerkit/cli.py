@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import logging
 import sys
 import warnings
@@ -176,12 +178,10 @@ def report(recipe, db, fmt, profile, only):
             click.echo("")
 
 
-# Sub-commands that live beside the code they drive (each module exposes ``command``).
+# Sub-commands that live beside the code they drive (each module exposes ``command``). They
+# import optional packages inside the command, so an import error here is a bug to show.
 for _module in ("tunerkit.export", "tunerkit.data.stats", "tunerkit.eval.cli", "tunerkit.report.plots"):
-    try:
-        main.add_command(__import__(_module, fromlist=["command"]).command)
-    except ImportError:
-        pass
+    main.add_command(importlib.import_module(_module).command)
 
 
 if __name__ == "__main__":

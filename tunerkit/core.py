@@ -14,20 +14,8 @@ from tunerkit.data.collate import PaddingCollator
 from tunerkit.data.truncation import apply_truncation
 from tunerkit.hookspecs import hookimpl
 from tunerkit.models import loading
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[choice]
-
-
-def count_shifted_labels(labels: torch.Tensor) -> int:
-    """Label tokens the causal loss really scores (the first position predicts nothing)."""
-    return int((labels[..., 1:] != -100).sum())
-
+from tunerkit.optimizer import groups_by_decay, make_schedule
+from tunerkit.precision import resolve_dtype, row_dtype  # noqa: F401  (resolve_dtype: eval/cli.py imports it from here)
 
 def load_base_model(ctx, quantization_config=None):
     """The row's model (``ctx.model_source``) in the row's dtype, attention and device; the
@@ -48,8 +36,7 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def weight_bits(self, row):
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the row will run
-        return 8 * resolve_dtype(row.settings.dtype, device).itemsize
+        return 8 * row_dtype(row.settings).itemsize
 
     @hookimpl(trylast=True)
     def load_model(self, ctx):
@@ -117,14 +104,7 @@ class CoreDefaults:
     # -- optimizer --------------------------------------------------------------
     @hookimpl(trylast=True)
     def param_groups(self, ctx):
-        decay, no_decay = [], []
-        for name, p in ctx.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        groups = [{"params": decay, "weight_decay": ctx.settings.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
+        return groups_by_decay(ctx.model.named_parameters(), ctx.settings.weight_decay)
 
     @hookimpl(trylast=True)
     def make_optimizer(self, ctx, groups):
@@ -133,11 +113,7 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def make_scheduler(self, ctx):
-        from transformers import get_scheduler
-
-        warmup = int(ctx.settings.warmup_ratio * ctx.total_steps)
-        return get_scheduler(ctx.settings.lr_scheduler, ctx.optimizer, num_warmup_steps=warmup,
-                             num_training_steps=max(ctx.total_steps, 1))
+        return make_schedule(ctx, ctx.optimizer)
 
     # -- loop -------------------------------------------------------------------
     @hookimpl(trylast=True)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from tunerkit.core import count_shifted_labels
-
 IGNORE_INDEX = -100
+
+
+def count_shifted_labels(labels: torch.Tensor) -> int:
+    """Label tokens the causal loss really scores (the first position predicts nothing)."""
+    return int((labels[..., 1:] != IGNORE_INDEX).sum())
 
 
 def data_parallel_size(ctx) -> int:

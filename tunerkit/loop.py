@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from tunerkit.checkpointing import enable_gradient_checkpointing, leave_layers_unchecked
 from tunerkit.context import RunContext
-from tunerkit.core import CoreDefaults, resolve_dtype
+from tunerkit.core import CoreDefaults
 from tunerkit.distributed import count_label_tokens, data_parallel_size, global_throughput
 from tunerkit.errors import RowFailed
 from tunerkit.metrics import StepClock, Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
-from tunerkit.precision import autocast_dtype, forward_autocast, tf32_matmuls
+from tunerkit.precision import autocast_dtype, forward_autocast, resolve_dtype, tf32_matmuls
 
 
 def seed_everything(seed: int) -> None:
@@ -37,28 +37,51 @@ def seed_everything(seed: int) -> None:
 def build_context(row, out_dir: Path, extra_plugins=()) -> RunContext:
     """The row's plugin manager and context; ``extra_plugins`` (objects with hookimpls) join the row's."""
     instances = [get_plugin(name)(row.options[name]) for name in row.plugins]
-    pm = make_manager([CoreDefaults()], instances)
-    for extra in extra_plugins:
-        pm.register(extra)
+    pm = make_manager([CoreDefaults()], instances, extra_plugins)
     return RunContext(row=row, hook=pm.hook, out_dir=out_dir)
 
 
 def run_row(row, out_dir: Path, progress=None, extra_plugins=()) -> dict:
-    """Train and evaluate one row; return its metrics. Raises on failure (the runner records it)."""
+    """Train and evaluate one row; return its metrics. Raises on failure (the runner records it).
+
+    Whatever the row changed for the whole process (through ``ctx.patch`` and friends) is
+    undone after it, also when it failed."""
     ctx = build_context(row, out_dir, extra_plugins)
     try:
         with sdpa_kernels(row.settings.sdpa_kernels), tf32_matmuls(row.settings.tf32):
             metrics = _run(ctx, progress)
-        if row.settings.sdpa_kernels:
-            metrics["sdpa_kernels"] = ",".join(row.settings.sdpa_kernels)
-        if row.settings.tf32:
-            metrics["tf32"] = True
-        if row.settings.autocast:
-            metrics["autocast"] = str(autocast_dtype(ctx)).removeprefix("torch.")
-        return metrics
-    finally:
-        ctx.hook.teardown(ctx=ctx)
-        _release(ctx)
+        metrics.update(row_modes(ctx))
+    except BaseException:
+        _close(ctx, failed=True)
+        raise
+    _close(ctx, failed=False)
+    return metrics
+
+
+def row_modes(ctx: RunContext) -> dict:
+    """The row's numeric and kernel modes, for its record."""
+    s, modes = ctx.settings, {}
+    if s.sdpa_kernels:
+        modes["sdpa_kernels"] = ",".join(s.sdpa_kernels)
+    if s.tf32:
+        modes["tf32"] = True
+    if s.autocast:
+        modes["autocast"] = str(autocast_dtype(ctx)).removeprefix("torch.")
+    return modes
+
+
+def _close(ctx: RunContext, failed: bool) -> None:
+    """Teardown hooks and the undo list, then free the row's memory. An undo that failed
+    fails a row that succeeded (later rows would run in a changed process); a row that
+    already failed keeps its own reason and logs them."""
+    errors = ctx.close()
+    _release(ctx)
+    if not errors:
+        return
+    if failed:
+        ctx.log("could not undo: " + "; ".join(errors))
+    else:
+        raise RowFailed("the row finished, but undoing its changes failed: " + "; ".join(errors))
 
 
 def sdpa_kernels(names: list[str] | None):
@@ -85,11 +108,20 @@ def _release(ctx: RunContext) -> None:
 
 
 def _run(ctx: RunContext, progress) -> dict:
-    s = ctx.settings
-    hook = ctx.hook
-    seed_everything(s.seed)
+    seed_everything(ctx.settings.seed)
+    load_model_side(ctx)
+    if not ctx.settings.train:
+        return _evaluate_only(ctx)
+    prepare_for_training(ctx)
+    load_data_side(ctx, ("train", "eval"))
+    loader = build_optimizer(ctx)
+    train(ctx, loader, progress)
+    return _finish(ctx)
 
-    # -- model side ----------------------------------------------------------------
+
+def load_model_side(ctx: RunContext) -> None:
+    """Process group, device, dtype, model and tokenizer, and the model-level changes."""
+    s, hook = ctx.settings, ctx.hook
     ctx.accelerator = hook.setup_distributed(ctx=ctx)
     ctx.device = ctx.accelerator.device
     ctx.dtype = resolve_dtype(s.dtype, ctx.device)
@@ -99,17 +131,20 @@ def _run(ctx: RunContext, progress) -> dict:
     ctx.tokenizer = hook.load_tokenizer(ctx=ctx)
     hook.modify_model(ctx=ctx)
     ctx.metrics["random_weights"] = ctx.model_source.random_weights
-    if not s.train:
-        return _evaluate_only(ctx)
-    hook.apply_tuner(ctx=ctx)
+
+
+def prepare_for_training(ctx: RunContext) -> None:
+    """The tuner, the parameter counts, and the model switched to training."""
+    s = ctx.settings
+    ctx.hook.apply_tuner(ctx=ctx)
     params = count_parameters(ctx.model)
     if params["trainable_params"] == 0:
         raise RowFailed("nothing to train: no plugin of this row made any parameter trainable")
     ctx.metrics.update(params)
     if getattr(ctx.model, "config", None) is not None:
         # Training never reads a KV cache, but with use_cache on (the default without
-        # checkpointing) transformers builds one every forward: on one H200, the 7b shape's
-        # packed 4k rows kept one and recompiled compiled layers on it.
+        # checkpointing) transformers builds one every forward, and compiled layers
+        # recompiled on it (see docs/performance.md).
         ctx.model.config.use_cache = False
     if s.gradient_checkpointing:
         enable_gradient_checkpointing(ctx.model)
@@ -117,31 +152,72 @@ def _run(ctx: RunContext, progress) -> dict:
             ctx.metrics["uncheckpointed_layer_indices"] = leave_layers_unchecked(ctx.model, s.uncheckpointed_layers)
     ctx.model.train()
 
-    # -- data side -----------------------------------------------------------------
-    for split in ("train", "eval"):
+
+def load_data_side(ctx: RunContext, splits: tuple[str, ...]) -> None:
+    """Records, tokens, dataset transforms and a collator for each split the row has."""
+    hook = ctx.hook
+    for split in splits:
         records = hook.load_dataset(ctx=ctx, split=split)
         if records is None:
             continue
         ctx.datasets[split] = hook.tokenize_dataset(ctx=ctx, split=split, records=records)
         hook.transform_dataset(ctx=ctx, split=split)
         ctx.collators[split] = hook.make_collator(ctx=ctx, split=split)
-    train = ctx.datasets.get("train")
-    if train is None or (not isinstance(train, IterableDataset) and len(train) == 0):
+
+
+def build_optimizer(ctx: RunContext) -> DataLoader:
+    """The train loader, the planned steps, optimizer and scheduler, all prepared by the
+    accelerator; returns the loader to train on."""
+    s, hook = ctx.settings, ctx.hook
+    train_set = ctx.datasets.get("train")
+    if train_set is None or (not isinstance(train_set, IterableDataset) and len(train_set) == 0):
         raise RowFailed(f"no training samples left (max_length={s.max_length}, "
                         f"truncation_strategy={s.truncation_strategy!r} dropped them all)")
-    loader = make_loader(ctx, train)
-
-    # -- optimizer -----------------------------------------------------------------
+    loader = make_loader(ctx, train_set)
     ctx.total_steps = plan_steps(ctx, loader)
     ctx.optimizer = hook.make_optimizer(ctx=ctx, groups=hook.param_groups(ctx=ctx))
     ctx.scheduler = hook.make_scheduler(ctx=ctx)
     ctx.model, ctx.optimizer, loader = ctx.accelerator.prepare(ctx.model, ctx.optimizer, loader)
+    return loader
 
-    # -- the loop ------------------------------------------------------------------
-    hook.on_train_begin(ctx=ctx)
-    throughput = Throughput(warmup_steps=min(s.timing_warmup_steps, max(ctx.total_steps - 1, 0)))
+
+class StepLosses:
+    """Each step's loss, and the progress display fed with it.
+
+    With ``overlap_steps`` a step's loss stays a device tensor until the next step runs:
+    reading it at once would wait for the GPU, while the previous step's is done or nearly
+    so, and reading that one keeps the host one step ahead, no more."""
+
+    def __init__(self, progress, overlap: bool):
+        self.progress, self.overlap, self.values = progress, overlap, []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        if not self.overlap:
+            self.values.append(float(loss))
+            self._show(step, self.values[-1])
+            return
+        self.values.append(loss)
+        if len(self.values) > 1:
+            self.values[-2] = float(self.values[-2])
+            self._show(step - 1, self.values[-2])
+
+    def finish(self, step: int) -> list[float]:
+        losses = [float(v) for v in self.values]
+        if self.overlap and losses:
+            self._show(step, losses[-1])
+        return losses
+
+    def _show(self, step: int, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(step, loss)
+
+
+def train(ctx: RunContext, loader: DataLoader, progress) -> None:
+    """The optimizer steps, periodic evaluation and the token budget; then the step metrics."""
+    s = ctx.settings
+    ctx.hook.on_train_begin(ctx=ctx)
     clock = StepClock(ctx.device, overlap=s.overlap_steps)
-    step_losses: list = []  # per step: a float, or (overlap_steps) the loss tensor until it is read
+    losses = StepLosses(progress, s.overlap_steps)
     step_counts: list[tuple[int, int, int]] = []
     trained_tokens = 0
     eval_curve: list[tuple[int, float]] = []
@@ -154,18 +230,7 @@ def _run(ctx: RunContext, progress) -> dict:
         ctx.global_step += 1
         step_counts.append((samples, tokens, label_tokens))
         trained_tokens += tokens
-        if s.overlap_steps:
-            # Reading this step's loss would wait for the GPU; the previous step's is done or
-            # nearly so while this one runs, and reading it keeps the host one step ahead, no more.
-            step_losses.append(step_loss)
-            if len(step_losses) > 1:
-                step_losses[-2] = float(step_losses[-2])
-                if progress is not None:
-                    progress.update(ctx.global_step - 1, step_losses[-2])
-        else:
-            step_losses.append(float(step_loss))
-            if progress is not None:
-                progress.update(ctx.global_step, step_losses[-1])
+        losses.add(ctx.global_step, step_loss)
         if s.eval_steps and ctx.global_step % s.eval_steps == 0 and "eval" in ctx.datasets:
             from tunerkit.eval.loss import eval_loss
 
@@ -173,12 +238,15 @@ def _run(ctx: RunContext, progress) -> dict:
             clock.pause()
         if s.token_budget and trained_tokens * data_parallel_size(ctx) >= s.token_budget:
             break
-    losses = [float(v) for v in step_losses]
-    if s.overlap_steps and progress is not None and losses:
-        progress.update(ctx.global_step, losses[-1])
-    for seconds, counts in zip(clock.seconds(), step_counts):
+    record_training(ctx, losses.finish(ctx.global_step), zip(clock.seconds(), step_counts), eval_curve)
+
+
+def record_training(ctx: RunContext, losses: list[float], timed_steps, eval_curve) -> None:
+    """Throughput, the loss curves and peak memory of the finished training."""
+    throughput = Throughput(warmup_steps=min(ctx.settings.timing_warmup_steps, max(ctx.total_steps - 1, 0)))
+    for seconds, counts in timed_steps:
         throughput.add_step(seconds, *counts)
-    hook.on_train_end(ctx=ctx)
+    ctx.hook.on_train_end(ctx=ctx)
     ctx.metrics.update(throughput.summary())
     ctx.metrics.update(global_throughput(ctx, throughput))
     ctx.metrics["train_loss_curve"] = losses
@@ -188,8 +256,6 @@ def _run(ctx: RunContext, progress) -> dict:
     ctx.metrics["memory"] = gather_memory(ctx)
     ctx.metrics["attention"] = ctx.attention_used
     ctx.metrics["world_size"] = ctx.world_size
-
-    return _finish(ctx)
 
 
 def _finish(ctx: RunContext) -> dict:
@@ -212,12 +278,7 @@ def _evaluate_only(ctx: RunContext) -> dict:
     ctx.model.eval()
     ctx.metrics.update(count_parameters(ctx.model))
     ctx.metrics.update({"trainable_params": 0, "trainable_params_m": 0.0, "trainable_pct": 0.0})
-    for split in ("eval",):
-        records = ctx.hook.load_dataset(ctx=ctx, split=split)
-        if records is not None:
-            ctx.datasets[split] = ctx.hook.tokenize_dataset(ctx=ctx, split=split, records=records)
-            ctx.hook.transform_dataset(ctx=ctx, split=split)
-            ctx.collators[split] = ctx.hook.make_collator(ctx=ctx, split=split)
+    load_data_side(ctx, ("eval",))
     ctx.metrics["attention"] = ctx.attention_used
     return _finish(ctx)
 

@@ -29,7 +29,7 @@ class Plugin:
     """Base class of every tuner plugin.
 
     Subclasses set ``name``, ``summary``, an ``Options`` dataclass (defaults = the
-    seed's, each field with ``metadata={"help": ...}``) and implement hooks as methods
+    those of ms-swift's benchmark page, each field with ``metadata={"help": ...}``) and implement hooks as methods
     decorated with ``tunerkit.hookimpl``.
     """
 
@@ -85,13 +85,6 @@ def registry() -> dict[str, type[Plugin]]:
     return _REGISTRY
 
 
-def reset_registry() -> None:
-    """Forget discovered plugins (after installing a plugin package in the same process)."""
-    global _REGISTRY
-    _REGISTRY = None
-    importlib.invalidate_caches()
-
-
 def get_plugin(name: str, *, file=None, table=None, key="plugins") -> type[Plugin]:
     plugins = registry()
     if name not in plugins:
@@ -131,12 +124,35 @@ def check_combination(names: list[str], *, file=None, table=None) -> None:
                             file=file, table=table, key="plugins")
 
 
-def make_manager(core_plugins: list[Any], plugin_instances: list[Plugin]) -> pluggy.PluginManager:
-    """A fresh manager for one row: the core's defaults first, then the row's plugins."""
+def make_manager(core_plugins: list[Any], plugin_instances: list[Plugin], extra_plugins=()) -> pluggy.PluginManager:
+    """A fresh manager for one row: the core's defaults first, then the row's plugins, then
+    ``extra_plugins`` (objects with hookimpls a caller adds, e.g. a test's probe).
+
+    Every method marked ``@hookimpl`` must name a hook of the spec: a misspelled one
+    (``on_step_ends``) would otherwise register and never run."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for core in core_plugins:
         pm.register(core, name=f"core:{type(core).__name__}")
     for plugin in plugin_instances:
         pm.register(plugin, name=plugin.name)
+    for extra in extra_plugins:
+        name = getattr(extra, "name", None)
+        pm.register(extra, name=name if name and pm.get_plugin(name) is None else None)
+    check_hook_names(pm)
     return pm
+
+
+def check_hook_names(pm: pluggy.PluginManager) -> None:
+    """pluggy's ``check_pending``, as a one-line error naming the plugin and the method."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as err:
+        name = pm.get_name(err.plugin) or type(err.plugin).__name__
+        known = [h for h in dir(pm.hook) if not h.startswith("_") and getattr(pm.hook, h).spec is not None]
+        unknown = [h for h in dir(pm.hook) if not h.startswith("_") and getattr(pm.hook, h).spec is None
+                   and any(i.plugin is err.plugin for i in getattr(pm.hook, h).get_hookimpls())]
+        method = unknown[0] if unknown else "?"
+        raise UserError(f"plugin '{name}' ({type(err.plugin).__qualname__}) marks method '{method}' as a hook, "
+                        "but tunerkit has no hook of that name", key="plugins",
+                        hint=did_you_mean(method, known) or "see docs/hooks.md for the hook names") from None

@@ -1,6 +1,7 @@
-"""A row's numeric modes: TF32 matmuls and autocast of the forward.
+"""A row's device and numeric modes: its dtype, TF32 matmuls and autocast of the forward.
 
-Both are process-wide torch states or contexts, set for one row and left as they were after it.
+TF32 and autocast are process-wide torch states or contexts, set for one row and left as
+they were after it.
 """
 
 from __future__ import annotations
@@ -8,6 +9,26 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def row_device() -> torch.device:
+    """Where this process's rows run: the GPU when one is visible, as accelerate chooses."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype for the ``dtype`` setting: ``auto`` is bf16 on a GPU, fp32 on a CPU."""
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[choice]
+
+
+def row_dtype(settings) -> torch.dtype:
+    """The dtype a row's weights will load in, known before anything loads."""
+    return resolve_dtype(settings.dtype, row_device())
+
 
 #: What an autocast row computes in when its weights are fp32 (HF's bf16 mixed precision).
 AUTOCAST_FALLBACK = torch.bfloat16
@@ -17,8 +38,7 @@ AUTOCAST_FALLBACK = torch.bfloat16
 def tf32_matmuls(on: bool):
     """fp32 matmuls on TF32 tensor cores for the row, and torch's setting back after it.
     PEFT keeps adapter weights in fp32 beside bf16 base weights, so LoRA's small matmuls
-    otherwise run as plain fp32 FMA kernels (on one H200: 384 per packed 16k step, 3.8 % of
-    its GPU time)."""
+    otherwise run as plain fp32 FMA kernels (docs/performance.md has their share of a step)."""
     if not on:
         yield
         return

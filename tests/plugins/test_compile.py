@@ -37,7 +37,7 @@ def test_compile_wraps_every_decoder_layer_and_teardown_restores_limit(tiny_row,
     ctx.hook.on_train_begin(ctx=ctx)
     layers = decoder_layers(ctx.unwrapped_model())
     assert len(layers) == 4 and all(layer._compiled_call_impl is not None for layer in layers)
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
     assert torch._dynamo.config.recompile_limit == before
 
 
@@ -58,7 +58,7 @@ def test_checkpointed_layers_get_their_forward_compiled_and_teardown_restores_th
     ctx.hook.on_train_begin(ctx=ctx)
     assert all(layer._compiled_call_impl is None for layer in layers)  # the layer call itself stays eager
     assert all(layer._gradient_checkpointing_func is not o for layer, o in zip(layers, originals))
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
     assert all(layer._gradient_checkpointing_func is o for layer, o in zip(layers, originals))
 
 
@@ -149,7 +149,7 @@ def test_a_first_length_equal_to_the_hidden_size_does_not_pin_the_length(tiny_ro
         for length in (hidden, hidden - 1, hidden - 3):
             model(input_ids=torch.randint(0, model.config.vocab_size, (1, length)))
     assert not any("size mismatch" in r for r in recompile_reasons(counts["guard_failures"]))
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
     assert shape_config().use_duck_shape == before_row
 
 
@@ -197,7 +197,7 @@ def test_compile_places_each_layer_by_whether_it_is_still_checkpointed(tiny_row,
             whole = i in left_out or not inside
             assert (layer._compiled_call_impl is not None) == whole, (i, left_out, inside)
     finally:
-        ctx.hook.teardown(ctx=ctx)
+        assert not ctx.close()
 
 
 class SeeGuardStance:
@@ -239,5 +239,5 @@ def test_cpp_wrapper_is_inductors_setting_for_the_row_only(tiny_row, tiny_contex
     ctx = tiny_context(tiny_row("lora", "compile", compile={"cpp_wrapper": True}, **ROW))
     ctx.hook.on_train_begin(ctx=ctx)
     assert inductor_config.cpp_wrapper is True
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
     assert inductor_config.cpp_wrapper is before

@@ -94,15 +94,12 @@ def test_accelerator_on_cpu_asks_for_gloo(tiny_row, monkeypatch):
     monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
     row = tiny_row("lora", "deepspeed", "sequence_parallel", attention="sdpa", sequence_parallel={"sp_size": 2})
 
-    class Ctx:
-        settings = row.settings
+    from tunerkit.context import RunContext
 
-        def options(self, name):
-            return row.options.get(name)
-
-    ds_plugin.make_deepspeed_accelerator(Ctx())
+    ctx = RunContext(row=row, hook=None, out_dir=None)
+    ds_plugin.make_deepspeed_accelerator(ctx)
     assert captured["deepspeed_plugin"].deepspeed_config["zero_optimization"]["stage"] == 2
     assert captured["kwargs_handlers"][0].backend == "gloo"
     pc = captured["parallelism_config"]
     assert (pc.sp_backend, pc.sp_size, pc.sp_handler.sp_attn_implementation) == ("deepspeed", 2, "sdpa")
-    ds_plugin.reset_accelerate_state()
+    assert ctx.undo_changes() == []  # accelerate's state is reset after the row

@@ -154,7 +154,7 @@ def test_per_parameter_unprojected_parameters_take_torch_adamw_with_the_same_upd
                                       for p, o in ctx.optimizer.optimizers.items() if p.ndim < 2)
     projected = [o for p, o in ctx.optimizer.optimizers.items() if "rank" in o.param_groups[0]]
     assert projected and all(isinstance(o, GaLoreAdamW) for o in projected)
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
 
     torch.manual_seed(0)
     theirs = torch.nn.Parameter(torch.randn(64, 8))
@@ -266,8 +266,11 @@ def test_svd_driver_routes_gpu_svds_while_the_row_runs_and_is_removed_after(tiny
 
     monkeypatch.setattr(torch.linalg, "svd", fake_svd)
     fake_original = torch.linalg.svd
+    from tunerkit.context import RunContext
+
+    row_ctx = RunContext(row=None, hook=None, out_dir=None)
     wrapper = SvdDriver("gesvda")
-    wrapper.install()
+    wrapper.install(row_ctx)
     assert torch.linalg.svd(SimpleNamespace(is_cuda=True), full_matrices=False) == "result"
     torch.linalg.svd(SimpleNamespace(is_cuda=False), full_matrices=False)
     torch.linalg.svd(SimpleNamespace(is_cuda=True), driver="gesvdj")
@@ -277,7 +280,7 @@ def test_svd_driver_routes_gpu_svds_while_the_row_runs_and_is_removed_after(tiny
     assert torch.linalg.svd(SimpleNamespace(is_cuda=True, unconverging=True), full_matrices=False) == "result"
     assert calls == [{"full_matrices": False, "driver": "gesvda"}, {"full_matrices": False}]
     assert wrapper.fallbacks == 1
-    wrapper.remove()
+    assert row_ctx.undo_changes() == []
     assert torch.linalg.svd is fake_original
     monkeypatch.undo()
 
@@ -288,5 +291,5 @@ def test_svd_driver_routes_gpu_svds_while_the_row_runs_and_is_removed_after(tiny
     run_steps(ctx, [[token_batch(1)]])
     metrics = {k: v for d in ctx.hook.collect_metrics(ctx=ctx) for k, v in d.items()}
     assert metrics["galore_svd_driver"] == "torch"
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
     assert torch.linalg.svd is original

@@ -79,7 +79,7 @@ def test_modify_model_patches_the_instance_and_teardown_restores(fake_liger, tmp
     assert (call["rope"], call["rms_norm"], call["swiglu"], call["fused_linear_cross_entropy"]) == (True, True, False, True)
     assert call["cross_entropy"] is False  # fused linear CE replaces it
     assert modeling_llama.apply_rotary_pos_emb == "liger rope"
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
     assert modeling_llama.apply_rotary_pos_emb is original_rope
 
 
@@ -125,7 +125,7 @@ def test_liger_loss_matches_plain_and_honours_num_items_in_batch(tmp_path):
             got = patched(input_ids=ids, labels=labels, num_items_in_batch=items_t).loss
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     finally:
-        ctx.hook.teardown(ctx=ctx)
+        assert not ctx.close()
 
 
 def test_liger_in_layer_kernels_with_compile_are_refused_with_the_measured_reason(tmp_path):
@@ -186,7 +186,7 @@ def test_chunk_mem_const_reaches_every_fused_loss_call_of_the_row_and_is_undone(
     functional.liger_fused_linear_cross_entropy(None, None, None, reduction="sum")
     assert seen == [4]
     assert ctx.hook.collect_metrics(ctx=ctx)[0]["liger_chunk_mem_const"] == 4
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
     assert functional.liger_fused_linear_cross_entropy is original
 
 
@@ -195,14 +195,14 @@ def test_chunk_mem_const_at_its_default_leaves_liger_alone(fake_liger, monkeypat
     original = functional.liger_fused_linear_cross_entropy
     ctx.hook.modify_model(ctx=ctx)
     assert functional.liger_fused_linear_cross_entropy is original
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
 
 
 def test_chunk_mem_const_on_a_liger_without_it_fails_the_row(fake_liger, monkeypatch, tmp_path):
     ctx, _, _ = patched_context(tmp_path, fake_liger, monkeypatch, {"chunk_mem_const": 4}, chunk_param=False)
     with pytest.raises(RowFailed, match="no chunk_mem_const"):
         ctx.hook.modify_model(ctx=ctx)
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
 
 
 def test_chunk_mem_const_below_one_is_a_recipe_error():

@@ -31,7 +31,7 @@ def test_teardown_removes_the_hook(tiny_row, tiny_context):
     ctx = tiny_context(tiny_row("lora", "neftune"))
     embeddings = ctx.model.get_input_embeddings()
     assert len(embeddings._forward_hooks) == 1
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
     assert len(embeddings._forward_hooks) == 0 and not hasattr(embeddings, "neftune_noise_alpha")
     ctx.model.train()
     ids = sample_ids()

@@ -37,7 +37,7 @@ def model_inputs(batch):
 def packed_ctx(tiny_row, tiny_context):
     ctx = tiny_context(tiny_row("full", "packing"))
     yield ctx
-    ctx.hook.teardown(ctx=ctx)
+    assert not ctx.close()
 
 
 def test_packed_per_sample_losses_equal_unpacked(packed_ctx):
@@ -90,7 +90,7 @@ def test_without_varlen_attention_samples_would_leak(packed_ctx):
     bounds = batch["cu_seq_lens_q"].reshape(-1).tolist()
     with torch.no_grad():
         good = summed_losses(model(**model_inputs(batch)).logits, batch["labels"], bounds)
-        packed_ctx.hook.teardown(ctx=packed_ctx)
+        assert not packed_ctx.close()
         assert model.config._attn_implementation == "sdpa"  # teardown restored the original
         leaky = summed_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"], bounds)
     torch.testing.assert_close(good[0], leaky[0])  # the first sample sees nothing before it either way

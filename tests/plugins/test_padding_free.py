@@ -39,5 +39,5 @@ def test_flattened_losses_equal_padded_batch_losses(tiny_row, tiny_context):
             torch.testing.assert_close(flat_loss, padded_loss, rtol=1e-5, atol=1e-5)
         assert ctx.hook.make_collator(ctx=ctx, split="eval").__class__ is PaddingCollator  # eval stays padded
     finally:
-        ctx.hook.teardown(ctx=ctx)
+        assert not ctx.close()
     assert ctx.model.config._attn_implementation == "sdpa"

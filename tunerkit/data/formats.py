@@ -220,10 +220,6 @@ def iter_raw(path: Path) -> Iterator:
                     hint="use .jsonl, .json or .parquet")
 
 
-def read_raw(path: Path) -> list[dict]:
-    return list(iter_raw(path))
-
-
 def convert_all(raw, source: str, convert: Callable[[dict], dict] | None = None) -> list[dict]:
     """Convert raw records with ``convert`` (or the schema detected on the first record)."""
     records = []
@@ -255,9 +251,3 @@ def read_records(path: Path) -> list[dict]:
     if not records:
         raise UserError(f"{path}: no records", key="dataset", hint=f"accepted schemas: {SCHEMAS}")
     return records
-
-
-def to_messages(record: dict) -> dict:
-    """One record of any accepted schema as ``{"messages": [...]}`` (kept for callers of the old API)."""
-    _, convert = detect_schema(record)
-    return convert(record)

@@ -9,14 +9,8 @@ from typing import Callable
 
 
 def evaluators() -> dict[str, Callable]:
+    from tunerkit.eval import extra  # infer speed and public benchmarks
     from tunerkit.eval.graded import builtin_accuracy
     from tunerkit.eval.loss import eval_loss
 
-    found = {"eval_loss": eval_loss, "accuracy": builtin_accuracy}
-    try:
-        from tunerkit.eval import extra  # infer speed and public benchmarks
-    except ImportError:
-        extra = None
-    if extra is not None:
-        found.update(extra.EVALUATORS)
-    return found
+    return {"eval_loss": eval_loss, "accuracy": builtin_accuracy, **extra.EVALUATORS}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
 from tunerkit.errors import RowFailed
 
 
-def decoder_layers(model: nn.Module) -> tuple[nn.Module, str]:
+def decoder_stack(model: nn.Module) -> tuple[nn.Module, str]:
     """(owner, attribute) of the ModuleList holding the decoder blocks: ``owner.<attribute>[i]``.
 
     transformers models expose their decoder through ``get_decoder()`` with a ``layers`` list
@@ -28,6 +30,12 @@ def decoder_layers(model: nn.Module) -> tuple[nn.Module, str]:
     return best
 
 
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder blocks themselves, in order (``owner.<attribute>`` of :func:`decoder_stack`)."""
+    owner, attr = decoder_stack(model)
+    return list(getattr(owner, attr))
+
+
 def text_config(model: nn.Module):
     """The config that holds num_hidden_layers (the text part of a multimodal config)."""
     config = model.config
@@ -45,9 +53,10 @@ def _compose(layer: nn.Module) -> None:
     layer._gradient_checkpointing_func = function
 
 
-def wrap_checkpoint_calls(layers: list[nn.Module], wrap) -> list[tuple[nn.Module, object]]:
+def wrap_checkpoint_calls(layers: list[nn.Module], wrap, ctx=None) -> list[tuple[nn.Module, object]]:
     """Wrap each layer's checkpoint call: it becomes ``wrap(previous)``; returns what
-    :func:`restore_checkpoint_calls` needs to take this wrap off again.
+    :func:`restore_checkpoint_calls` needs to take this wrap off again. Given the row's
+    context, the wrap comes off after the row (``ctx.on_teardown``).
 
     Several plugins wrap the same call (offload, selective_checkpointing, compile) and tear
     down in the order they set up, not in reverse; so each layer keeps its original call
@@ -59,6 +68,8 @@ def wrap_checkpoint_calls(layers: list[nn.Module], wrap) -> list[tuple[nn.Module
         chain["wraps"].append((token, wrap))
         _compose(layer)
         patched.append((layer, token))
+    if ctx is not None:
+        ctx.on_teardown(functools.partial(restore_checkpoint_calls, patched), "checkpoint wraps")
     return patched
 
 

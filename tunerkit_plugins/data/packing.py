@@ -7,7 +7,7 @@ every token's attention inside its own sample. The first label of each sample is
 no loss crosses a boundary: per-sample losses equal the unpacked ones.
 
 Counting: every batch reports the original samples and real tokens inside it, so
-samples/s and tokens/s compare with unpacked rows (the seed counted packed rows as samples).
+samples/s and tokens/s compare with unpacked rows (ms-swift's benchmark counted packed rows as samples).
 When the data is streamed (``lazy_tokenize``) rows are packed per buffer of
 ``buffer_size`` samples and the number of rows per pass is estimated from a probe.
 """

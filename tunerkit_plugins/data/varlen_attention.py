@@ -20,12 +20,14 @@ standard SDPA mask otherwise.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
 import torch.nn.functional as F
 
 from tunerkit import hookimpl
+from tunerkit_plugins._helpers.attention_registry import keep_for_row
 
 NAME = "tunerkit_varlen"
 KERNELS = ("auto", "flash_attn", "torch_varlen", "sdpa")
@@ -63,7 +65,7 @@ def _probe_flash_attn():
 
 # Probed once at import, not at the first call: the kernel is resolved inside every
 # attention call, and under ``compile`` those calls are traced, where an import that fails
-# is a graph break (on one H200 without flash-attn, 5 breaks per compiled decoder layer).
+# is a graph break, several per compiled decoder layer on a machine without flash-attn.
 FLASH_ATTN = _probe_flash_attn()
 
 
@@ -223,21 +225,22 @@ def _set(model, implementation: str) -> None:
 
 
 class FlatBatchHooks:
-    """Hooks of a plugin that trains on flattened rows: attention, collator, teardown.
+    """Hooks of a plugin that trains on flattened rows: attention and collator.
 
     The subclass is a :class:`tunerkit.Plugin` whose options have a ``kernel`` field.
     Only the training split is flattened; evaluation keeps the core's padded batches
     (the attention function is plain SDPA for them).
     """
 
-    _patched_model = None
-    _previous_attention: str | None = None
     _kernel = "sdpa"
 
     @hookimpl
     def modify_model(self, ctx):
-        self._previous_attention = install(ctx.model, self.options.kernel)
-        self._patched_model = ctx.model
+        # The registered function stays registered only for this row; the model gets its
+        # own attention back after it (evaluation or export in the same process run plain).
+        keep_for_row(ctx)
+        previous = install(ctx.model, self.options.kernel)
+        ctx.on_teardown(functools.partial(restore, ctx.model, previous), "varlen attention of the model")
         self._kernel = resolve_kernel(self.options.kernel, ctx.device, ctx.dtype)
         ctx.attention_used = describe_kernel(self._kernel)
 
@@ -248,10 +251,3 @@ class FlatBatchHooks:
         from tunerkit.data.collate import FlatteningCollator
 
         return FlatteningCollator()
-
-    @hookimpl
-    def teardown(self, ctx):
-        if self._patched_model is not None:
-            restore(self._patched_model, self._previous_attention)
-            self._patched_model = None
-

@@ -64,10 +64,9 @@ def read_config_file(path: str) -> dict:
 
 
 def model_dtype(settings) -> torch.dtype:
-    from tunerkit.core import resolve_dtype
+    from tunerkit.precision import row_dtype
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_dtype(settings.dtype, device)
+    return row_dtype(settings)
 
 
 def deepspeed_config(settings, options: DeepSpeedOptions | None) -> dict:
@@ -102,9 +101,9 @@ def deepspeed_config(settings, options: DeepSpeedOptions | None) -> dict:
 def attention_for_sequence_parallel(settings) -> str:
     """The transformers attention implementation the model will load with (Ulysses wraps that one)."""
     from tunerkit.models.loading import attn_implementation
+    from tunerkit.precision import row_device
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return attn_implementation(settings.attention, device)[0]
+    return attn_implementation(settings.attention, row_device())[0]
 
 
 def make_deepspeed_accelerator(ctx):
@@ -129,8 +128,9 @@ def make_deepspeed_accelerator(ctx):
 
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
     # accelerate keeps one state per process: rows run one after another in the same process,
-    # so drop what an earlier row set up (the process group itself stays).
+    # so drop what an earlier row set up (the process group itself stays), and this row's after it.
     reset_accelerate_state()
+    ctx.on_teardown(reset_accelerate_state)
     accelerator = Accelerator(deepspeed_plugin=plugin, **kwargs)
     # accelerate announces a ZeRO-3 config to transformers, which then builds models inside
     # deepspeed.zero.Init (weights partitioned at creation, numel() = 0, initialised
@@ -183,7 +183,3 @@ class DeepSpeed(Plugin):
         return {"deepspeed_zero_stage": zero.get("stage"),
                 "deepspeed_offload_optimizer": (zero.get("offload_optimizer") or {}).get("device", "none"),
                 "deepspeed_offload_param": (zero.get("offload_param") or {}).get("device", "none")}
-
-    @hookimpl
-    def teardown(self, ctx):
-        reset_accelerate_state()

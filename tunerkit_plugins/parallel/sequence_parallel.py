@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from tunerkit import Plugin, hookimpl, option
-from tunerkit_plugins.parallel.deepspeed import (attention_for_sequence_parallel, deepspeed_missing,
-                                        make_deepspeed_accelerator, reset_accelerate_state)
+from tunerkit_plugins._helpers.attention_registry import keep_for_row
+from tunerkit_plugins.parallel.deepspeed import deepspeed_missing, make_deepspeed_accelerator
 
 IGNORE_INDEX = -100
 
@@ -116,11 +116,11 @@ class SequenceParallel(Plugin):
     def setup_distributed(self, ctx):
         if self.sp_size == 1:
             return None  # plain DDP (or the deepspeed plugin's ZeRO, when the row has it)
-        # Ulysses replaces this entry of transformers' attention registry: keep it for teardown.
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        impl = attention_for_sequence_parallel(ctx.settings)
-        ctx.state["sequence_parallel:attention"] = (impl, ALL_ATTENTION_FUNCTIONS.get(impl))
+        # After the row: DeepSpeed's SP groups go (a later row of the same run sets up its own)
+        # and the registry entry Ulysses replaces comes back; make_deepspeed_accelerator
+        # resets accelerate's state, else the next row's plain Accelerator() inherits Ulysses.
+        ctx.on_teardown(release_sequence_parallel_groups)
+        keep_for_row(ctx)
         return make_deepspeed_accelerator(ctx)
 
     @hookimpl(wrapper=True)
@@ -143,19 +143,6 @@ class SequenceParallel(Plugin):
     @hookimpl
     def collect_metrics(self, ctx):
         return {"sp_size": self.sp_size, "effective_dp_size": max(ctx.world_size // self.sp_size, 1)}
-
-    @hookimpl
-    def teardown(self, ctx):
-        saved = ctx.state.get("sequence_parallel:attention")
-        if saved is not None:
-            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-            impl, original = saved
-            if original is not None:
-                ALL_ATTENTION_FUNCTIONS[impl] = original
-        release_sequence_parallel_groups()
-        if self.sp_size > 1:
-            reset_accelerate_state()  # else the next row's plain Accelerator() inherits DeepSpeed and Ulysses
 
 
 def release_sequence_parallel_groups() -> None:

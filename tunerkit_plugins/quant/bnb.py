@@ -1,6 +1,6 @@
 """bnb: the base model's linear layers quantized by bitsandbytes on load (QLoRA), adapters on top.
 
-The seed's "int4 (bnb)" rows: 4-bit NF4 with double quantization, compute in the row's
+ms-swift's "int4 (bnb)" rows: 4-bit NF4 with double quantization, compute in the row's
 dtype, LoRA r8 on the DEFAULT targets. Loading goes through transformers' own quantizer
 (``BitsAndBytesConfig``), so every ``nn.Linear`` but the output head becomes a
 ``bitsandbytes`` ``Linear4bit`` (or ``Linear8bitLt`` with ``bits = 8``); PEFT then puts its

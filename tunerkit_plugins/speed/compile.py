@@ -6,26 +6,21 @@ one compiled graph serves all of them and cold start costs one layer, not the mo
 The loss head, the embedding and the optimizer stay eager, so kernel patches (liger's
 fused cross-entropy) and the loop's hooks are untouched.
 
-Varying lengths: with ``dynamic = true`` the layers are compiled with symbolic shapes
-from the start (parameters stay static; ``torch._dynamo.config.force_parameter_static_shapes``),
-so padding-free and packed batches whose token counts change every step reuse one graph
-instead of recompiling. ``dynamic = false`` specialises on every new length. Duck shaping
-(dynamo's habit of giving input sizes that are equal at the first trace one symbol) is off
-while a row trains: a packed row of exactly ``hidden_size`` tokens would otherwise share
-the hidden size's symbol, be specialised with it by the weights, and recompile at the next
-length (seen on one H200: 4,096-token rows of a 4,096-wide model, recompiled at 4,093).
+Varying lengths: with ``dynamic = true`` the layers are compiled with symbolic shapes from
+the start (parameters stay static), so padding-free and packed batches whose token counts
+change every step reuse one graph. Duck shaping is off while a row trains: a row exactly as
+long as the hidden size would otherwise share its symbol, be specialised with it by the
+weights, and recompile at the next length.
 
-Gradient checkpointing keeps working: the recompute in the backward runs the same
-compiled code. Where transformers puts the checkpoint call decides what is compiled.
-Up to 5.17 it checkpoints in the layer's ``__call__``, outside ``_call_impl``, so
-``layer.compile()`` compiles the layer body and the checkpoint call (with whatever
-``offload`` or ``selective_checkpointing`` wrapped around it) stays eager. Later versions
-checkpoint inside ``forward`` (a ``forward_with_checkpointing`` wrapper), which would put the
-checkpoint call and those wrappers inside the compiled region, where dynamo cannot trace
-``saved_tensors_hooks`` and breaks the graph (measured on a CPU with transformers 5.24).
-For those layers the plugin compiles the wrapped original ``forward`` and hands it to the
-checkpoint call instead, so the compiled region is the same layer body in both cases
-(evaluation, which does not checkpoint, then runs those layers eager).
+Gradient checkpointing keeps working: the recompute runs the same compiled code. Where
+transformers puts the checkpoint call decides what ``layer.compile()`` covers. Outside
+``_call_impl`` (in the layer's ``__call__``), the layer body is compiled and the checkpoint
+call, with what ``offload`` or ``selective_checkpointing`` wrapped around it, stays eager.
+Inside ``forward`` (a ``forward_with_checkpointing`` wrapper), those wrappers would land in
+the compiled region, where dynamo cannot trace ``saved_tensors_hooks``; for those layers
+the plugin compiles the wrapped original ``forward`` and hands it to the checkpoint call
+instead, so the compiled region is the same layer body either way. docs/performance.md
+says which transformers versions do which, and what was measured.
 """
 
 from __future__ import annotations
@@ -39,7 +34,7 @@ import torch
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
 
-from tunerkit_plugins._helpers.layers import restore_checkpoint_calls, wrap_checkpoint_calls
+from tunerkit_plugins._helpers.layers import decoder_layers, wrap_checkpoint_calls
 
 #: Compiled graphs one code object may keep. Decoder layers share their code; some torch
 #: versions still guard per layer, and the default (8) would drop the rest to eager.
@@ -60,13 +55,6 @@ class CompileOptions:
         False, "after the row's warm-up steps, check only the guards that tell the layers' compiled graphs apart "
                "(torch.compiler.set_stance(skip_guard_eval_unsafe=True)): less host time per layer call, "
                "wrong if something the skipped guards check changes later", added_later=True)
-
-
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The repeated blocks of a transformers model: its ``GradientCheckpointingLayer`` modules."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
 def checkpointed_inside_forward(layer: torch.nn.Module):
@@ -144,9 +132,7 @@ class Compile(Plugin):
         super().__init__(options)
         self.layers: list[torch.nn.Module] = []
         self.counts_before: dict | None = None
-        self.patched: list[tuple[object, object]] = []
         self.placement = "layer"  # what was compiled: the layer call, or the forward its checkpoint runs
-        self.settings_before: list[tuple[object, str, object]] = []  # (config module, name, value) to restore
         self.guards_skipped = False
 
     @hookimpl
@@ -155,18 +141,20 @@ class Compile(Plugin):
         # step traces the final layer, adapters included.
         layers = decoder_layers(ctx.unwrapped_model())
         if not layers:
-            raise RowFailed("compile found no decoder layer (transformers GradientCheckpointingLayer) to compile")
+            raise RowFailed("compile found no decoder layer to compile")
         o = self.options
         import torch._dynamo
 
+        # Undone last: forget this row's graphs, they hold its model's modules and would only miss later.
+        ctx.on_teardown(torch._dynamo.reset, "torch._dynamo.reset")
         name = _limit_name()
-        self.set_for_row(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
+        ctx.patch(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
         if o.dynamic:  # read when each frame's shape environment is made, i.e. during training
-            self.set_for_row(shape_config(), "use_duck_shape", False)
+            ctx.patch(shape_config(), "use_duck_shape", False)
         if o.cpp_wrapper:  # read when inductor compiles, i.e. during the row's first steps
             import torch._inductor.config as inductor_config
 
-            self.set_for_row(inductor_config, "cpp_wrapper", True)
+            ctx.patch(inductor_config, "cpp_wrapper", True)
         mode = None if o.mode == "default" else o.mode
         self.counts_before = dynamo_counts()
         settings = dict(backend=o.backend, mode=mode, dynamic=o.dynamic, fullgraph=o.fullgraph)
@@ -178,16 +166,11 @@ class Compile(Plugin):
                 continue
             if original not in compiled:
                 compiled[original] = torch.compile(original, **settings)
-            self.patched += wrap_checkpoint_calls([layer], compiling_checkpoint(original, compiled[original]))
+            wrap_checkpoint_calls([layer], compiling_checkpoint(original, compiled[original]), ctx)
             self.placement = "checkpointed forward"
         self.layers = layers
         ctx.log(f"compiled {len(layers)} decoder layers ({o.backend}, mode {o.mode}, dynamic {o.dynamic}; "
                 f"{self.placement})")
-
-    def set_for_row(self, module, name: str, value) -> None:
-        """Set a process-wide torch config value for this row; teardown puts the old one back."""
-        self.settings_before.append((module, name, getattr(module, name)))
-        setattr(module, name, value)
 
     @hookimpl
     def on_step_begin(self, ctx):
@@ -197,6 +180,8 @@ class Compile(Plugin):
         warmup = max(ctx.settings.timing_warmup_steps, 1)
         if self.options.skip_guard_eval and not self.guards_skipped and ctx.global_step >= warmup:
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+            ctx.on_teardown(functools.partial(torch.compiler.set_stance, "default", skip_guard_eval_unsafe=False),
+                            "torch.compiler.set_stance")
             self.guards_skipped = True
             ctx.metrics["compile_guards_skipped_from_step"] = ctx.global_step + 1
 
@@ -216,18 +201,3 @@ class Compile(Plugin):
                            compile_graph_break_reasons=sorted({r.strip().splitlines()[0][:120] for r in breaks}),
                            compile_recompile_reasons=recompile_reasons(before["guard_failures"]))
         return metrics
-
-    @hookimpl
-    def teardown(self, ctx):
-        import torch._dynamo
-
-        for module, name, value in reversed(self.settings_before):
-            setattr(module, name, value)
-        self.settings_before.clear()
-        if self.guards_skipped:
-            torch.compiler.set_stance("default", skip_guard_eval_unsafe=False)
-            self.guards_skipped = False
-        restore_checkpoint_calls(self.patched)
-        self.layers = []
-        # Forget this row's graphs: they hold its model's modules and would only miss later.
-        torch._dynamo.reset()

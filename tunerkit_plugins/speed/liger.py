@@ -15,8 +15,9 @@ our own is needed and gradient accumulation stays exact.
 The patch runs in ``modify_model``, before any tuner wraps the model: PEFT's LoRA layers
 then wrap the patched modules, and ``PeftModel.forward`` reaches the patched forward.
 liger rebinds a few names of the architecture's modeling module (e.g.
-``modeling_qwen2.apply_rotary_pos_emb``) for the whole process; ``teardown`` puts them back
-so a later row in the same process (a benchmark comparing with and without) runs plain.
+``modeling_qwen2.apply_rotary_pos_emb``) for the whole process; they are set again through
+``ctx.patch``, so the loop puts them back after the row and a later row in the same process
+(a benchmark comparing with and without) runs plain.
 """
 
 from __future__ import annotations
@@ -53,14 +54,27 @@ class LigerOptions:
 #: the kernels liger puts inside a decoder layer, the region the ``compile`` plugin compiles
 IN_LAYER_KERNELS = ("rope", "rms_norm", "swiglu")
 KERNELS = (*IN_LAYER_KERNELS, "fused_linear_cross_entropy")
-# Measured on one H200 (torch 2.11.0, liger-kernel 0.8.5, bench/fast_path.py): with every
-# kernel on, dynamo stopped with an AssertionError inside LigerRMSNormFunction while
-# compiling the layers. The fused linear cross-entropy runs in the causal-LM forward,
-# outside the compiled layers, so it may stay on.
-COMPILE_REFUSAL = ("liger's in-layer kernels ({kernels}) do not trace under torch.compile (dynamo failed inside"
-                   " LigerRMSNormFunction; torch 2.11, liger-kernel 0.8.5): with 'compile' in the row set"
-                   " rope, rms_norm and swiglu = false in [plugins.liger] and keep fused_linear_cross_entropy,"
-                   " which runs outside the compiled layers")
+# dynamo stops inside LigerRMSNormFunction when it compiles layers holding liger's kernels
+# (docs/performance.md has the run). The fused linear cross-entropy runs in the causal-LM
+# forward, outside the compiled layers, so it may stay on.
+COMPILE_REFUSAL = ("liger's in-layer kernels ({kernels}) do not trace under torch.compile (dynamo fails inside"
+                   " LigerRMSNormFunction): with 'compile' in the row, set"
+                   " liger = {{ rope = false, rms_norm = false, swiglu = false }} in the row's table and keep"
+                   " fused_linear_cross_entropy, which runs outside the compiled layers")
+
+
+def undo_with_row(ctx, target, before: dict) -> None:
+    """Names of ``target`` (a module or class) that changed since ``before`` go back, or away,
+    after the row: each is set back and set again through ``ctx.patch``."""
+    after = dict(vars(target))
+    for key, value in after.items():
+        if key in before and before[key] is value:
+            continue
+        if key in before:
+            setattr(target, key, before[key])
+        else:
+            delattr(target, key)
+        ctx.patch(target, key, value)
 
 
 def liger_available() -> bool:
@@ -85,9 +99,6 @@ class Liger(Plugin):
     name = "liger"
     summary = "liger-kernel's fused Triton kernels: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy (CUDA)"
     Options = LigerOptions
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._restore: list[tuple[object, dict]] = []
 
     @hookimpl
     def validate(self, row):
@@ -117,22 +128,20 @@ class Liger(Plugin):
             raise RowFailed(f"liger-kernel has no kernels for model type '{model_type}'")
         o = self.options
         # liger rebinds names of the model class's own module (its RMSNorm and MLP classes,
-        # the rotary helper) for the whole process: remember what they were.
-        modules = [sys.modules[type(model).__module__]]
-        before = [dict(vars(m)) for m in modules]
+        # the rotary helper) for the whole process, and may rebind the class's forward.
+        touched = [sys.modules[type(model).__module__], type(model)]
+        before = [dict(vars(t)) for t in touched]
         flags = dict(rope=o.rope, rms_norm=o.rms_norm, swiglu=o.swiglu,
                      fused_linear_cross_entropy=o.fused_linear_cross_entropy, cross_entropy=False)
         accepted = inspect.signature(apply).parameters
         apply(model=model, **{k: v for k, v in flags.items() if k in accepted})
-        for module, saved in zip(modules, before):
-            changed = {k: v for k, v in saved.items() if vars(module).get(k) is not v}
-            if changed:
-                self._restore.append((module, changed))
+        for target, saved in zip(touched, before):
+            undo_with_row(ctx, target, saved)
         if self.widens_loss_chunks():
-            self._widen_loss_chunks(o.chunk_mem_const)
+            self._widen_loss_chunks(ctx, o.chunk_mem_const)
         ctx.log("liger kernels: " + (", ".join(self.kernels()) or "none"))
 
-    def _widen_loss_chunks(self, const: int) -> None:
+    def _widen_loss_chunks(self, ctx, const: int) -> None:
         """Give liger's fused linear cross-entropy a larger chunk budget for this row.
 
         liger sizes a chunk so that its logits hold about ``chunk_mem_const x tokens x
@@ -141,7 +150,7 @@ class Liger(Plugin):
         twice (logits, input gradient): small, memory-bound matmuls. The patched causal-LM
         forward calls ``liger_kernel.transformers.functional.liger_fused_linear_cross_entropy``
         through its module at every step, so a partial with the budget bound in takes effect
-        there; teardown puts the original back.
+        there; the row's context puts the original back after the row.
         """
         import functools
 
@@ -150,9 +159,8 @@ class Liger(Plugin):
         original = functional.liger_fused_linear_cross_entropy
         if "chunk_mem_const" not in inspect.signature(original).parameters:
             raise RowFailed("this liger-kernel has no chunk_mem_const in liger_fused_linear_cross_entropy; "
-                            "leave [plugins.liger] chunk_mem_const at 1 or upgrade liger-kernel")
-        self._restore.append((functional, {"liger_fused_linear_cross_entropy": original}))
-        functional.liger_fused_linear_cross_entropy = functools.partial(original, chunk_mem_const=const)
+                            "leave liger = { chunk_mem_const = 1 } in the row's table or upgrade liger-kernel")
+        ctx.patch(functional, "liger_fused_linear_cross_entropy", functools.partial(original, chunk_mem_const=const))
 
     def widens_loss_chunks(self) -> bool:
         return self.options.fused_linear_cross_entropy and self.options.chunk_mem_const != 1
@@ -169,11 +177,3 @@ class Liger(Plugin):
         if self.widens_loss_chunks():
             metrics["liger_chunk_mem_const"] = self.options.chunk_mem_const
         return metrics
-
-    @hookimpl
-    def teardown(self, ctx):
-        # Put back every module-level name liger rebound, so later rows build plain modules.
-        for module, changed in reversed(self._restore):
-            for key, value in changed.items():
-                setattr(module, key, value)
-        self._restore.clear()

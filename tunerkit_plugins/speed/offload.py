@@ -33,7 +33,7 @@ from tunerkit import Plugin, hookimpl, option
 from tunerkit.checkpointing import checkpointed_layers
 from tunerkit.errors import RowFailed
 
-from tunerkit_plugins._helpers.layers import restore_checkpoint_calls, wrap_checkpoint_calls
+from tunerkit_plugins._helpers.layers import wrap_checkpoint_calls
 
 GIB = 1024 ** 3
 
@@ -77,9 +77,9 @@ class HostOffloader:
     its device memory from being reused before the copy ends); an event marks the copy's
     end, and the backward's copy back waits on it. With ``prefetch``, taking one tensor
     back also starts the copies back of the ``prefetch`` tensors saved before it, on a
-    second side stream, so the compute stream does not wait for them later (the profile of
-    a packed step on one H200 showed these copies at 10 % of its GPU time, on the compute
-    stream). On a CPU the "copy back" is the host copy itself; the same bookkeeping runs.
+    second side stream, so the compute stream does not wait for them later (in a profiled
+    packed step they were a tenth of its GPU time, on the compute stream: docs/performance.md).
+    On a CPU the "copy back" is the host copy itself; the same bookkeeping runs.
     """
 
     def __init__(self, min_bytes: int, prefetch: int = 0):
@@ -190,7 +190,6 @@ class ActivationOffload(Plugin):
     def __init__(self, options=None):
         super().__init__(options)
         self.offloader = HostOffloader(self.options.min_bytes, self.options.prefetch)
-        self.patched: list[tuple[object, object]] = []
         self.scope = "all"
 
     @hookimpl
@@ -212,8 +211,8 @@ class ActivationOffload(Plugin):
             if not layers:
                 raise RowFailed("offload scope 'checkpoints' found no checkpointed layer "
                                 "(gradient_checkpointing off, or the model does not support it)")
-            self.patched = wrap_checkpoint_calls(
-                layers, lambda original: functools.partial(offloaded_checkpoint, original, self.offloader))
+            wrap_checkpoint_calls(
+                layers, lambda original: functools.partial(offloaded_checkpoint, original, self.offloader), ctx)
         ctx.log(f"activation offload: scope {scope}")
 
     @hookimpl
@@ -232,7 +231,3 @@ class ActivationOffload(Plugin):
         return {"offload_scope": self.scope, "offload_tensors_per_step": self.offloader.tensors,
                 "offload_gib_per_step": self.offloader.bytes / GIB,
                 "offload_prefetch": self.options.prefetch, "offload_prefetched_per_step": self.offloader.prefetched}
-
-    @hookimpl
-    def teardown(self, ctx):
-        restore_checkpoint_calls(self.patched)

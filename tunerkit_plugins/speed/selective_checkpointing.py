@@ -27,7 +27,7 @@ from tunerkit import Plugin, hookimpl, option
 from tunerkit.checkpointing import checkpointed_layers
 from tunerkit.errors import RowFailed
 
-from tunerkit_plugins._helpers.layers import restore_checkpoint_calls, wrap_checkpoint_calls
+from tunerkit_plugins._helpers.layers import wrap_checkpoint_calls
 
 #: Dispatcher names of the ops a "matmul" policy keeps (what nn.Linear and LoRA lower to).
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"})
@@ -97,7 +97,8 @@ class SelectiveCheckpointing(Plugin):
                             "transformers' gradient checkpointing)")
         o = self.options
         context_fn = functools.partial(selective_context, o.save, o.every_other_matmul)
-        self.patched = wrap_checkpoint_calls(layers, lambda original: functools.partial(original, context_fn=context_fn))
+        self.patched = wrap_checkpoint_calls(layers, lambda original: functools.partial(original, context_fn=context_fn),
+                                             ctx)
         ctx.log(f"selective checkpointing on {len(layers)} layers: keeps {o.save}"
                 + (" (every other matmul)" if o.every_other_matmul else ""))
 
@@ -105,7 +106,3 @@ class SelectiveCheckpointing(Plugin):
     def collect_metrics(self, ctx):
         return {"selective_checkpointing_layers": len(self.patched),
                 "selective_checkpointing_save": self.options.save}
-
-    @hookimpl
-    def teardown(self, ctx):
-        restore_checkpoint_calls(self.patched)

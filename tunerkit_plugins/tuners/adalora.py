@@ -1,6 +1,6 @@
 """adalora: SVD-shaped LoRA whose rank budget is pruned to ``target_r`` during training.
 
-PEFT's AdaLoraConfig with the seed's settings, plus what only a training loop can do:
+PEFT's AdaLoraConfig with ms-swift's settings, plus what only a training loop can do:
 
 - ``total_step`` must be the real number of optimizer steps, which the loop knows only
   after the data is tokenized (after ``apply_tuner``). The config is built with a
@@ -10,7 +10,7 @@ PEFT's AdaLoraConfig with the seed's settings, plus what only a training loop ca
   exist (``on_step_end``: after ``optimizer.step()``, before ``zero_grad()``).
 - PEFT adds the orthogonality regulariser to the loss of every micro-batch; it is scaled
   by 1 / micro-batches per step so it weighs ``orth_reg_weight`` per optimizer step
-  whatever the gradient accumulation, as in the seed.
+  whatever the gradient accumulation, as in ms-swift's benchmark.
 
 Steps are numbered from 1 (the number of optimizer steps done, counting this one, like
 HF Trainer's ``state.global_step`` at step end): the last step is then
@@ -121,7 +121,7 @@ class AdaLoRA(LoRA):
     def on_step_begin(self, ctx):
         # PEFT adds orth_reg_weight * regulariser to the loss of every forward pass, i.e. once per
         # micro-batch, while the core's loss is already normalised over the whole accumulation window:
-        # unscaled, the regulariser would weigh window_size times more than the seed's (HF Trainer
+        # unscaled, the regulariser would weigh window_size times more than ms-swift's (HF Trainer
         # divided the summed loss by the accumulation steps). Scale it to one weight per optimizer step.
         self.adalora_config(ctx).orth_reg_weight = self.options.orth_reg_weight / max(ctx.window_size, 1)
 

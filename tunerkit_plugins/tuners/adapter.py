@@ -2,8 +2,8 @@
 
 Each layer's MLP output ``h`` becomes ``h + up(gelu(down(h)))`` with ``down: hidden -> dim``
 and ``up: dim -> hidden`` (Houlsby et al. 2019, https://arxiv.org/abs/1902.00751, placed
-as in the seed: after the MLP only). Weights start Xavier-uniform and biases
-normal(std 1e-6), as the seed initialised them; so, unlike LoRA, the model's output moves
+as in ms-swift's benchmark: after the MLP only). Weights start Xavier-uniform and biases
+normal(std 1e-6), as ms-swift initialised them; so, unlike LoRA, the model's output moves
 at init (``zero_init_up`` starts the up projection at zero instead).
 
 The bottleneck is registered as a child ``adapter`` of each MLP module and added by a
@@ -25,7 +25,7 @@ from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
-from tunerkit_plugins._helpers.layers import decoder_layers, text_config
+from tunerkit_plugins._helpers.layers import decoder_stack, text_config
 
 #: Attribute names families use for the feed-forward block of a decoder layer.
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
@@ -38,7 +38,7 @@ CONFIG_FILE = "adapter_config.json"
 class AdapterOptions:
     dim: int = option(128, "bottleneck width")
     zero_init_up: bool = option(False, "start the up projection at zero: the adapter adds nothing at init "
-                                       "(false = the seed's Xavier init, which moves the output at once)")
+                                       "(false = ms-swift's Xavier init, which moves the output at once)")
 
     def __post_init__(self):
         if self.dim < 1:
@@ -77,7 +77,7 @@ def _mlp_of(layer: nn.Module) -> nn.Module:
 
 def install_adapters(model: nn.Module, dim: int, zero_init_up: bool = False) -> int:
     """Put a bottleneck after every decoder layer's MLP; return how many."""
-    owner, attr = decoder_layers(model)
+    owner, attr = decoder_stack(model)
     layers = getattr(owner, attr)
     hidden = text_config(model).hidden_size
     for layer in layers:

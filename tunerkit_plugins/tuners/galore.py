@@ -27,6 +27,7 @@ from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
+from tunerkit.optimizer import groups_by_decay, make_schedule
 from tunerkit_plugins._helpers.optimizer_state import state_gib
 from tunerkit_plugins._helpers.per_parameter import PerParameterScheduler, build_per_parameter
 
@@ -37,8 +38,8 @@ OPTIMIZER_CLASSES = {"adamw": "GaLoreAdamW", "adamw8bit": "GaLoreAdamW8bit", "ad
 
 @dataclass
 class GaLoreOptions:
-    rank: int = option(128, "rank r of the gradient projection (the seed's table: 128, 64, 32)")
-    update_proj_gap: int = option(50, "optimizer steps between two SVD refreshes of the projection (the seed's benchmark: 200)")
+    rank: int = option(128, "rank r of the gradient projection (ms-swift's benchmark page: 128, 64, 32)")
+    update_proj_gap: int = option(50, "optimizer steps between two SVD refreshes of the projection (ms-swift's benchmark: 200)")
     scale: float = option(1.0, "factor on the projected-back update")
     proj_type: Literal["std", "reverse_std", "right", "left", "full"] = option(
         "std", "which side is projected: std = the smaller dimension of each matrix")
@@ -56,8 +57,8 @@ class GaLoreOptions:
     gamma_proj: float = option(2.0, "Q-GaLore: factor by which a stable layer's refresh gap grows")
     queue_size: int = option(5, "Q-GaLore: refreshes averaged for the cosine similarity")
     svd_driver: Literal["auto", "torch", "gesvd", "gesvdj", "gesvda"] = option(
-        "auto", "cuSOLVER method of the projector's SVD on a GPU; auto = gesvda (bench/svd_speed.py: 0.11 s"
-                " against 1.03 s for torch's choice per 4096x4096 matrix on one H200); torch = torch's own choice")
+        "auto", "cuSOLVER method of the projector's SVD on a GPU; auto = gesvda (much faster than torch's "
+                "choice on large gradients: docs/tuners/galore.md); torch = torch's own choice")
 
     def __post_init__(self):
         for name in ("rank", "update_proj_gap", "proj_group_size", "queue_size"):
@@ -79,19 +80,19 @@ class SvdDriver:
     """``torch.linalg.svd`` with a chosen cuSOLVER driver for CUDA inputs, while one row runs.
 
     galore-torch and q-galore-torch refresh every projection with
-    ``torch.linalg.svd(grad.float(), full_matrices=False)`` and take no driver argument. The
-    refresh of all 224 matrices of the qwen-7b shape took 230 s with torch's choice and 26 s
-    with gesvda on one H200 (bench/svd_speed.py), and GaLore keeps only the leading
-    ``rank`` singular vectors, the part an approximate SVD gets right. So the call is routed
-    through this wrapper from the optimizer's construction to the row's teardown.
+    ``torch.linalg.svd(grad.float(), full_matrices=False)`` and take no driver argument.
+    torch's choice of driver is many times slower on large gradients than gesvda
+    (docs/tuners/galore.md has the measurement), and GaLore keeps only the leading ``rank``
+    singular vectors, the part an approximate SVD gets right. So the call is routed through
+    this wrapper from the optimizer's construction to the end of the row.
     """
 
     def __init__(self, driver: str):
         self.driver = driver
-        self.original = None
         self.fallbacks = 0  # SVDs the driver failed on, redone with torch's choice
 
-    def install(self) -> None:
+    def install(self, ctx) -> None:
+        """Route ``torch.linalg.svd`` through the driver until the row ends (``ctx.patch``)."""
         import torch
 
         original, driver = torch.linalg.svd, self.driver
@@ -102,18 +103,12 @@ class SvdDriver:
             try:
                 return original(A, *args, **kwargs, driver=driver)
             except torch.linalg.LinAlgError:
-                # gesvda does not converge on some rank-deficient gradients (measured on one
-                # H200 with per-parameter GaLore and Q-GaLore): torch's own choice takes those.
+                # gesvda does not converge on some rank-deficient gradients (see
+                # docs/tuners/galore.md): torch's own choice takes those.
                 self.fallbacks += 1
                 return original(A, *args, **kwargs)
 
-        self.original, torch.linalg.svd = original, svd
-
-    def remove(self) -> None:
-        import torch
-
-        if self.original is not None:
-            torch.linalg.svd, self.original = self.original, None
+        ctx.patch(torch.linalg, "svd", svd)
 
 
 def resolved_svd_driver(options: GaLoreOptions) -> str | None:
@@ -210,7 +205,7 @@ def build_optimizer(options: GaLoreOptions, groups: list[dict], lr: float):
         return opt
     from galore_torch import GaLoreAdafactor
 
-    # a fixed learning rate from the schedule, as the seed ran it (no relative steps)
+    # a fixed learning rate from the schedule, as ms-swift ran it (no relative steps)
     return GaLoreAdafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
 
 
@@ -229,14 +224,6 @@ def build_per_parameter_optimizer(options: GaLoreOptions, group: list[dict], lr:
     import torch
 
     return torch.optim.AdamW(group, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=group[0]["params"][0].is_cuda)
-
-
-def _scheduler_like_core(ctx, optimizer):
-    from transformers import get_scheduler
-
-    warmup = int(ctx.settings.warmup_ratio * ctx.total_steps)
-    return get_scheduler(ctx.settings.lr_scheduler, optimizer, num_warmup_steps=warmup,
-                         num_training_steps=max(ctx.total_steps, 1))
 
 
 def _distributed(row) -> bool:
@@ -295,16 +282,9 @@ class GaLore(Plugin):
         model = ctx.unwrapped_model()
         self.targets = galore_targets(model, self.options.with_embedding)
         projected = {id(p) for _, p in self.targets}
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if not p.requires_grad or id(p) in projected:
-                continue
-            # the core's rule: no weight decay on biases and norms
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
         wd = ctx.settings.weight_decay
-        groups = [{"params": [p for _, p in self.targets], "weight_decay": wd, **self.projection_settings()},
-                  {"params": decay, "weight_decay": wd},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        rest = groups_by_decay([(n, p) for n, p in model.named_parameters() if id(p) not in projected], wd)
+        groups = [{"params": [p for _, p in self.targets], "weight_decay": wd, **self.projection_settings()}, *rest]
         return [g for g in groups if g["params"]]
 
     @hookimpl
@@ -313,7 +293,7 @@ class GaLore(Plugin):
         driver = resolved_svd_driver(self.options)
         if ctx.device.type == "cuda" and driver is not None:
             self.svd = SvdDriver(driver)
-            self.svd.install()
+            self.svd.install(ctx)
         if not self.options.per_parameter:
             return build_optimizer(self.options, groups, lr)
         if ctx.world_size > 1:  # validate() refuses gpus > 1; this catches a launch by hand
@@ -323,13 +303,14 @@ class GaLore(Plugin):
                     " (each parameter steps before the whole gradient exists)")
         self.per_parameter = build_per_parameter(groups, lambda g: build_per_parameter_optimizer(self.options, g, lr),
                                                  should_step=lambda: ctx.is_last_micro_step)
+        ctx.on_teardown(self.per_parameter.remove_hooks, "galore per-parameter hooks")
         return self.per_parameter
 
     @hookimpl
     def make_scheduler(self, ctx):
         if self.per_parameter is None:
             return None  # the core's schedule on the one optimizer
-        return PerParameterScheduler([_scheduler_like_core(ctx, opt) for opt in self.per_parameter.optimizers.values()])
+        return PerParameterScheduler([make_schedule(ctx, opt) for opt in self.per_parameter.optimizers.values()])
 
     @hookimpl
     def collect_metrics(self, ctx):
@@ -352,10 +333,3 @@ class GaLore(Plugin):
             "galore_grad_clipping": not o.per_parameter and ctx.settings.max_grad_norm > 0,
             "galore_optimizer_state_gib": state_gib(dict(optimizer.state)) if optimizer is not None else None,
         }
-
-    @hookimpl
-    def teardown(self, ctx):
-        if self.per_parameter is not None:
-            self.per_parameter.remove_hooks()
-        if self.svd is not None:
-            self.svd.remove()

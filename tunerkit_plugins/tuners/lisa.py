@@ -24,18 +24,18 @@ from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed, UserError
-from tunerkit_plugins._helpers.layers import decoder_layers
+from tunerkit_plugins._helpers.layers import decoder_stack
 from tunerkit_plugins._helpers.optimizer_state import state_gib
 
 
 @dataclass
 class LISAOptions:
-    activated_layers: int = option(2, "decoder layers that train at the same time (the seed: 2 or 4)")
+    activated_layers: int = option(2, "decoder layers that train at the same time (ms-swift's benchmark page: 2 or 4)")
     step_interval: int = option(20, "optimizer steps between two draws of the active layers")
     train_embeddings: bool = option(
-        True, "the input embedding trains all the time (the seed); false saves its gradient and optimizer state"
+        True, "the input embedding trains all the time (as in ms-swift); false saves its gradient and optimizer state"
               " and lets backward stop at the lowest active layer")
-    train_head: bool = option(True, "the output head trains all the time (the seed); false saves its gradient and optimizer state")
+    train_head: bool = option(True, "the output head trains all the time (as in ms-swift); false saves its gradient and optimizer state")
 
     def __post_init__(self):
         if self.activated_layers < 1:
@@ -83,7 +83,7 @@ class LISA(Plugin):
             raise RowFailed("lisa runs on one process only (the trainable set changes during training)")
         o = self.options
         model = ctx.unwrapped_model()
-        owner, attr = decoder_layers(model)
+        owner, attr = decoder_stack(model)
         self.layers = list(getattr(owner, attr))
         if o.activated_layers > len(self.layers):
             raise UserError(f"activated_layers={o.activated_layers} but the model has {len(self.layers)} decoder layers",

@@ -20,7 +20,7 @@ from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
-from tunerkit_plugins._helpers.layers import decoder_layers, text_config
+from tunerkit_plugins._helpers.layers import decoder_stack, text_config
 
 #: Output projections of the two residual branches; zeroed, they make a block an identity.
 ZEROED = ("o_proj", "down_proj")
@@ -57,7 +57,7 @@ def identity_copy(block: nn.Module) -> nn.Module:
 
 def expand(model: nn.Module, num_new_blocks: int) -> list[int]:
     """Insert the new blocks in place; return their indices in the expanded stack."""
-    owner, attr = decoder_layers(model)
+    owner, attr = decoder_stack(model)
     old = list(getattr(owner, attr))
     reason = _layers_error(len(old), num_new_blocks)
     if reason:
@@ -105,7 +105,7 @@ class LlamaPro(Plugin):
 
     @hookimpl
     def apply_tuner(self, ctx):
-        owner, attr = decoder_layers(ctx.model)
+        owner, attr = decoder_stack(ctx.model)
         layers = getattr(owner, attr)
         ctx.model.requires_grad_(False)
         for index in ctx.state[self.name]["new_blocks"]:

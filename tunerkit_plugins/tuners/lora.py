@@ -1,7 +1,7 @@
 """lora: low-rank adapters on chosen linear layers, through PEFT's LoraConfig.
 
-Defaults are the seed's benchmark settings: rank 8, alpha 32, dropout 0.05; targets
-``DEFAULT`` (the model family's attention projections, as the seed defined them),
+Defaults are ms-swift's benchmark settings: rank 8, alpha 32, dropout 0.05; targets
+``DEFAULT`` (the model family's attention projections, as ms-swift defined them),
 ``ALL`` (every linear layer except the output head) or an explicit list of module names.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from tunerkit import Plugin, hookimpl, option
 
-#: The seed's DEFAULT targets per model family (transformers model_type).
+#: ms-swift's DEFAULT targets per model family (transformers model_type).
 DEFAULT_TARGETS = {
     "qwen": ["c_attn"],
     "chatglm": ["query_key_value"],
@@ -36,7 +36,7 @@ class LoRAOptions:
 
 
 def resolve_targets(targets, model, preset=None):
-    """PEFT target_modules for the seed's DEFAULT / ALL keywords."""
+    """PEFT target_modules for ms-swift's DEFAULT / ALL keywords."""
     if isinstance(targets, list):
         return targets
     if targets == "ALL":
@@ -50,7 +50,7 @@ def resolve_targets(targets, model, preset=None):
 
 class LoRA(Plugin):
     name = "lora"
-    summary = "LoRA adapters (PEFT); the seed's r=8, alpha=32, dropout=0.05"
+    summary = "LoRA adapters (PEFT); ms-swift's r=8, alpha=32, dropout=0.05"
     Options = LoRAOptions
     slot = "tuner"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunerkit import hookimpl, option
+from tunerkit.optimizer import decays
 from tunerkit_plugins.tuners.lora import LoRA, LoRAOptions
 
 
@@ -35,10 +36,6 @@ class _GroupsOnly:
         self.groups = groups
 
 
-def _no_decay(name: str, p) -> bool:
-    return p.ndim < 2 or "norm" in name.lower()
-
-
 class LoRAPlus(LoRA):
     name = "loraplus"
     summary = "LoRA+ (PEFT grouping): lora_B at lr * lr_ratio, lora_A at lr, embeddings at lr_embedding"
@@ -56,8 +53,8 @@ class LoRAPlus(LoRA):
         names = {id(p): n for n, p in ctx.model.named_parameters()}
         groups = []
         for group in built.groups:
-            exempt = [p for p in group["params"] if _no_decay(names[id(p)], p)]
-            decayed = [p for p in group["params"] if not _no_decay(names[id(p)], p)]
+            exempt = [p for p in group["params"] if not decays(names[id(p)], p)]
+            decayed = [p for p in group["params"] if decays(names[id(p)], p)]
             groups += [{**group, "params": decayed}, {**group, "params": exempt, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
 

@@ -3,8 +3,8 @@
 In training mode only, every embedding output of shape (batch, L, d) gets noise drawn
 uniformly from ±alpha/sqrt(L*d); eval and generation see clean embeddings. The hook is
 transformers' own ``neftune_post_forward_hook`` (the one HF Trainer installs for
-``neftune_noise_alpha``); ``teardown`` removes it, so nothing stays hooked after the row.
-L is the padded length of the batch, as in transformers and the seed
+``neftune_noise_alpha``); the row's context removes it after the row (``ctx.on_teardown``), so nothing stays hooked.
+L is the padded length of the batch, as in transformers and ms-swift
 (Jain et al. 2023, https://arxiv.org/abs/2310.05914).
 
 Fills no slot: it composes with any tuner (``plugins = ["lora", "neftune"]``).
@@ -39,27 +39,13 @@ class NEFTune(Plugin):
     summary = "NEFTune: uniform noise ±alpha/sqrt(L*d) on input embeddings in training mode"
     Options = NEFTuneOptions
 
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._embeddings = None
-        self._handle = None
-
     @hookimpl
     def modify_model(self, ctx):
         # The embedding module is shared with any PEFT wrapper applied later, so hooking it here holds.
         embeddings = ctx.model.get_input_embeddings()
-        embeddings.neftune_noise_alpha = self.options.alpha
-        self._handle = embeddings.register_forward_hook(_hook_function())
-        self._embeddings = embeddings
+        ctx.patch(embeddings, "neftune_noise_alpha", self.options.alpha)
+        ctx.on_teardown(embeddings.register_forward_hook(_hook_function()).remove, "neftune forward hook")
 
     @hookimpl
     def collect_metrics(self, ctx):
         return {"neftune_alpha": self.options.alpha}
-
-    @hookimpl
-    def teardown(self, ctx):
-        if self._handle is not None:
-            self._handle.remove()
-        if self._embeddings is not None and hasattr(self._embeddings, "neftune_noise_alpha"):
-            del self._embeddings.neftune_noise_alpha
-        self._handle = self._embeddings = None

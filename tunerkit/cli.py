@@ -39,7 +39,12 @@ def main():
 
 def row_names(only: str | None) -> list[str] | None:
     """The row names of an ``--only`` value ("a, b,c"), or None when it was not given."""
-    return [n.strip() for n in only.split(",") if n.strip()] if only else None
+    if only is None:
+        return None
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--only names no row: {only!r}", key="--only", hint="give row names, e.g. --only lora,full")
+    return names
 
 
 def pick_profile(recipe_path: Path, profile: str | None) -> str | None:

@@ -28,12 +28,8 @@ assert set(Kernel.__args__) == set(KERNELS)
 
 @dataclass
 class PackingOptions:
-    buffer_size: int = option(1000, "samples packed together when the data is streamed (lazy_tokenize)")
+    buffer_size: int = option(1000, "samples packed together when the data is streamed (lazy_tokenize)", min=1)
     kernel: Kernel = option("auto", "varlen attention: auto = flash_attn, else torch varlen_attn, else SDPA per sample")
-
-    def __post_init__(self):
-        if self.buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
 
 
 class Packing(FlatBatchHooks, Plugin):

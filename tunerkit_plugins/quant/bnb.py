@@ -30,7 +30,7 @@ INSTALL_HINT = "pip install bitsandbytes"
 
 @dataclass
 class BnbOptions:
-    bits: int = option(4, "4 (QLoRA, Linear4bit) or 8 (LLM.int8, Linear8bitLt)", min=4, max=8)
+    bits: int = option(4, "4 (QLoRA, Linear4bit) or 8 (LLM.int8, Linear8bitLt)")
     quant_type: Literal["nf4", "fp4"] = option("nf4", "4-bit data type: NormalFloat4 (QLoRA's) or FP4")
     double_quant: bool = option(True, "quantize the 4-bit blocks' scales too (QLoRA's double quantization)")
     prepare: bool = option(True, "peft.prepare_model_for_kbit_training: freeze, upcast norms/embeddings/head to fp32")

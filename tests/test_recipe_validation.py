@@ -53,6 +53,8 @@ SHAPES = [
     ("binary", bytes(range(256)) * 4, ["not a UTF-8 text file"]),
     ("profile is a number", GOOD.replace("[profiles.cpu]\nmax_steps = 1\n", "") + "[profiles]\ncpu = 5\n",
      ["[profiles.cpu]", "expected a table, got int 5"]),
+    ("profiles is a number", "profiles = 5\n" + GOOD.replace("[profiles.cpu]\nmax_steps = 1\n", ""),
+     ["[profiles]", "expected a table, got int 5"]),
     ("recipe name is a number", edited('name = "t"', "name = 5"), ["[recipe] name", "expected a string, got int 5"]),
     ("only is a string", edited("[profiles.cpu]\n", '[profiles.cpu]\nonly = "lora"\n'),
      ["[profiles.cpu] only", "expected a list of row names, got str 'lora'"]),

@@ -53,11 +53,9 @@ def pick_profile(recipe_path: Path, profile: str | None) -> str | None:
         return profile
     import torch
 
-    from tunerkit.recipe import read_toml
+    from tunerkit.recipe import read_header
 
-    data = read_toml(recipe_path)
-    profiles = data.get("profiles") or {}
-    meta = data.get("recipe") or {}
+    meta, profiles = read_header(recipe_path)
     if not torch.cuda.is_available():
         if "cpu" in profiles:
             click.echo(f"tunerkit: no CUDA device found: using the recipe's 'cpu' profile of {recipe_path}")

@@ -119,6 +119,11 @@ def read_toml(path: Path) -> dict:
         raise UserError(f"cannot read the recipe: {err.strerror}", file=str(path)) from None
 
 
+def read_header(path: Path) -> tuple[dict, dict]:
+    """The recipe's ``[recipe]`` and ``[profiles]`` tables, read and shape-checked."""
+    return _read_header(read_toml(path), str(path))
+
+
 def profile_names(data: dict) -> list[str]:
     return list((data.get("profiles") or {}).keys())
 
@@ -260,7 +265,8 @@ def _layer(section: dict, file: str, table: str, *, plugins: list[str] | None = 
             continue
         if key in SETTING_FIELDS:
             out[(None, key)] = (value, table)
-        elif isinstance(value, dict) and key in (installed if plugins is None else plugins):
+        elif key in (installed if plugins is None else plugins):
+            _expect_table(value, file, f"{table}.{key}")
             get_plugin(key, file=file, table=table, key=key)
             out.update({(key, opt): (v, f"{table}.{key}") for opt, v in value.items()})
         elif plugins is not None and key in installed and isinstance(value, dict):

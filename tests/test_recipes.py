@@ -54,11 +54,12 @@ def profiles_of(path: Path) -> list[str]:
 
 @pytest.fixture
 def gpu_host(monkeypatch):
-    """Validation as on the GPU host: CUDA present (bf16 weights) and 80 GiB per GPU."""
+    """Validation as on the GPU host: CUDA present (bf16 weights), 8 GPUs of 80 GiB."""
     import tunerkit.validation as validation
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(validation, "available_memory_bytes", lambda: (80 * GIB, "80 GiB GPU (emulated)"))
+    monkeypatch.setattr(validation, "visible_gpus", lambda: 8)
 
 
 def test_there_is_one_recipe_per_seed_table():

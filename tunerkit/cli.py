@@ -41,7 +41,12 @@ def main():
 
 def row_names(only: str | None) -> list[str] | None:
     """The row names of an ``--only`` value ("a, b,c"), or None when it was not given."""
-    return [n.strip() for n in only.split(",") if n.strip()] if only else None
+    if only is None:
+        return None
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--only names no row: {only!r}", key="--only", hint="give row names, e.g. --only lora,full")
+    return names
 
 
 def pick_profile(recipe_path: Path, profile: str | None) -> str | None:
@@ -50,11 +55,9 @@ def pick_profile(recipe_path: Path, profile: str | None) -> str | None:
         return profile
     import torch
 
-    from tunerkit.recipe import read_toml
+    from tunerkit.recipe import read_header
 
-    data = read_toml(recipe_path)
-    profiles = data.get("profiles") or {}
-    meta = data.get("recipe") or {}
+    meta, profiles = read_header(recipe_path)
     if not torch.cuda.is_available():
         if "cpu" in profiles:
             click.echo(f"tunerkit: no CUDA device found: using the recipe's 'cpu' profile of {recipe_path}")

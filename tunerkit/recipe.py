@@ -28,9 +28,7 @@ from tunerkit.settings import Settings
 TOP_LEVEL = ("recipe", "defaults", "profiles", "row")
 RECIPE_KEYS = ("name", "title", "description", "seed_table", "gpu_profile", "default_profile")
 ROW_ONLY_KEYS = ("name", "plugins", "reference", "note", "pending", "profiles")
-PROFILE_ONLY_KEYS = ("only", "description")
 SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-SETTING_TYPES = typing.get_type_hints(Settings)
 
 
 @dataclass
@@ -104,17 +102,34 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict:
 
 
 def read_toml(path: Path) -> dict:
+    """The recipe's TOML, or a one-line :class:`UserError` for a file that is not a TOML text file."""
     if not path.exists():
         raise UserError("recipe file not found", file=str(path), hint="check the path; recipes live in recipes/")
+    if path.is_dir():
+        raise UserError("is a directory, not a recipe file", file=str(path), hint="name a .toml file")
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"malformed TOML: {err}", file=str(path), hint="check quotes, brackets and '=' signs") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"not a UTF-8 text file (byte {err.start} cannot be decoded)", file=str(path),
+                        hint="a recipe is TOML text; save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"cannot read the recipe: {err.strerror}", file=str(path)) from None
+
+
+def read_header(path: Path) -> tuple[dict, dict]:
+    """The recipe's ``[recipe]`` and ``[profiles]`` tables, read and shape-checked."""
+    return _read_header(read_toml(path), str(path))
 
 
 def profile_names(data: dict) -> list[str]:
     return list((data.get("profiles") or {}).keys())
+
+
+#: A recipe value and the table it was written in: ``(plugin or None, key) -> (value, table)``.
+Layer = dict[tuple[str | None, str], tuple[Any, str]]
 
 
 def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bool = True,
@@ -131,56 +146,38 @@ def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bo
     path = Path(path)
     file = str(path)
     data = read_toml(path)
-    for key in data:
-        if key not in TOP_LEVEL:
-            raise UserError(f"unknown top-level table '{key}'", file=file, key=key,
-                            hint=opts.did_you_mean(key, TOP_LEVEL) or f"allowed: {', '.join(TOP_LEVEL)}")
-    meta = data.get("recipe", {})
-    _expect_table(meta, file, "recipe")
-    for key in meta:
-        if key not in RECIPE_KEYS:
-            raise UserError(f"unknown key '{key}'", file=file, table="recipe", key=key,
-                            hint=opts.did_you_mean(key, RECIPE_KEYS) or f"allowed: {', '.join(RECIPE_KEYS)}")
-    defaults = data.get("defaults", {})
-    _expect_table(defaults, file, "defaults")
-    profiles = data.get("profiles", {})
-    _expect_table(profiles, file, "profiles")
+    meta, profiles = _read_header(data, file)
     if profile is not None and profile not in profiles:
         raise UserError(f"no profile '{profile}'", file=file, table="profiles", key=profile,
                         hint=opts.did_you_mean(profile, profiles) or f"profiles here: {', '.join(profiles) or 'none'}")
     prof = dict(profiles.get(profile, {})) if profile else {}
-    _expect_table(prof, file, f"profiles.{profile}")
+    only = _names_list(prof.pop("only", None), file, f"profiles.{profile}", "only")
+    prof.pop("description", None)
     raw_rows = data.get("row", [])
     if not isinstance(raw_rows, list) or not raw_rows:
         raise UserError("a recipe needs at least one [[row]]", file=file, table="row")
-
-    only = prof.pop("only", None)
-    prof.pop("description", None)
-    _check_section_keys(defaults, file, "defaults", allowed_extra=())
-    _check_section_keys(prof, file, f"profiles.{profile}", allowed_extra=())
-    overrides = overrides or {}
-    _check_section_keys(overrides, file, "--set", allowed_extra=())
+    shared = [_layer(data.get("defaults", {}), file, "defaults"),
+              _layer(prof, file, f"profiles.{profile}"),
+              _layer(overrides or {}, file, "--set")]
 
     rows: list[Row] = []
-    seen_names: set[str] = set()
+    used: set = set()
     for index, raw in enumerate(raw_rows):
-        table = f"row {index + 1}"
-        _expect_table(raw, file, table)
+        _expect_table(raw, file, f"row {index + 1}")
         name = raw.get("name")
         if not isinstance(name, str) or not name:
-            raise UserError("every [[row]] needs a name", file=file, table=table, key="name")
-        table = f"row '{name}'"
+            raise UserError("every [[row]] needs a name", file=file, table=f"row {index + 1}", key="name")
         if only is not None and name not in only:
             continue
-        row_prof = _row_profile(raw, profile, profiles, file=file, table=table)
-        late = _merged(prof, row_prof, overrides)  # later layers win: profile, the row's own, --set
-        for row in _resolve_row(raw, defaults, late, file=file, table=table):
+        table = f"row '{name}'"
+        own = _row_profile(raw, profile, profiles, file=file, table=table)
+        for row in _resolve_row(raw, shared[0], [shared[1], own, shared[2]], file=file, table=table, used=used):
             row.recipe, row.profile = str(path), profile
-            if row.name in seen_names:
+            if any(r.name == row.name for r in rows):
                 raise UserError(f"duplicate row name '{row.name}'", file=file, table=table, key="name",
                                 hint="give every row (and sweep point) a distinct name")
-            seen_names.add(row.name)
             rows.append(row)
+    _check_unused(shared, used, file)
     if only is not None:
         missing = [n for n in only if not any(r.base_name == n for r in rows)]
         if missing:
@@ -200,7 +197,43 @@ def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bo
     return recipe
 
 
-def _row_profile(raw: dict, profile: str | None, profiles: dict, *, file: str, table: str) -> dict:
+def _read_header(data: dict, file: str) -> tuple[dict, dict]:
+    """The ``[recipe]`` and ``[profiles]`` tables, their shape checked: every top-level key known,
+    ``[recipe]``'s values strings, every profile a table."""
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise UserError(f"unknown top-level table '{key}'", file=file, key=key,
+                            hint=opts.did_you_mean(key, TOP_LEVEL) or f"allowed: {', '.join(TOP_LEVEL)}")
+    meta = data.get("recipe", {})
+    _expect_table(meta, file, "recipe")
+    for key, value in meta.items():
+        if key not in RECIPE_KEYS:
+            raise UserError(f"unknown key '{key}'", file=file, table="recipe", key=key,
+                            hint=opts.did_you_mean(key, RECIPE_KEYS) or f"allowed: {', '.join(RECIPE_KEYS)}")
+        if not isinstance(value, str):
+            raise UserError(f"expected a string, got {type(value).__name__} {value!r}", file=file, table="recipe",
+                            key=key)
+    profiles = data.get("profiles", {})
+    _expect_table(profiles, file, "profiles")
+    for name, table in profiles.items():
+        _expect_table(table, file, f"profiles.{name}")
+    return meta, profiles
+
+
+def _names_list(value: Any, file: str, table: str, key: str) -> list[str] | None:
+    """A list of row names (a profile's ``only``): None when absent, never empty, never a bare string."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"expected a list of row names, got {type(value).__name__} {value!r}", file=file,
+                        table=table, key=key, hint=f'e.g. {key} = ["lora", "full"]')
+    if not value:
+        raise UserError("an empty list keeps no row", file=file, table=table, key=key,
+                        hint="name the rows to keep, or remove the key to keep them all")
+    return value
+
+
+def _row_profile(raw: dict, profile: str | None, profiles: dict, *, file: str, table: str) -> Layer:
     """A row's own settings for one profile (``[row.profiles.cpu]``), checked like a profile table.
 
     For what only one row needs under a profile, where the profile's value would be wrong
@@ -208,73 +241,56 @@ def _row_profile(raw: dict, profile: str | None, profiles: dict, *, file: str, t
     """
     own = raw.get("profiles", {})
     _expect_table(own, file, f"{table}.profiles")
-    for name in own:
+    for name, section in own.items():
         if name not in profiles:
             raise UserError(f"no profile '{name}' in [profiles]", file=file, table=f"{table}.profiles", key=name,
                             hint=opts.did_you_mean(name, profiles) or f"profiles here: {', '.join(profiles) or 'none'}")
-    section = dict(own.get(profile, {})) if profile else {}
-    _expect_table(section, file, f"{table}.profiles.{profile}")
-    _check_section_keys(section, file, f"{table}.profiles.{profile}", allowed_extra=())
-    return section
-
-
-def _merged(*layers: dict) -> dict:
-    """Later layers win; a plugin's option table merges option by option."""
-    plugins = registry()
-    out: dict = {}
-    for layer in layers:
-        for key, value in layer.items():
-            merge = key in plugins and isinstance(value, dict) and isinstance(out.get(key), dict)
-            out[key] = {**out[key], **value} if merge else value  # a setting (e.g. mix = {}) replaces
-    return out
+        _expect_table(section, file, f"{table}.profiles.{name}")
+    return _layer(own.get(profile, {}) if profile else {}, file, f"{table}.profiles.{profile}")
 
 
 def _expect_table(value: Any, file: str, table: str) -> None:
     if not isinstance(value, dict):
-        raise UserError(f"expected a table, got {type(value).__name__}", file=file, table=table)
+        raise UserError(f"expected a table, got {type(value).__name__} {value!r}", file=file, table=table)
 
 
-def _check_section_keys(section: dict, file: str, table: str, allowed_extra: tuple[str, ...]) -> None:
-    """Keys of [defaults]/[profiles.X]: settings, or option tables named after an installed plugin."""
-    plugins = registry()
+def _layer(section: dict, file: str, table: str, *, plugins: list[str] | None = None) -> Layer:
+    """One table of the recipe split into settings and plugin option tables, each value with the
+    table it was written in. ``plugins``: a row's own list (its tables must name one of them);
+    None for ``[defaults]``, profiles and ``--set``, which may set options of any installed plugin."""
+    installed = registry()
+    out: Layer = {}
     for key, value in section.items():
-        if key in allowed_extra:
+        if plugins is not None and key in ROW_ONLY_KEYS:
             continue
         if key in SETTING_FIELDS:
-            _check_type(value, SETTING_TYPES[key], SETTING_FIELDS[key], file, table, key)
-            continue
-        if isinstance(value, dict) and key in plugins:
-            cls = get_plugin(key, file=file, table=table, key=key)
-            hints = typing.get_type_hints(cls.Options)
-            fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-            for opt, v in value.items():
-                if opt not in fields:
-                    raise UserError(f"unknown option '{opt}'", file=file, table=f"{table}.{key}", key=opt,
-                                    hint=opts.did_you_mean(opt, fields) or f"known options: {', '.join(fields)}")
-                _check_type(v, hints[opt], fields[opt], file, f"{table}.{key}", opt)
-            continue
-        raise UserError(f"unknown key '{key}'", file=file, table=table, key=key,
-                        hint=opts.did_you_mean(key, [*SETTING_FIELDS, *plugins, *allowed_extra])
-                        or "run 'tunerkit list' for settings and plugins")
+            out[(None, key)] = (value, table)
+        elif key in (installed if plugins is None else plugins):
+            _expect_table(value, file, f"{table}.{key}")
+            get_plugin(key, file=file, table=table, key=key)
+            out.update({(key, opt): (v, f"{table}.{key}") for opt, v in value.items()})
+        elif plugins is not None and key in installed and isinstance(value, dict):
+            raise UserError(f"options for plugin '{key}' but plugins = {plugins!r} does not list it",
+                            file=file, table=table, key=key, hint=f"add '{key}' to plugins or remove the table")
+        else:
+            allowed = [*SETTING_FIELDS, *(installed if plugins is None else [*plugins, *ROW_ONLY_KEYS])]
+            raise UserError(f"unknown key '{key}'", file=file, table=table, key=key,
+                            hint=opts.did_you_mean(key, allowed) or "run 'tunerkit list' for settings and plugins")
+    return out
 
 
-def _check_type(value: Any, tp: Any, fld: dataclasses.Field, file: str, table: str, key: str) -> None:
-    """Type-check one setting (each value of a sweep) where it is written, so errors name that table."""
-    for v in (value if _is_sweep(value, tp) else [value]):
-        try:
-            opts.check_value(v, tp)
-        except TypeError:
-            raise UserError(f"expected {opts.type_name(tp)}, got {type(v).__name__} {v!r}", file=file, table=table,
-                            key=key, hint=opts.field_help(fld) or None) from None
+def _options_class(plugin: str | None) -> type:
+    return Settings if plugin is None else get_plugin(plugin).Options
 
 
-def _is_sweep(value: Any, tp: Any) -> bool:
-    if not isinstance(value, list):
-        return False
-    takes_list = _type_takes_list(tp)
-    if not takes_list:
-        return True
-    return bool(value) and all(isinstance(v, list) for v in value)
+def _sweep_values(plugin: str | None, key: str, value: Any) -> list | None:
+    """The values of a sweep (a list given where the option takes one value), else None."""
+    tp = opts.option_types(_options_class(plugin)).get(key)
+    if tp is None or not isinstance(value, list):
+        return None
+    if _type_takes_list(tp) and not (value and all(isinstance(v, list) for v in value)):
+        return None
+    return value
 
 
 def _type_takes_list(tp: Any) -> bool:
@@ -286,91 +302,71 @@ def _type_takes_list(tp: Any) -> bool:
     return tp is Any
 
 
-def _resolve_row(raw: dict, defaults: dict, prof: dict, *, file: str, table: str) -> list[Row]:
+def _check_unused(shared: list[Layer], used: set, file: str) -> None:
+    """Values of ``[defaults]``, the profile and ``--set`` that no row built (options of a plugin no
+    row lists, a setting every row overrides) are checked all the same: a typo there is still one."""
+    for layer in shared:
+        for (plugin, key), (value, table) in layer.items():
+            if (plugin, key, table) not in used:
+                for v in _sweep_values(plugin, key, value) or [value]:
+                    opts.check_field(_options_class(plugin), key, v, file=file, table=table)
+
+
+def _resolve_row(raw: dict, defaults: Layer, late: list[Layer], *, file: str, table: str,
+                 used: set | None = None) -> list[Row]:
+    """The rows of one ``[[row]]``: its layers merged (later wins, option by option), its sweeps
+    expanded, and the settings and each plugin's options built once per sweep point."""
     plugins = raw.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise UserError("plugins must be a list of plugin names", file=file, table=table, key="plugins")
     pending = raw.get("pending")
-    if pending is not None:
-        if not isinstance(pending, str):
-            raise UserError("pending must be a string saying what is missing", file=file, table=table, key="pending")
-        # The row's plugins may not exist yet: keep it (reported "not implemented"), resolve nothing.
-        settings = {k: v for k, v in {**defaults, **raw, **prof}.items() if k in SETTING_FIELDS}
-        settings = {k: (v[0] if _is_sweep(v, SETTING_TYPES[k]) else v) for k, v in settings.items()}
-        return [Row(name=raw["name"], base_name=raw["name"], settings=opts.build(Settings, settings, file=file, table=table),
-                    plugins=list(plugins), options={}, reference=dict(raw.get("reference", {})),
-                    note=raw.get("note", ""), pending=pending)]
-    for p in plugins:
-        get_plugin(p, file=file, table=table)
-    check_combination(plugins, file=file, table=table)
-
-    reference = raw.get("reference", {})
+    if pending is not None and not isinstance(pending, str):
+        raise UserError("pending must be a string saying what is missing", file=file, table=table, key="pending")
+    reference, note = raw.get("reference", {}), raw.get("note", "")
     _expect_table(reference, file, f"{table}.reference")
-    note = raw.get("note", "")
+    if pending is None:
+        for p in plugins:
+            get_plugin(p, file=file, table=table)
+        check_combination(plugins, file=file, table=table)
+    # A pending row's plugins may not exist yet: keep it (reported "not implemented"), build its settings only.
+    built = [] if pending is not None else plugins
+    own = raw if pending is None else {k: v for k, v in raw.items() if k in SETTING_FIELDS}
+    merged: Layer = {}
+    for layer in (defaults, _layer(own, file, table, plugins=built), *late):
+        merged.update(layer)
+    merged = {k: v for k, v in merged.items() if k[0] is None or k[0] in built}
+    if used is not None:
+        used.update((plugin, key, where) for (plugin, key), (_, where) in merged.items())
 
-    # Split the row into settings and plugin tables, rejecting anything else.
-    row_settings, row_tables = {}, {}
-    for key, value in raw.items():
-        if key in ROW_ONLY_KEYS:
-            continue
-        if key in SETTING_FIELDS:
-            _check_type(value, SETTING_TYPES[key], SETTING_FIELDS[key], file, table, key)
-            row_settings[key] = value
-        elif key in plugins:
-            _expect_table(value, file, f"{table}.{key}")
-            row_tables[key] = value
-        elif key in registry() and isinstance(value, dict):
-            raise UserError(f"options for plugin '{key}' but plugins = {plugins!r} does not list it",
-                            file=file, table=table, key=key, hint=f"add '{key}' to plugins or remove the table")
-        else:
-            raise UserError(f"unknown key '{key}'", file=file, table=table, key=key,
-                            hint=opts.did_you_mean(key, [*SETTING_FIELDS, *plugins, *ROW_ONLY_KEYS])
-                            or "run 'tunerkit list' for settings and plugins")
-
-    def layered(getter):
-        merged = {}
-        for layer in (defaults, row_settings, prof):
-            merged.update(getter(layer))
-        return merged
-
-    settings = layered(lambda layer: {k: v for k, v in layer.items() if k in SETTING_FIELDS})
-    tables = {p: {**defaults.get(p, {}), **row_tables.get(p, {}), **prof.get(p, {})} for p in plugins}
-
-    # Collect sweep axes: (kind, plugin or None, key, values).
     axes = []
-    for key, value in settings.items():
-        if _is_sweep(value, SETTING_TYPES[key]):
-            axes.append((None, key, value))
-    for p, tbl in tables.items():
-        hints = typing.get_type_hints(get_plugin(p).Options)
-        for key, value in tbl.items():
-            if key in hints and _is_sweep(value, hints[key]):
-                axes.append((p, key, value))
-    for plugin, key, values in axes:
-        if not values:
-            raise UserError("an empty list sweeps over nothing", file=file, table=table, key=key)
-
+    for (plugin, key), (value, where) in merged.items():
+        values = _sweep_values(plugin, key, value)
+        if values is not None:
+            if not values:
+                raise UserError("an empty list sweeps over nothing", file=file, table=where, key=key)
+            axes.append(((plugin, key), values[:1] if pending is not None else values))
+    axes.sort(key=lambda axis: -1 if axis[0][0] is None else built.index(axis[0][0]))  # names as ever: settings first
     rows = []
-    for combo in itertools.product(*[values for _, _, values in axes]) if axes else [()]:
-        point_settings = dict(settings)
-        point_tables = {p: dict(t) for p, t in tables.items()}
-        sweep = {}
-        for (plugin, key, _), value in zip(axes, combo):
-            if plugin is None:
-                point_settings[key] = value
-                sweep[key] = value
-            else:
-                point_tables[plugin][key] = value
-                sweep[f"{plugin}.{key}"] = value
-        s = opts.build(Settings, point_settings, file=file, table=table)
-        built = {p: opts.build(get_plugin(p).Options, point_tables[p], file=file, table=f"{table}.{p}")
-                 for p in plugins}
-        name = raw["name"]
-        if sweep:
-            name += "[" + ",".join(f"{k}={_short(v)}" for k, v in sweep.items()) + "]"
-        rows.append(Row(name=name, base_name=raw["name"], settings=s, plugins=list(plugins), options=built,
-                        sweep=sweep, reference=dict(reference), note=note))
+    for combo in itertools.product(*[values for _, values in axes]):
+        point = {k: value for k, (value, _) in merged.items()}
+        point.update(zip([k for k, _ in axes], combo))
+        sweep = {(key if plugin is None else f"{plugin}.{key}"): v for ((plugin, key), _), v in zip(axes, combo)}
+        settings, *options = [_build(owner, point, merged, file, table) for owner in (None, *built)]
+        name = raw["name"] + ("[" + ",".join(f"{k}={_short(v)}" for k, v in sweep.items()) + "]"
+                              if sweep and pending is None else "")
+        rows.append(Row(name=name, base_name=raw["name"], settings=settings, plugins=list(plugins),
+                        options=dict(zip(built, options)), sweep=sweep if pending is None else {},
+                        reference=dict(reference), note=note, pending=pending))
     return rows
+
+
+def _build(owner: str | None, point: dict, merged: Layer, file: str, table: str):
+    """The settings (``owner`` None) or one plugin's options of one sweep point, each error
+    naming the table its key was written in."""
+    values = {key: v for (plugin, key), v in point.items() if plugin == owner}
+    where = {key: w for (plugin, key), (_, w) in merged.items() if plugin == owner}
+    return opts.build(_options_class(owner), values, file=file, table=table if owner is None else f"{table}.{owner}",
+                      where=where)
 
 
 def _short(value: Any) -> str:
@@ -393,7 +389,7 @@ def validate_rows(recipe: Recipe) -> None:
 def make_row(name: str = "test", plugins: list[str] | None = None, profile: str | None = None, **table) -> Row:
     """A resolved Row built in code (tests, notebooks): ``make_row("r", ["lora"], lora={"rank": 4}, model="tiny-llama")``."""
     raw = {"name": name, "plugins": list(plugins or []), **table}
-    rows = _resolve_row(raw, {}, {}, file="<code>", table=f"row '{name}'")
+    rows = _resolve_row(raw, {}, [], file="<code>", table=f"row '{name}'")
     if len(rows) != 1:
         raise ValueError("make_row builds one row; sweeps belong in a recipe")
     rows[0].recipe, rows[0].profile = "<code>", profile

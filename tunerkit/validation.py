@@ -1,15 +1,28 @@
-"""Checks that need more than types, run for every row before anything trains."""
+"""Checks that need more than types, run for every row before anything trains.
+
+Everything that can be known without training is checked here, at ``--check`` as at ``run``:
+the model and data can be found and read, the evaluations and chat template exist, the
+machine has the GPUs and memory, and every plugin agrees (its ``validate`` hook, which may
+look at the model's structure through :func:`model_skeleton`). This module builds the row's
+plugin manager itself: the config layer never imports the training loop.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 
 import torch
 
-from tunerkit.data.sources import check_source
+from tunerkit.core import CoreDefaults
+from tunerkit.data.chat import TEMPLATES
+from tunerkit.data.sources import check_source, kind_of
 from tunerkit.errors import UserError
-from tunerkit.models.loading import resolve_model
+from tunerkit.launch import inside_launch, visible_gpus
+from tunerkit.models.loading import ModelSource, cache_dir, resolve_model
 from tunerkit.options import did_you_mean
+from tunerkit.plugins import get_plugin, make_manager
 
 
 def available_memory_bytes() -> tuple[int, str]:
@@ -31,28 +44,110 @@ def check_fits(row, table: str, file: str, bits: float) -> None:
                         hint="pick a smaller preset, a profile for this machine (--profile), or more GPUs")
 
 
-def validate_row(row, file: str) -> None:
-    from tunerkit.eval import evaluators
-    from tunerkit.loop import build_context
+def model_skeleton(row) -> torch.nn.Module | None:
+    """The row's model built on the meta device from its config: every module and parameter
+    shape, no weights, no memory. None where the config cannot be read offline (a hub id not
+    in the local cache, the bundled model before its first conversion)."""
+    return _skeleton(row.settings.model)
 
-    table = f"row '{row.base_name}'"
+
+@functools.lru_cache(maxsize=8)
+def _skeleton(spec: str) -> torch.nn.Module | None:
+    config = _model_config(resolve_model(spec))
+    if config is None:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _model_config(source: ModelSource):
+    from transformers import AutoConfig
+
+    if source.kind == "preset":
+        return source.preset.config()
+    if source.kind == "local":
+        return AutoConfig.from_pretrained(source.path)
+    if source.kind == "bundled":
+        # The converted copy's config, where one exists: converting only to validate would take a while.
+        folder = cache_dir() / "models" / source.spec
+        return AutoConfig.from_pretrained(folder) if (folder / "config.json").exists() else None
+    try:
+        return AutoConfig.from_pretrained(source.spec, local_files_only=True)
+    except OSError:  # not in the local hub cache: nothing to check against offline
+        return None
+
+
+def unmatched_module_names(model: torch.nn.Module, names: list[str]) -> list[str]:
+    """The names (PEFT's ``target_modules`` rule: a module's full name or its last parts) that
+    match no module of ``model``."""
+    found = [n for n, _ in model.named_modules() if n]
+    return [name for name in names if not any(m == name or m.endswith("." + name) for m in found)]
+
+
+def check_row_settings(row, file: str, table: str) -> None:
+    """What the row's settings name exists and can be read: model, data, evaluations, template, GPUs."""
     s = row.settings
     try:
         resolve_model(s.model)
-        check_source(s.dataset, "dataset")
-        if s.eval_dataset:
-            check_source(s.eval_dataset, "eval_dataset")
-        if s.mix:
-            check_source(s.mix["dataset"], "mix")
+        for key, spec in (("dataset", s.dataset), ("eval_dataset", s.eval_dataset),
+                          ("mix", (s.mix or {}).get("dataset"))):
+            if spec:
+                check_source(spec, key)
+                _check_readable(spec, key)
     except UserError as err:
         raise err.located(file=file, table=table) from None
+    if not row.plugins and s.train:
+        raise UserError("plugins = [] with training on would train every weight without saying so", file=file,
+                        table=table, key="plugins", hint='add "full" for full fine-tuning, or set train = false')
+    _check_evaluations(s, file, table)
+    if s.chat_template is not None and s.chat_template not in TEMPLATES:
+        raise UserError(f"unknown chat template '{s.chat_template}'", file=file, table=table, key="chat_template",
+                        hint=did_you_mean(s.chat_template, TEMPLATES) or f"known: {', '.join(TEMPLATES)}")
+
+
+def _check_readable(spec: str, key: str) -> None:
+    if kind_of(spec) != "file":
+        return
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"not a file: {spec}", key=key, hint="name a .jsonl, .json or .parquet file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"cannot read {spec} (permission denied)", key=key)
+
+
+def _check_evaluations(s, file: str, table: str) -> None:
+    from tunerkit.eval import evaluators
+    from tunerkit.eval.extra import check_settings
+
     known = evaluators()
     for name in s.evaluate:
         if name not in known:
             raise UserError(f"unknown evaluation '{name}'", file=file, table=table, key="evaluate",
                             hint=did_you_mean(name, known) or f"known: {', '.join(known)}")
-    ctx = build_context(row, out_dir=None)
-    check_fits(row, table, file, ctx.hook.weight_bits(row=row))
-    for reason in ctx.hook.validate(row=row):
+    reason = check_settings(s)
+    if reason:
+        raise UserError(reason, file=file, table=table, key="evaluate",
+                        hint="set eval_data_dir, or leave these evaluations out")
+
+
+def check_gpus(row, file: str, table: str) -> None:
+    """A row asking for more GPUs than this machine shows cannot start (a launcher's own processes
+    are checked by tunerkit.launch instead)."""
+    have = visible_gpus()
+    if row.settings.gpus > 1 and not inside_launch() and have < row.settings.gpus:
+        raise UserError(f"the row asks for {row.settings.gpus} GPUs but {have} {'is' if have == 1 else 'are'} visible",
+                        file=file, table=table, key="gpus",
+                        hint="lower gpus in the recipe or profile, or check CUDA_VISIBLE_DEVICES")
+
+
+def validate_row(row, file: str) -> None:
+    table = f"row '{row.base_name}'"
+    check_row_settings(row, file, table)
+    hook = make_manager([CoreDefaults()], [get_plugin(name)(row.options[name]) for name in row.plugins]).hook
+    for reason in hook.validate(row=row):
         if reason:
             raise UserError(reason, file=file, table=table, key="plugins")
+    check_gpus(row, file, table)
+    check_fits(row, table, file, hook.weight_bits(row=row))

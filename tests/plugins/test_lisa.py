@@ -132,7 +132,7 @@ def test_bad_rows_fail_early(tiny_row):
 
     with pytest.raises(UserError, match="needs 'full'"):
         tiny_row("lisa")
-    with pytest.raises(UserError, match="activated_layers must be >= 1"):
+    with pytest.raises(UserError, match=r"activated_layers: 0 is out of range \(hint: allowed: >= 1\)"):
         tiny_row("full", "lisa", lisa={"activated_layers": 0})
     with pytest.raises(UserError, match="gpus = 1") as err:
         validate_row(tiny_row("full", "lisa", gpus=2), file="t.toml")

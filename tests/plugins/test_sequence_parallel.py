@@ -78,8 +78,11 @@ def test_validate_refusals(tiny_row, monkeypatch):
 
 
 def test_sp_size_must_be_positive():
-    with pytest.raises(ValueError):
-        SequenceParallelOptions(sp_size=0)
+    from tunerkit.errors import UserError
+    from tunerkit.options import build
+
+    with pytest.raises(UserError, match="allowed: >= 1"):
+        build(SequenceParallelOptions, {"sp_size": 0})
 
 
 def test_metrics_report_the_data_parallel_width():

@@ -19,11 +19,7 @@ from tunerkit.errors import RowFailed
 
 @dataclass
 class LazyTokenizeOptions:
-    probe_size: int = option(256, "records tokenized up front to estimate the samples per pass (for step planning)")
-
-    def __post_init__(self):
-        if self.probe_size < 1:
-            raise ValueError(f"probe_size must be >= 1, got {self.probe_size}")
+    probe_size: int = option(256, "records tokenized up front to estimate the samples per pass (for step planning)", min=1)
 
 
 class LazyTokenize(Plugin):

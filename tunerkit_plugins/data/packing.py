@@ -28,14 +28,12 @@ assert set(Kernel.__args__) == set(KERNELS)
 
 @dataclass
 class PackingOptions:
-    buffer_size: int = option(1000, "samples packed together when the data is streamed (lazy_tokenize)")
+    buffer_size: int = option(1000, "samples packed together when the data is streamed (lazy_tokenize)", min=1)
     kernel: Kernel = option("auto", "varlen attention: auto = flash_attn, else torch varlen_attn, else SDPA per sample")
     row_length: int | None = option(None, "tokens per packed row (unset: max_length); samples are still cut "
                                     "at max_length, so rows may hold several long samples", added_later=True)
 
     def __post_init__(self):
-        if self.buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
         if self.row_length is not None and self.row_length < 1:
             raise ValueError(f"row_length must be >= 1, got {self.row_length}")
 

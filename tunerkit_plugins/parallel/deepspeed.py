@@ -29,15 +29,13 @@ INSTALL_HINT = "pip install 'tunerkit[multigpu]' (deepspeed>=0.17)"
 
 @dataclass
 class DeepSpeedOptions:
-    zero_stage: int = option(2, "ZeRO stage: 2 shards gradients and optimizer states, 3 also the weights")
+    zero_stage: int = option(2, "ZeRO stage: 2 shards gradients and optimizer states, 3 also the weights", min=2, max=3)
     offload_optimizer: Literal["none", "cpu"] = option("none", "keep optimizer states (and the step) on the CPU")
     offload_param: Literal["none", "cpu"] = option("none", "keep weights on the CPU between uses (stage 3 only)")
     config: str | None = option(None, "a DeepSpeed JSON config to start from (its zero_optimization wins "
                                       "over the options)")
 
     def __post_init__(self):
-        if self.zero_stage not in (2, 3):
-            raise ValueError(f"zero_stage must be 2 or 3, got {self.zero_stage}")
         if self.offload_param != "none" and self.zero_stage != 3:
             raise ValueError("offload_param needs zero_stage = 3 (only stage 3 partitions the weights)")
 

@@ -31,11 +31,7 @@ IGNORE_INDEX = -100
 
 @dataclass
 class SequenceParallelOptions:
-    sp_size: int = option(2, "GPUs sharing one sequence (Ulysses); the data-parallel width becomes gpus / sp_size")
-
-    def __post_init__(self):
-        if self.sp_size < 1:
-            raise ValueError(f"sp_size must be >= 1, got {self.sp_size}")
+    sp_size: int = option(2, "GPUs sharing one sequence (Ulysses); the data-parallel width becomes gpus / sp_size", min=1)
 
 
 class ShardableCollator:

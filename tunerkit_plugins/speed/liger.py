@@ -44,11 +44,7 @@ class LigerOptions:
         True, "lm_head + cross-entropy in chunks: the tokens x vocab logits are never materialised")
     chunk_mem_const: int = option(
         1, "the fused cross-entropy's logits chunk holds up to C x tokens x hidden elements (liger's "
-           "chunk_mem_const; 1 = liger's default): larger chunks, fewer passes over the lm_head weight", added_later=True)
-
-    def __post_init__(self):
-        if self.chunk_mem_const < 1:
-            raise ValueError(f"chunk_mem_const must be >= 1, got {self.chunk_mem_const}")
+           "chunk_mem_const; 1 = liger's default): larger chunks, fewer passes over the lm_head weight", added_later=True, min=1)
 
 
 #: the kernels liger puts inside a decoder layer, the region the ``compile`` plugin compiles

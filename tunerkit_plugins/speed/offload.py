@@ -43,16 +43,10 @@ class OffloadOptions:
     scope: Literal["auto", "checkpoints", "all"] = option(
         "auto", "checkpoints: the layer inputs gradient checkpointing keeps; all: every saved activation of the"
                 " forward; auto: checkpoints when gradient_checkpointing is on, else all")
-    min_bytes: int = option(1 << 20, "offload only saved tensors at least this large (bytes)")
+    min_bytes: int = option(1 << 20, "offload only saved tensors at least this large (bytes)", min=0)
     prefetch: int = option(
         0, "when the backward takes one offloaded tensor back, start copying this many of the ones saved before it"
-           " on a side stream (0: each is copied back on the compute stream when needed)")
-
-    def __post_init__(self):
-        if self.min_bytes < 0:
-            raise ValueError(f"min_bytes must be >= 0, got {self.min_bytes}")
-        if self.prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+           " on a side stream (0: each is copied back on the compute stream when needed)", min=0)
 
 
 class Parked:

@@ -29,30 +29,21 @@ from tunerkit_plugins.tuners.lora import LoRA, resolve_targets
 
 @dataclass
 class AdaLoRAOptions:
-    target_r: int = option(8, "average rank per adapted matrix after pruning")
-    init_r: int = option(12, "rank every adapted matrix starts with")
-    tinit: int = option(0, "optimizer steps before pruning starts")
-    tfinal: int = option(0, "optimizer steps at the end with the final ranks fixed")
-    deltaT: int = option(1, "steps between two budget allocations")
-    beta1: float = option(0.85, "EMA factor of the sensitivity")
-    beta2: float = option(0.85, "EMA factor of the uncertainty")
-    orth_reg_weight: float = option(0.5, "weight of the orthogonality regulariser on P and Q")
-    alpha: float = option(32.0, "scaling numerator, as LoRA's")
-    dropout: float = option(0.05, "dropout on the adapter's input")
+    target_r: int = option(8, "average rank per adapted matrix after pruning", min=1)
+    init_r: int = option(12, "rank every adapted matrix starts with", min=1)
+    tinit: int = option(0, "optimizer steps before pruning starts", min=0)
+    tfinal: int = option(0, "optimizer steps at the end with the final ranks fixed", min=0)
+    deltaT: int = option(1, "steps between two budget allocations", min=1)
+    beta1: float = option(0.85, "EMA factor of the sensitivity", gt=0, lt=1)
+    beta2: float = option(0.85, "EMA factor of the uncertainty", gt=0, lt=1)
+    orth_reg_weight: float = option(0.5, "weight of the orthogonality regulariser on P and Q", min=0)
+    alpha: float = option(32.0, "scaling numerator, as LoRA's", gt=0)
+    dropout: float = option(0.05, "dropout on the adapter's input", min=0, lt=1)
     targets: str | list[str] = option("DEFAULT", "DEFAULT (the family's q,k,v), ALL (every linear but the head), or module names")
 
     def __post_init__(self):
-        if not 1 <= self.target_r <= self.init_r:
-            raise ValueError(f"need 1 <= target_r <= init_r, got target_r={self.target_r}, init_r={self.init_r}")
-        if self.tinit < 0 or self.tfinal < 0 or self.deltaT < 1:
-            raise ValueError("tinit and tfinal must be >= 0 and deltaT >= 1")
-        for name in ("beta1", "beta2"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        if self.orth_reg_weight < 0:
-            raise ValueError(f"orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.target_r > self.init_r:
+            raise ValueError(f"need target_r <= init_r, got target_r={self.target_r}, init_r={self.init_r}")
 
 
 def _budget_phase_error(o: AdaLoRAOptions, total_steps: int) -> str | None:

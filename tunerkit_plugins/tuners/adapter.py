@@ -36,13 +36,9 @@ CONFIG_FILE = "adapter_config.json"
 
 @dataclass
 class AdapterOptions:
-    dim: int = option(128, "bottleneck width")
+    dim: int = option(128, "bottleneck width", min=1)
     zero_init_up: bool = option(False, "start the up projection at zero: the adapter adds nothing at init "
                                        "(false = ms-swift's Xavier init, which moves the output at once)")
-
-    def __post_init__(self):
-        if self.dim < 1:
-            raise ValueError(f"dim must be >= 1, got {self.dim}")
 
 
 class Bottleneck(nn.Module):

@@ -38,9 +38,9 @@ OPTIMIZER_CLASSES = {"adamw": "GaLoreAdamW", "adamw8bit": "GaLoreAdamW8bit", "ad
 
 @dataclass
 class GaLoreOptions:
-    rank: int = option(128, "rank r of the gradient projection (ms-swift's benchmark page: 128, 64, 32)")
-    update_proj_gap: int = option(50, "optimizer steps between two SVD refreshes of the projection (ms-swift's benchmark: 200)")
-    scale: float = option(1.0, "factor on the projected-back update")
+    rank: int = option(128, "rank r of the gradient projection (ms-swift's benchmark page: 128, 64, 32)", min=1)
+    update_proj_gap: int = option(50, "optimizer steps between two SVD refreshes of the projection (ms-swift's benchmark: 200)", min=1)
+    scale: float = option(1.0, "factor on the projected-back update", gt=0)
     proj_type: Literal["std", "reverse_std", "right", "left", "full"] = option(
         "std", "which side is projected: std = the smaller dimension of each matrix")
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = option(
@@ -51,23 +51,16 @@ class GaLoreOptions:
                " single GPU only, no gradient clipping")
     quantize: bool = option(False, "Q-GaLore (q-galore-torch): 8-bit AdamW state and lazy layer-adaptive refreshes; GPU only")
     proj_quant: bool = option(False, "Q-GaLore: keep the projection matrices in proj_bits bits (needs quantize)")
-    proj_bits: int = option(4, "bits of a quantized projection matrix")
-    proj_group_size: int = option(256, "values sharing one scale in a quantized projection matrix")
-    cos_threshold: float = option(0.4, "Q-GaLore: mean cosine similarity of successive projections above which refreshes slow down")
-    gamma_proj: float = option(2.0, "Q-GaLore: factor by which a stable layer's refresh gap grows")
-    queue_size: int = option(5, "Q-GaLore: refreshes averaged for the cosine similarity")
+    proj_bits: int = option(4, "bits of a quantized projection matrix", min=1, max=8)
+    proj_group_size: int = option(256, "values sharing one scale in a quantized projection matrix", min=1)
+    cos_threshold: float = option(0.4, "Q-GaLore: mean cosine similarity of successive projections above which refreshes slow down", min=-1, max=1)
+    gamma_proj: float = option(2.0, "Q-GaLore: factor by which a stable layer's refresh gap grows", min=1)
+    queue_size: int = option(5, "Q-GaLore: refreshes averaged for the cosine similarity", min=1)
     svd_driver: Literal["auto", "torch", "gesvd", "gesvdj", "gesvda"] = option(
         "auto", "cuSOLVER method of the projector's SVD on a GPU; auto = gesvda (much faster than torch's "
                 "choice on large gradients: docs/tuners/galore.md); torch = torch's own choice")
 
     def __post_init__(self):
-        for name in ("rank", "update_proj_gap", "proj_group_size", "queue_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 1 <= self.proj_bits <= 8:
-            raise ValueError(f"proj_bits must be in 1..8, got {self.proj_bits}")
-        if self.gamma_proj < 1:
-            raise ValueError(f"gamma_proj must be >= 1, got {self.gamma_proj}")
         if self.proj_quant and not self.quantize:
             raise ValueError("proj_quant needs quantize = true (it is a Q-GaLore option)")
         if self.quantize and self.optimizer != "adamw":

@@ -30,18 +30,12 @@ from tunerkit_plugins._helpers.optimizer_state import state_gib
 
 @dataclass
 class LISAOptions:
-    activated_layers: int = option(2, "decoder layers that train at the same time (ms-swift's benchmark page: 2 or 4)")
-    step_interval: int = option(20, "optimizer steps between two draws of the active layers")
+    activated_layers: int = option(2, "decoder layers that train at the same time (ms-swift's benchmark page: 2 or 4)", min=1)
+    step_interval: int = option(20, "optimizer steps between two draws of the active layers", min=1)
     train_embeddings: bool = option(
         True, "the input embedding trains all the time (as in ms-swift); false saves its gradient and optimizer state"
               " and lets backward stop at the lowest active layer")
     train_head: bool = option(True, "the output head trains all the time (as in ms-swift); false saves its gradient and optimizer state")
-
-    def __post_init__(self):
-        if self.activated_layers < 1:
-            raise ValueError(f"activated_layers must be >= 1, got {self.activated_layers}")
-        if self.step_interval < 1:
-            raise ValueError(f"step_interval must be >= 1, got {self.step_interval}")
 
 
 def _set_trainable(module: nn.Module, trainable: bool, optimizer) -> None:

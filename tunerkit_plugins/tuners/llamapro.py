@@ -28,11 +28,7 @@ ZEROED = ("o_proj", "down_proj")
 
 @dataclass
 class LlamaProOptions:
-    num_new_blocks: int = option(4, "blocks inserted: one after every layers // num_new_blocks original blocks")
-
-    def __post_init__(self):
-        if self.num_new_blocks < 1:
-            raise ValueError(f"num_new_blocks must be >= 1, got {self.num_new_blocks}")
+    num_new_blocks: int = option(4, "blocks inserted: one after every layers // num_new_blocks original blocks", min=1)
 
 
 def _layers_error(layers: int, new: int) -> str | None:

@@ -18,15 +18,8 @@ from tunerkit_plugins.tuners.lora import LoRA, LoRAOptions
 
 @dataclass
 class LoRAPlusOptions(LoRAOptions):
-    lr_ratio: float = option(16.0, "learning rate of lora_B (and 1-D params) = learning_rate * lr_ratio")
-    lr_embedding: float = option(1e-6, "learning rate of LoRA matrices on embedding layers")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.lr_ratio <= 0:
-            raise ValueError(f"lr_ratio must be > 0, got {self.lr_ratio}")
-        if self.lr_embedding < 0:
-            raise ValueError(f"lr_embedding must be >= 0, got {self.lr_embedding}")
+    lr_ratio: float = option(16.0, "learning rate of lora_B (and 1-D params) = learning_rate * lr_ratio", gt=0)
+    lr_embedding: float = option(1e-6, "learning rate of LoRA matrices on embedding layers", min=0)
 
 
 class _GroupsOnly:

@@ -19,11 +19,7 @@ from tunerkit import Plugin, hookimpl, option
 
 @dataclass
 class NEFTuneOptions:
-    alpha: float = option(15.0, "noise scale: uniform in ±alpha/sqrt(seq_len * hidden)")
-
-    def __post_init__(self):
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+    alpha: float = option(15.0, "noise scale: uniform in ±alpha/sqrt(seq_len * hidden)", min=0)
 
 
 def _hook_function():

@@ -14,7 +14,7 @@ from tunerkit_plugins.tuners.lora import LoRA, LoRAOptions
 
 @dataclass
 class RsLoRAOptions(LoRAOptions):
-    alpha: float = option(32.0, "scaling numerator: the update is scaled by alpha / sqrt(r)")
+    alpha: float = option(32.0, "scaling numerator: the update is scaled by alpha / sqrt(r)", gt=0)
 
 
 class RsLoRA(LoRA):

@@ -22,6 +22,7 @@ from tunerkit.context import RunContext
 from tunerkit.core import CoreDefaults, resolve_dtype
 from tunerkit.distributed import count_label_tokens, data_parallel_size, global_throughput
 from tunerkit.errors import RowFailed
+from tunerkit.guards import check_losses, nothing_left
 from tunerkit.metrics import StepClock, Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
@@ -127,8 +128,7 @@ def _run(ctx: RunContext, progress) -> dict:
         ctx.collators[split] = hook.make_collator(ctx=ctx, split=split)
     train = ctx.datasets.get("train")
     if train is None or (not isinstance(train, IterableDataset) and len(train) == 0):
-        raise RowFailed(f"no training samples left (max_length={s.max_length}, "
-                        f"truncation_strategy={s.truncation_strategy!r} dropped them all)")
+        raise RowFailed(nothing_left(ctx))
     loader = make_loader(ctx, train)
 
     # -- optimizer -----------------------------------------------------------------
@@ -174,6 +174,7 @@ def _run(ctx: RunContext, progress) -> dict:
         if s.token_budget and trained_tokens * data_parallel_size(ctx) >= s.token_budget:
             break
     losses = [float(v) for v in step_losses]
+    check_losses(losses)  # a NaN/inf loss fails the row, naming its step
     if s.overlap_steps and progress is not None and losses:
         progress.update(ctx.global_step, losses[-1])
     for seconds, counts in zip(clock.seconds(), step_counts):

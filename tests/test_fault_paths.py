@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from faults_common import tiny_recipe
 from tunerkit.errors import UserError
 from tunerkit.paths import inside, safe_component
 
@@ -33,24 +34,11 @@ def test_inside_refuses_a_link_that_leads_out(tmp_path):
         inside(tmp_path / "runs", "evil", "row")
 
 
-RECIPE = '''
-[recipe]
-name = "{name}"
-[defaults]
-model = "tiny-llama"
-dataset = "builtin:arithmetic"
-max_train_samples = 8
-val_size = 0
-batch_size = 4
-max_length = 64
-max_steps = 1
-gradient_checkpointing = false
-evaluate = []
-save = true
+RECIPE = tiny_recipe("{name}", defaults="save = true\n", rows='''
 [[row]]
 name = ".."
 plugins = ["lora"]
-'''
+''')
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -67,7 +55,7 @@ def test_run_and_plot_write_only_under_the_named_folders(tmp_path, recipe_name):
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
     recipe_file = work / "r.toml"
-    recipe_file.write_text(RECIPE.format(name=recipe_name))
+    recipe_file.write_text(RECIPE.replace("{name}", recipe_name))
     before = files_under(tmp_path) | {recipe_file}
     store = Store(work / "runs" / "t.db").check()
     outcomes = run_recipe(load_recipe(recipe_file), store, runs_dir=work / "runs", progress=False,

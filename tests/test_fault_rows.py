@@ -14,24 +14,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from faults_common import tiny_recipe
 from tunerkit.cli import main
 from tunerkit.errors import MissingPackage, RowFailed
 from tunerkit.guards import check_losses
 from tunerkit.hookspecs import hookimpl
 
-RECIPE = '''
-[recipe]
-name = "rows"
-[defaults]
-model = "tiny-llama"
-dataset = "builtin:arithmetic"
-max_train_samples = 8
-val_size = 0
-batch_size = 4
-max_length = 64
-max_steps = 1
-gradient_checkpointing = false
-evaluate = []
+RECIPE = tiny_recipe("rows", '''
 [[row]]
 name = "good"
 plugins = ["lora"]
@@ -39,7 +28,7 @@ plugins = ["lora"]
 name = "bad"
 plugins = ["lora"]
 dataset = "{bad}"
-'''
+''')
 
 
 def recipe_of(rows):
@@ -111,7 +100,7 @@ def test_run_exits_1_when_a_row_failed_and_records_every_row(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"input_ids": [1, -5, 3]}) + "\n")
     recipe = tmp_path / "r.toml"
-    recipe.write_text(RECIPE.format(bad=bad))
+    recipe.write_text(RECIPE.replace("{bad}", str(bad)))
     db = tmp_path / "t.db"
     result = CliRunner().invoke(main, ["run", str(recipe), "--db", str(db), "--runs-dir", str(tmp_path / "runs"),
                                        "--no-progress"])

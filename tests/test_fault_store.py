@@ -15,23 +15,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from faults_common import tiny_recipe
 from tunerkit.cli import main
 from tunerkit.errors import UserError
 from tunerkit.store import SCHEMA_VERSION, Store
 
-RECIPE = '''
-[recipe]
-name = "db"
-[defaults]
-model = "tiny-llama"
-dataset = "builtin:arithmetic"
-max_train_samples = 8
-val_size = 0
-batch_size = 4
-max_length = 64
-max_steps = 1
-gradient_checkpointing = false
-evaluate = []
+RECIPE = tiny_recipe("db", '''
 [[row]]
 name = "one"
 plugins = ["lora"]
@@ -42,7 +31,7 @@ plugins = ["full"]
 name = "three"
 plugins = ["lora"]
 lora = { rank = 4 }
-'''
+''')
 
 
 @pytest.fixture

@@ -84,6 +84,9 @@ def test_a_missing_optional_package_skips_the_row_and_the_others_run(tmp_path, t
     assert reasons["needs-galore"] == ("skipped", "skipped: needs galore-torch (pip install galore-torch)")
     assert reasons["needs-module"] == ("skipped", "skipped: needs some_pkg (pip install some-pkg)")
     assert reasons["fine"][0] == "ok"
+    # Once the package is installed, --resume runs the skipped rows; the finished one stays done.
+    assert [store.done(recipe="r", row=r, repeat=0) for r in rows] == [False, False, True]
+    assert store.claim(recipe="r", row=rows[0], repeat=0) is None
 
 
 def test_galore_without_its_package_says_what_to_install(monkeypatch):
@@ -128,9 +131,12 @@ def test_ctrl_c_is_one_line_and_exit_130_and_resume_goes_on(tmp_path, when):
                 break
         time.sleep(3)
     else:
-        # The command's own start-up (its imports, the recipe, the database) has begun: the
-        # package is imported and the interrupt lands in what `run` does first.
-        time.sleep(1.5)
+        # Start-up: the interrupt lands while torch is still being imported (its library
+        # mapped, nothing printed yet), the slowest part of every command's start.
+        maps = Path(f"/proc/{proc.pid}/maps")
+        deadline = time.monotonic() + 120
+        while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)

@@ -81,12 +81,14 @@ class Store:
             if not write:
                 with closing(sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
                     self._known_version(conn)
+                self._checked = max(self._checked, 1)
                 return self
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with closing(sqlite3.connect(self.path, timeout=60, isolation_level=None)) as conn:
                 conn.execute("BEGIN IMMEDIATE")  # takes the write lock: proves the file writable
                 self._migrate(conn)
                 conn.execute("COMMIT")
+            self._checked = 2
         except UserError:
             raise
         except (OSError, sqlite3.Error) as err:
@@ -116,7 +118,6 @@ class Store:
     def _connect(self, write: bool = True) -> sqlite3.Connection:
         if self._checked < (2 if write else 1):
             self.check(write)
-            self._checked = 2 if write else 1
         return sqlite3.connect(self.path, timeout=60)
 
     def record(self, *, recipe: str, row, repeat: int, status: str, reason: str | None, metrics: dict,
@@ -130,12 +131,13 @@ class Store:
                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", payload)
 
     def done(self, *, recipe: str, row, repeat: int) -> bool:
-        """True when this row, with an identical config, already has a record."""
+        """True when this row, with an identical config, already has a record (a row skipped for a
+        missing package has none: once the package is installed, --resume runs it)."""
         if not self.path.exists():
             return False
         with closing(self._connect()) as conn:
             cur = conn.execute("SELECT 1 FROM runs WHERE recipe = ? AND row = ? AND profile IS ? AND repeat = ?"
-                               " AND config_hash = ? LIMIT 1",
+                               " AND config_hash = ? AND status != 'skipped' LIMIT 1",
                                (recipe, row.name, row.profile, repeat, row.config_hash()))
             return cur.fetchone() is not None
 
@@ -170,7 +172,7 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")  # no other process reads or claims between check and claim
             try:
                 if conn.execute("SELECT 1 FROM runs WHERE recipe = ? AND row = ? AND profile IS ? AND repeat = ?"
-                                " AND config_hash = ? LIMIT 1", (recipe, row.name, row.profile, repeat,
+                                " AND config_hash = ? AND status != 'skipped' LIMIT 1", (recipe, row.name, row.profile, repeat,
                                                                  key[4])).fetchone():
                     return "done"
                 held = conn.execute("SELECT pid, host FROM claims WHERE recipe = ? AND row = ? AND profile = ?"

@@ -19,12 +19,24 @@ DEFAULT_DB = "runs/tunerkit.db"
 class TunerkitGroup(click.Group):
     """Turns a :class:`UserError` anywhere below into one line on stderr and exit code 2."""
 
+    def get_command(self, ctx, name):
+        _add_subcommands()  # here, not at import: Ctrl-C while torch loads is caught like any other
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx):
+        _add_subcommands()
+        return super().list_commands(ctx)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as err:
             click.echo(f"error: {err.one_line()}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            # Anywhere, start-up included: finished rows are recorded, `run --resume` continues.
+            click.echo("\ninterrupted (rows already recorded are kept; run again with --resume to go on)", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=TunerkitGroup)
@@ -92,7 +104,7 @@ def run(recipe, profile, only, resume, db, runs_dir, no_progress, check, sets):
             click.echo(f"{r.name}: plugins={r.plugins} model={r.settings.model} dataset={r.settings.dataset}")
         click.echo(f"{len(rec.rows)} rows valid (profile: {profile or 'none'})")
         return
-    store = Store(db)
+    store = Store(db).check()  # before the first row trains: a bad --db costs nothing
     gpus = max(r.settings.gpus for r in rec.rows)
     if gpus > 1:
         from tunerkit.launch import relaunch_if_needed
@@ -114,6 +126,8 @@ def run(recipe, profile, only, resume, db, runs_dir, no_progress, check, sets):
         failed = sum(o.status == "failed" for o in outcomes)
         click.echo(f"\n{len(outcomes)} rows: {sum(o.status == 'ok' for o in outcomes)} ok, {failed} failed, "
                    f"{sum(o.status == 'skipped' for o in outcomes)} skipped; results in {db}")
+        if failed:
+            sys.exit(1)
 
 
 @main.command(name="list")
@@ -181,10 +195,16 @@ def report(recipe, db, fmt, profile, only):
             click.echo("")
 
 
-# Sub-commands that live beside the code they drive (each module exposes ``command``). They
-# import optional packages inside the command, so an import error here is a bug to show.
-for _module in ("tunerkit.export", "tunerkit.data.stats", "tunerkit.eval.cli", "tunerkit.report.plots"):
-    main.add_command(importlib.import_module(_module).command)
+def _add_subcommands() -> None:
+    """Sub-commands that live beside the code they drive (each module exposes ``command``).
+
+    Loaded on first use, so an interrupt during torch's import is caught like any other; they
+    import optional packages inside the command, so an import error here is a bug to show."""
+    if getattr(_add_subcommands, "done", False):
+        return
+    _add_subcommands.done = True
+    for _module in ("tunerkit.export", "tunerkit.data.stats", "tunerkit.eval.cli", "tunerkit.report.plots"):
+        main.add_command(importlib.import_module(_module).command)
 
 
 if __name__ == "__main__":

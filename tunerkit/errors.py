@@ -34,3 +34,11 @@ class UserError(Exception):
 
 class RowFailed(Exception):
     """A row could not finish; recorded as a failed cell with ``reason``, the run goes on."""
+
+
+class MissingPackage(RowFailed):
+    """A row needs an optional package that is not installed: recorded as skipped, the run goes on."""
+
+    def __init__(self, module: str, package: str | None = None):
+        self.module, self.package = module, package or module.replace("_", "-")
+        super().__init__(f"needs {self.package} (pip install {self.package})")

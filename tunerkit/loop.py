@@ -22,6 +22,7 @@ from tunerkit.context import RunContext
 from tunerkit.core import CoreDefaults
 from tunerkit.distributed import count_label_tokens, data_parallel_size, global_throughput
 from tunerkit.errors import RowFailed
+from tunerkit.guards import check_losses, nothing_left
 from tunerkit.metrics import StepClock, Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
@@ -171,8 +172,7 @@ def build_optimizer(ctx: RunContext) -> DataLoader:
     s, hook = ctx.settings, ctx.hook
     train_set = ctx.datasets.get("train")
     if train_set is None or (not isinstance(train_set, IterableDataset) and len(train_set) == 0):
-        raise RowFailed(f"no training samples left (max_length={s.max_length}, "
-                        f"truncation_strategy={s.truncation_strategy!r} dropped them all)")
+        raise RowFailed(nothing_left(ctx))
     loader = make_loader(ctx, train_set)
     ctx.total_steps = plan_steps(ctx, loader)
     ctx.optimizer = hook.make_optimizer(ctx=ctx, groups=hook.param_groups(ctx=ctx))
@@ -243,6 +243,7 @@ def train(ctx: RunContext, loader: DataLoader, progress) -> None:
 
 def record_training(ctx: RunContext, losses: list[float], timed_steps, eval_curve) -> None:
     """Throughput, the loss curves and peak memory of the finished training."""
+    check_losses(losses)  # a NaN/inf loss fails the row, naming its step
     throughput = Throughput(warmup_steps=min(ctx.settings.timing_warmup_steps, max(ctx.total_steps - 1, 0)))
     for seconds, counts in timed_steps:
         throughput.add_step(seconds, *counts)

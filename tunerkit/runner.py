@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from tunerkit.errors import RowFailed, UserError
+from tunerkit.errors import MissingPackage, RowFailed, UserError
 from tunerkit.metrics import environment
-from tunerkit.progress import RowProgress
+from tunerkit.paths import inside
+from tunerkit.progress import EvaluationProgress, RowProgress
 from tunerkit.store import Store
 
 
@@ -19,7 +21,7 @@ from tunerkit.store import Store
 class Outcome:
     row: str
     repeat: int
-    status: str  # ok | failed | skipped
+    status: str  # ok | failed | skipped | pending
     reason: str | None = None
     metrics: dict | None = None
 
@@ -32,66 +34,94 @@ def failure_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}".strip()
 
 
+def missing_package(err: BaseException) -> str | None:
+    """"needs X (pip install X)" when the row stopped on an optional package that is not installed."""
+    if isinstance(err, MissingPackage):
+        return str(err)
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        top = err.name.split(".")[0]
+        return f"needs {top} (pip install {top.replace('_', '-')})"
+    return None
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: above the core count, other work shared the CPU with the row."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def run_recipe(recipe, store: Store, *, resume: bool = False, runs_dir: Path = Path("runs"),
                progress: bool = True, echo=print) -> list[Outcome]:
-    from tunerkit.loop import run_row
-
     outcomes: list[Outcome] = []
     is_main = _is_main_process()
+    # Claims need every process of a row to agree on what it trains: single-process runs only.
+    claims = resume and int(os.environ.get("WORLD_SIZE", "1")) == 1
     total = sum(r.settings.repeats for r in recipe.rows)
     index = 0
     trained_here = 0  # rows this process trained before the current one (the first pays one-off costs)
     for row in recipe.rows:
         for repeat in range(row.settings.repeats):
             index += 1
-            if resume and store.done(recipe=recipe.name, row=row, repeat=repeat):
+            where = f"[{index}/{total}] {row.name}"
+            held = store.claim(recipe=recipe.name, row=row, repeat=repeat) if claims else None
+            if held is None and resume and not claims and store.done(recipe=recipe.name, row=row, repeat=repeat):
+                held = "done"
+            if held is not None:
                 if is_main:
-                    echo(f"[{index}/{total}] {row.name}: already in {store.path}, skipped (--resume)")
+                    echo(f"{where}: already in {store.path}, skipped (--resume)" if held == "done"
+                         else f"{where}: being trained by {held}, skipped")
                 outcomes.append(Outcome(row.name, repeat, "skipped"))
                 continue
-            if row.pending is not None:
-                if is_main:
-                    echo(f"[{index}/{total}] {row.name}: not implemented ({row.pending})")
-                    store.record(recipe=recipe.name, row=row, repeat=repeat, status="pending",
-                                 reason=f"not implemented: {row.pending}", metrics={}, environment={},
-                                 started=time.time())
-                outcomes.append(Outcome(row.name, repeat, "pending", row.pending))
-                continue
-            if is_main:
-                echo(f"[{index}/{total}] {row.name}: plugins={'+'.join(row.plugins) or '-'} model={row.settings.model}")
-            bar = RowProgress(row.name, enabled=progress and is_main)
-            started = time.time()
-            out_dir = runs_dir / recipe.name / _safe(row.name)
             try:
-                metrics = run_row(row, out_dir, progress=bar)
-                metrics["rows_before_in_process"] = trained_here
-                status, reason = "ok", None
-            except KeyboardInterrupt:
-                raise
-            except Exception as err:  # one row's failure is a cell, not a crash
-                metrics, status, reason = {}, "failed", failure_reason(err)
-                if is_main:
-                    echo(f"    failed: {reason}")
-                    if not isinstance(err, (RowFailed, UserError, torch.OutOfMemoryError)):
-                        traceback.print_exc()
+                outcome = _one_row(recipe, row, repeat, store, runs_dir, progress, is_main, trained_here, where, echo)
             finally:
-                bar.close()
-                trained_here += 1
-            if status == "ok":
-                metrics["wall_seconds"] = time.time() - started  # load + train + evaluate
-            env = environment(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-            if is_main:
-                store.record(recipe=recipe.name, row=row, repeat=repeat, status=status, reason=reason,
-                             metrics=metrics, environment=env, started=started)
-            outcomes.append(Outcome(row.name, repeat, status, reason, metrics))
+                if claims:
+                    store.release(recipe=recipe.name, row=row, repeat=repeat)
+            trained_here += outcome.status in ("ok", "failed")
+            outcomes.append(outcome)
     return outcomes
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.+=" else "_" for c in name)
+def _one_row(recipe, row, repeat, store, runs_dir, progress, is_main, trained_here, where, echo) -> Outcome:
+    from tunerkit.loop import run_row
+
+    if row.pending is not None:
+        if is_main:
+            echo(f"{where}: not implemented ({row.pending})")
+            store.record(recipe=recipe.name, row=row, repeat=repeat, status="pending",
+                         reason=f"not implemented: {row.pending}", metrics={}, environment={}, started=time.time())
+        return Outcome(row.name, repeat, "pending", row.pending)
+    if is_main:
+        echo(f"{where}: plugins={'+'.join(row.plugins) or '-'} model={row.settings.model}")
+    bar = RowProgress(row.name, enabled=progress and is_main)
+    started, load_start = time.time(), load_average()
+    out_dir = inside(runs_dir, recipe.name, row.name)
+    try:
+        metrics = run_row(row, out_dir, progress=bar, extra_plugins=[EvaluationProgress(bar)])
+        metrics["rows_before_in_process"] = trained_here
+        status, reason = "ok", None
+    except Exception as err:  # one row's failure is a cell, not a crash
+        metrics, status, reason = {}, "failed", failure_reason(err)
+        needs = missing_package(err)
+        if needs is not None:
+            status, reason = "skipped", f"skipped: {needs}"
+        if is_main:
+            echo(f"    {reason if needs else 'failed: ' + reason}")
+            if needs is None and not isinstance(err, (RowFailed, UserError, torch.OutOfMemoryError)):
+                traceback.print_exc()
+    finally:
+        bar.close()
+    if status == "ok":
+        metrics["wall_seconds"] = time.time() - started  # load + train + evaluate
+    env = environment(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    env["load_average"] = {"start": load_start, "end": load_average(), "cpu_count": os.cpu_count()}
+    if is_main:
+        store.record(recipe=recipe.name, row=row, repeat=repeat, status=status, reason=reason,
+                     metrics=metrics, environment=env, started=started)
+    return Outcome(row.name, repeat, status, reason, metrics)
 
 
 def _is_main_process() -> bool:
-    import os
-
     return os.environ.get("RANK", "0") == "0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 IGNORE_INDEX = -100
@@ -70,15 +71,28 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def encode_messages(tokenizer, messages: list[dict], *, train_on_prompt: bool = False) -> dict[str, Any]:
     """Token ids and labels of a conversation; labels are -100 outside assistant turns.
 
-    Each assistant turn's tokens are found by rendering the conversation up to the turn's
-    generation prompt and up to the end of the turn, so any template works. Both bounds
-    are where those renderings stop agreeing with the full one: a template whose
-    generation prompt ends in a space ("Assistant: ") sees that space merge into the
-    answer's first token, and the turn then starts at the merged token.
+    An assistant turn's labels run from the end of its generation prompt to the end of the
+    turn (its end-of-turn tokens included). A template whose generation prompt ends in a
+    space ("Assistant: ") sees that space merge into the answer's first token, and the turn
+    then starts at the merged token. The conversation is rendered and tokenized once, the
+    turns found by character offsets (:func:`_labels_by_offsets`): the cost grows with the
+    text, not with turns times text. Tokenizers without offsets, and templates that do not
+    render turns as plain pieces of the whole, take :func:`_labels_by_prefixes`.
     """
-    input_ids = _ids(tokenizer, messages, add_generation_prompt=False)
     if train_on_prompt:
+        input_ids = _ids(tokenizer, messages, add_generation_prompt=False)
         return {"input_ids": input_ids, "labels": list(input_ids)}
+    found = _labels_by_offsets(tokenizer, messages)
+    if found is not None:
+        return found
+    input_ids = _ids(tokenizer, messages, add_generation_prompt=False)
+    return {"input_ids": input_ids, "labels": _labels_by_prefixes(tokenizer, messages, input_ids)}
+
+
+def _labels_by_prefixes(tokenizer, messages: list[dict], input_ids: list[int]) -> list[int]:
+    """Each assistant turn's bounds as where the conversation rendered up to the turn's
+    generation prompt, and up to the turn's end, stop agreeing with the full rendering:
+    any template works, at one rendering per turn (quadratic in the number of turns)."""
     labels = [IGNORE_INDEX] * len(input_ids)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -86,6 +100,70 @@ def encode_messages(tokenizer, messages: list[dict], *, train_on_prompt: bool = 
         start = _common_prefix(_ids(tokenizer, messages[:i], add_generation_prompt=True), input_ids) if i else 0
         end = _common_prefix(_ids(tokenizer, messages[: i + 1], add_generation_prompt=False), input_ids)
         labels[start:end] = input_ids[start:end]
+    return labels
+
+
+# Private-use characters marking where assistant contents begin and end in one rendering.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+
+
+def _render(tokenizer, messages, add_generation_prompt=False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _turn_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]] | None:
+    """(the rendered text, each assistant turn's (start, end) characters) from one rendering
+    with marked contents; None when the template does not keep the contents intact."""
+    if any(_OPEN in m["content"] or _CLOSE in m["content"] for m in messages):
+        return None
+    marked = [{**m, "content": f"{_OPEN}{m['content']}{_CLOSE}"} if m["role"] == "assistant" else m
+              for m in messages]
+    try:
+        probe = _render(tokenizer, [{"role": "user", "content": "x"},
+                                    {"role": "assistant", "content": f"{_OPEN}y{_CLOSE}"}])
+    except Exception:  # a template with its own rules on roles: the per-turn way still works
+        return None
+    suffix = probe[probe.rfind(_CLOSE) + 1:]  # what the template writes after an assistant turn's content
+    text, spans = [], []
+    pieces = _render(tokenizer, marked).split(_OPEN)
+    text.append(pieces[0])
+    pos = len(pieces[0])
+    for piece in pieces[1:]:
+        content, sep, rest = piece.partition(_CLOSE)
+        if not sep or not rest.startswith(suffix):
+            return None
+        spans.append((pos, pos + len(content) + len(suffix)))
+        text.append(content + rest)
+        pos += len(content) + len(rest)
+    return "".join(text), spans
+
+
+def _labels_by_offsets(tokenizer, messages: list[dict]) -> dict[str, Any] | None:
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    found = _turn_spans(tokenizer, messages)
+    if found is None:
+        return None
+    text, spans = found
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    plain = _render(tokenizer, messages)
+    if len(spans) != len(turns) or text != plain:
+        return None
+    # The first turn's generation prompt and the last turn's end must be where the marks put them.
+    if turns and turns[0] and _render(tokenizer, messages[:turns[0]], True) != text[:spans[0][0]]:
+        return None
+    last = plain if turns and turns[-1] == len(messages) - 1 else None
+    if turns and (last or _render(tokenizer, messages[: turns[-1] + 1])) != text[:spans[-1][1]]:
+        return None
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    ends = [end for _, end in offsets]
+    for (first, last), i in zip(spans, turns):
+        # Tokens wholly before the turn's content are prompt; tokens wholly inside its end are the turn.
+        start = 0 if i == 0 else bisect.bisect_right(ends, first)
+        stop = bisect.bisect_right(ends, last)
+        labels[start:stop] = input_ids[start:stop]
     return {"input_ids": input_ids, "labels": labels}
 
 

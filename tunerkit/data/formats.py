@@ -102,12 +102,37 @@ def from_query_response(record: dict) -> dict:
     return _with_system(record, msgs)
 
 
+def _token_list(value, name: str, allow: int | None = None) -> list[int]:
+    """A list of non-negative integer ids (``allow``: one more accepted value, the ignored label)."""
+    if not isinstance(value, (list, tuple)):
+        raise SchemaMismatch(f"{name} is a {type(value).__name__}, not a list of integers")
+    for pos, tok in enumerate(value):
+        if isinstance(tok, bool) or not isinstance(tok, int):
+            raise SchemaMismatch(f"{name}[{pos}] is {tok!r}, not an integer")
+        if tok < 0 and tok != allow:
+            raise SchemaMismatch(f"{name}[{pos}] is {tok}: token ids are never negative")
+    return list(value)
+
+
 def from_tokens(record: dict) -> dict:
-    ids = list(record["input_ids"])
-    labels = list(record["labels"]) if record.get("labels") is not None else list(ids)
+    ids = _token_list(record["input_ids"], "input_ids")
+    labels = _token_list(record["labels"], "labels", allow=-100) if record.get("labels") is not None else list(ids)
     if len(labels) != len(ids):
         raise SchemaMismatch("input_ids and labels differ in length")
     return {"input_ids": ids, "labels": labels}
+
+
+def check_vocabulary(records: list[dict], vocab_size: int, source: str) -> None:
+    """Token records whose ids the model has no embedding for: one line naming the record."""
+    for index, r in enumerate(records):
+        if "input_ids" not in r:
+            continue
+        for name in ("input_ids", "labels"):
+            high = max((t for t in r[name] if t != -100), default=-1)
+            if high >= vocab_size:
+                raise UserError(f"{source}: record {index + 1}: {name} holds id {high}, outside the model's "
+                                f"vocabulary of {vocab_size}", key="dataset",
+                                hint="tokenize the data with the row's model's tokenizer")
 
 
 #: (name, keys that identify it, converter), tried in this order on a file's first record.
@@ -140,15 +165,36 @@ def _note(message: str) -> None:
     print(f"tunerkit: {message}", file=sys.stderr, flush=True)
 
 
+def _bad(path: Path, where: str, what: str, hint: str) -> UserError:
+    return UserError(f"{path}: {where} {what}", key="dataset", hint=hint)
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; a one-line error naming the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise _bad(path, f"line {line}", f"is not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start})",
+                   "save the file as UTF-8") from None
+
+
+def _loads(text: str, path: Path, where: str):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise _bad(path, where, "is nested too deeply to read", "records are flat objects of messages") from None
+
+
 def _iter_jsonl(path: Path) -> Iterator:
-    with path.open(encoding="utf-8") as fh:
-        lines = fh.readlines()
+    lines = read_text(path).split("\n")  # not splitlines: JSON strings may hold U+2028
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield _loads(line, path, f"line {i + 1}")
         except json.JSONDecodeError as err:
             if i == last:  # a file cut off in its last line: keep the whole records before it
                 _note(f"{path}: last line is not whole JSON ({err.msg}); kept the {i} lines before it")
@@ -164,14 +210,14 @@ def _is_truncation(err: json.JSONDecodeError, text: str) -> bool:
 
 def iter_json_array(path: Path) -> Iterator:
     """Records of a ``.json`` file one by one; a truncated array keeps its whole records."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     decoder = json.JSONDecoder()
     i, n = 0, len(text)
     while i < n and text[i].isspace():
         i += 1
     if i < n and text[i] != "[":  # a single object (or a JSON-lines file named .json)
         try:
-            obj = json.loads(text)
+            obj = _loads(text, path, "its record")
         except json.JSONDecodeError:
             yield from _iter_jsonl(path)
             return
@@ -192,6 +238,9 @@ def iter_json_array(path: Path) -> Iterator:
             return
         try:
             obj, i = decoder.raw_decode(text, i)
+        except RecursionError:
+            raise _bad(path, f"record {count + 1}", "is nested too deeply to read",
+                       "records are flat objects of messages") from None
         except json.JSONDecodeError as err:
             if _is_truncation(err, text):
                 _note(f"{path}: the JSON array is cut off mid-record; kept its {count} whole records")
@@ -215,7 +264,11 @@ def iter_raw(path: Path) -> Iterator:
             raise UserError(f"reading {path.name} needs pyarrow", key="dataset",
                             hint="pip install 'tunerkit[parquet]', or convert the file to .jsonl") from None
 
-        return iter(pq.read_table(path).to_pylist())
+        try:
+            return iter(pq.read_table(path).to_pylist())
+        except Exception as err:  # pyarrow raises several types (ArrowInvalid, OSError, ...)
+            raise _bad(path, "the file", f"is not readable parquet ({str(err).splitlines()[0][:160]})",
+                       "rewrite it, or convert it to .jsonl") from None
     raise UserError(f"unsupported data file type '{path.suffix}'", key="dataset",
                     hint="use .jsonl, .json or .parquet")
 

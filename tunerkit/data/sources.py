@@ -61,9 +61,11 @@ def load_records(spec: str, *, seed: int, vocab_size: int, rows: int | None) -> 
 
         return synthetic_records(spec, vocab_size, seed)
     if kind == "file":
-        from tunerkit.data.formats import read_records
+        from tunerkit.data.formats import check_vocabulary, read_records
 
-        return read_records(Path(spec).expanduser())
+        records = read_records(Path(spec).expanduser())
+        check_vocabulary(records, vocab_size, spec)
+        return records
     from tunerkit.data import registry
 
     return registry.load(spec)

@@ -85,14 +85,46 @@ def bundled_smollm2_dir() -> Path:
     config = AutoConfig.for_model(**config_dict)
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(gguf_model.state_dict())
+    def write(tmp: Path) -> None:
+        clean.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return publish(target, write, ".convert-")
+
+
+def publish(target: Path, write, prefix: str) -> Path:
+    """Write a cache folder atomically: ``write`` fills a temporary folder beside ``target``
+    that then replaces it in one rename. A killed write leaves only the temporary folder,
+    removed here when the write fails and skipped by every reader. The result is readable by
+    every user of a shared cache (mkdtemp makes 0o700 folders)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    clean.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)  # atomic: a killed conversion leaves no half-written model behind
+    _remove_orphans(target.parent, prefix)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        write(tmp)
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target
+
+
+def _remove_orphans(parent: Path, prefix: str) -> None:
+    """Temporary folders of writes whose process was killed (their pid no longer runs)."""
+    for leftover in parent.glob(f"{prefix}*-*"):
+        pid = leftover.name[len(prefix):].split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def model_path(source: ModelSource) -> str:
@@ -136,14 +168,7 @@ def preset_checkpoint(preset: Preset, dtype: torch.dtype) -> Path:
     print(f"tunerkit: writing the random weights of preset {preset.name} to {target} (once)", flush=True)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(preset.config(), dtype=dtype)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".preset-"))
-    model.save_pretrained(tmp)
-    del model
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)  # atomic, as the SmolLM2 conversion
-    return target
+    return publish(target, model.save_pretrained, ".preset-")
 
 
 def load_pretrained(source: ModelSource, dtype: torch.dtype, device: torch.device, attn: str,

@@ -12,8 +12,13 @@ def recorded(db: Path, recipe_name: str | None, profile: str | None) -> list[dic
     from tunerkit.store import Store
 
     records = Store(db).latest(recipe_name)
+    others = sorted({str(r["profile"]) for r in records if r["profile"] != profile}) if profile else []
     if profile:
         records = [r for r in records if r["profile"] == profile]
+    if not records and others:
+        raise UserError(f"no {profile} records for {recipe_name or 'any recipe'} in {db}; this database has "
+                        f"{', '.join(others)} records", key="--profile",
+                        hint=f"show them with -p {others[0]}, e.g. tunerkit report RECIPE -p {others[0]}")
     if not records:
         raise UserError(f"no results for {recipe_name or 'any recipe'} in {db}",
                         hint="run 'tunerkit run RECIPE' first")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from tunerkit.paths import inside
 from tunerkit.report.reference import axis_key, point_values, resolve_reference
 from tunerkit.report.tables import (RANDOM_NOTE, combine_repeats, environment_line, flat_metrics, order_by_row,
                                     show_seed, split_name)
@@ -389,7 +390,7 @@ def make_plots(records: list[dict], out_dir: Path) -> list[Path]:
                 continue
             stem = "-".join(str(p) for p in (recipe, profile, kind) if p)
             for fmt in FORMATS:
-                path = out_dir / f"{stem}.{fmt}"
+                path = inside(out_dir, f"{stem}.{fmt}")  # names come from the database: never a path
                 fig.savefig(path, dpi=130)
                 written.append(path)
             plt.close(fig)
@@ -411,7 +412,7 @@ def command(recipe, db, out_dir, profile):
 
         name = (read_toml(recipe).get("recipe") or {}).get("name", recipe.stem)
     records = recorded(db, name, profile)
-    written = make_plots(records, out_dir or Path("runs") / "plots" / name)
+    written = make_plots(records, out_dir or inside(Path("runs") / "plots", name))
     if not written:
         click.echo(f"nothing to plot for {name}: no finished rows with metrics")
     for path in written:

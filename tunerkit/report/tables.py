@@ -173,6 +173,8 @@ def status_text(record: dict, flag_random: bool) -> str:
         text = reason if reason.startswith("not implemented") else f"not implemented: {reason}".rstrip(": ")
     elif status == NOT_RUN:
         text = NOT_RUN
+    elif status == "skipped":
+        text = reason or "skipped"
     else:
         text = f"failed: {reason or 'unknown reason'}"
     if flag_random and (record.get("metrics") or {}).get("random_weights"):
@@ -364,6 +366,20 @@ def markdown_table(headers: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def busy_note(records: list[dict]) -> str | None:
+    """Rows whose machine had more runnable work than cores (load average at the row's start or
+    end): their speed columns show the sharing, not only the method's cost."""
+    busy = []
+    for r in records:
+        load = (r.get("environment") or {}).get("load_average") or {}
+        peak = max((v for v in (load.get("start"), load.get("end")) if isinstance(v, (int, float))), default=None)
+        if peak is not None and load.get("cpu_count") and peak > load["cpu_count"]:
+            busy.append(f"{r['row']} ({peak:.1f} on {load['cpu_count']} cores)")
+    if not busy:
+        return None
+    return "the CPU was shared with other work (load average above the core count) during: " + ", ".join(busy)
+
+
 def render_markdown(records: list[dict]) -> str:
     parts = []
     groups = _groups(records)
@@ -390,6 +406,8 @@ def render_markdown(records: list[dict]) -> str:
                          "seed's hardware and models")
         if any(first_in_process(r) for r in group):
             notes.append(FIRST_NOTE)
+        if busy_note(group):
+            notes.append(busy_note(group))
         if any("(random weights)" in line[headers.index("status")] for line in body):
             notes.append(f"(random weights): {RANDOM_NOTE}")
         parts.append("\n".join(f"_{n}._  " for n in notes))

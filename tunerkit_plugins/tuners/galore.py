@@ -26,7 +26,7 @@ from typing import Literal
 from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
-from tunerkit.errors import RowFailed
+from tunerkit.errors import MissingPackage, RowFailed
 from tunerkit.optimizer import groups_by_decay, make_schedule
 from tunerkit_plugins._helpers.optimizer_state import state_gib
 from tunerkit_plugins._helpers.per_parameter import PerParameterScheduler, build_per_parameter
@@ -135,7 +135,7 @@ def galore_targets(model: nn.Module, with_embedding: bool) -> list[tuple[str, nn
 
 def _require(module: str, package: str) -> None:
     if importlib.util.find_spec(module) is None:
-        raise RowFailed(f"galore needs the {package} package (pip install {package})")
+        raise MissingPackage(module, package)
 
 
 def _bnb_lost_positional_args() -> bool:

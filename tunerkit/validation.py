@@ -56,3 +56,10 @@ def validate_row(row, file: str) -> None:
     for reason in ctx.hook.validate(row=row):
         if reason:
             raise UserError(reason, file=file, table=table, key="plugins")
+    if ctx.hook.validate_model.get_hookimpls():  # build the meta model only for a plugin that looks
+        from tunerkit.skeleton import model_skeleton
+
+        model = model_skeleton(row)
+        for reason in ctx.hook.validate_model(row=row, model=model) if model is not None else ():
+            if reason:
+                raise UserError(reason, file=file, table=table, key="plugins")

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from tunerkit import hookimpl, option
 from tunerkit.errors import RowFailed
-from tunerkit_plugins.tuners.lora import LoRA, resolve_targets
+from tunerkit.targets import resolve_targets
+from tunerkit_plugins.tuners.lora import LoRA
 
 
 @dataclass

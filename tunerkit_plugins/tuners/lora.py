@@ -10,15 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunerkit import Plugin, hookimpl, option
-
-#: The seed's DEFAULT targets per model family (transformers model_type).
-DEFAULT_TARGETS = {
-    "qwen": ["c_attn"],
-    "chatglm": ["query_key_value"],
-    "baichuan": ["W_pack"],
-    "gpt2": ["c_attn"],
-}
-LLAMA_LIKE = ["q_proj", "k_proj", "v_proj"]
+from tunerkit.targets import resolve_targets, unmatched_targets
 
 
 @dataclass
@@ -33,19 +25,6 @@ class LoRAOptions:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-
-def resolve_targets(targets, model, preset=None):
-    """PEFT target_modules for the seed's DEFAULT / ALL keywords."""
-    if isinstance(targets, list):
-        return targets
-    if targets == "ALL":
-        return "all-linear"
-    if targets == "DEFAULT":
-        if preset is not None:
-            return list(preset.default_targets)
-        return DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), LLAMA_LIKE)
-    return [targets]
 
 
 class LoRA(Plugin):
@@ -71,6 +50,14 @@ class LoRA(Plugin):
         from peft import get_peft_model
 
         ctx.model = get_peft_model(ctx.model, self.peft_config(ctx))
+
+    @hookimpl
+    def validate_model(self, row, model):
+        from tunerkit.models.loading import resolve_model
+
+        targets = resolve_targets(self.options.targets, model, resolve_model(row.settings.model).preset)
+        reason = unmatched_targets(targets, model)
+        return f"{self.name}: {reason}" if reason else None
 
     @hookimpl
     def collect_metrics(self, ctx):

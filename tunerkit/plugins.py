@@ -50,6 +50,9 @@ class Plugin:
     #: Row settings this plugin replaces (e.g. ``{"lr_scheduler": "its own warm-up"}``): the
     #: stored config marks them as not used rather than keeping them as if they were.
     overrides: ClassVar[dict[str, str]] = {}
+    #: How tunerkit.testing's conformance suite builds this plugin's row: "companions" (plugins
+    #: it needs beside it), "options", "companion_options", "settings"; "skip" only with a reason.
+    conformance: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()

@@ -22,13 +22,17 @@ LLAMA_LIKE = ["q_proj", "k_proj", "v_proj"]
 
 def resolve_targets(targets, model, preset=None):
     """PEFT ``target_modules`` for ``targets``: ``"DEFAULT"`` (the family's attention
-    projections; a preset's own list), ``"ALL"`` (every linear layer but the head), one
+    projections; a preset's own list, found from the model's config when not given), ``"ALL"`` (every linear layer but the head), one
     module name, or a list of them."""
     if isinstance(targets, list):
         return targets
     if targets == "ALL":
         return "all-linear"
     if targets == "DEFAULT":
+        if preset is None:  # a preset's model carries its name in its config
+            from tunerkit.models.presets import get_preset
+
+            preset = get_preset(getattr(getattr(model, "config", None), "tunerkit_preset", "") or "")
         if preset is not None:
             return list(preset.default_targets)
         return DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), LLAMA_LIKE)

@@ -38,6 +38,7 @@ class PackingOptions:
 
 class Packing(FlatBatchHooks, Plugin):
     name = "packing"
+    conformance = {"companions": ["lora"]}
     summary = "best-fit-decreasing packing into max_length rows with per-sample varlen attention"
     Options = PackingOptions
     conflicts = ("padding_free",)

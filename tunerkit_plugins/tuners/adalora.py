@@ -65,6 +65,7 @@ def _budget_phase_error(o: AdaLoRAOptions, total_steps: int) -> str | None:
 
 class AdaLoRA(LoRA):
     name = "adalora"
+    conformance = {"settings": {"max_steps": 3}}
     summary = "AdaLoRA (PEFT): SVD adapters, rank budget pruned from init_r to target_r"
     Options = AdaLoRAOptions
 

@@ -53,9 +53,7 @@ class LoRA(Plugin):
 
     @hookimpl
     def validate_model(self, row, model):
-        from tunerkit.models.loading import resolve_model
-
-        targets = resolve_targets(self.options.targets, model, resolve_model(row.settings.model).preset)
+        targets = resolve_targets(self.options.targets, model)
         reason = unmatched_targets(targets, model)
         return f"{self.name}: {reason}" if reason else None
 

@@ -59,3 +59,14 @@ def test_missing_tracker_package_is_a_one_line_refusal(tiny_row, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     reason = validation_error(tiny_row("lora", "track", track={"to": ["wandb"]}))
     assert reason is not None and "pip install wandb" in reason and "\n" not in reason
+
+
+def test_wandb_offline_run_is_written(tiny_row, run_tiny, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    row = tiny_row("lora", "track", track={"to": ["wandb"], "dir": str(tmp_path / "track"), "project": "demo"},
+                   max_steps=2, evaluate=[])
+    run_tiny(row)
+    (run_dir,) = (tmp_path / "track" / "wandb").glob("offline-run-*")
+    (log,) = run_dir.glob("run-*.wandb")  # what `wandb sync` uploads later
+    assert log.stat().st_size > 0

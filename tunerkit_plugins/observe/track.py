@@ -120,7 +120,8 @@ class Track(Plugin):
                 os.environ[FILE_STORE] = "true"
             mlflow.set_tracking_uri(uri)
             return tracking.MLflowTracker(experiment_name=project, run_name=run)
-        return tracking.WandBTracker(run_name=run, project=project, dir=str(folder), mode=self.options.wandb_mode)
+        # accelerate passes its run_name to wandb.init as the project; the row is the W&B run's name
+        return tracking.WandBTracker(run_name=project, name=run, dir=str(folder), mode=self.options.wandb_mode)
 
     @hookimpl
     def on_train_begin(self, ctx):

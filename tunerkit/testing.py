@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-#: a row small enough for a test: the tiny preset, synthetic token ids (no tokenizer), 2 steps
+#: a row small enough for a test: the tiny preset on the builtin arithmetic task, 2 steps, eval loss
 TINY = dict(model="tiny-llama", dataset="builtin:arithmetic", max_train_samples=16, val_size=4, batch_size=4,
             gradient_accumulation_steps=1, max_length=128, learning_rate=1e-3, evaluate=["eval_loss"],
             max_steps=2, gradient_checkpointing=False)

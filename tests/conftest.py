@@ -15,54 +15,7 @@ import torch
 os.environ.setdefault("TUNERKIT_CACHE", str(Path.home() / ".cache" / "tunerkit"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-TINY = dict(model="tiny-llama", dataset="builtin:arithmetic", max_train_samples=16, val_size=4, batch_size=4,
-            gradient_accumulation_steps=1, max_length=128, learning_rate=1e-3, evaluate=["eval_loss"],
-            max_steps=2, gradient_checkpointing=False)
-
-
-@pytest.fixture
-def tiny_row():
-    """``tiny_row("lora", lora={"rank": 4}, max_steps=3)`` -> a resolved Row on the tiny preset."""
-    from tunerkit.recipe import make_row
-
-    def build(*plugins, name="test", **overrides):
-        table = {**TINY, **overrides}
-        return make_row(name, list(plugins), **table)
-
-    return build
-
-
-@pytest.fixture
-def run_tiny(tmp_path):
-    """Train a tiny row end to end through the real loop; returns its metrics."""
-    from tunerkit.loop import run_row
-
-    def run(row):
-        return run_row(row, tmp_path / row.name)
-
-    return run
-
-
-@pytest.fixture
-def tiny_context(tmp_path):
-    """A RunContext with the model loaded, modified and tuned (no data), for unit tests of plugins."""
-    from tunerkit.precision import resolve_dtype
-    from tunerkit.loop import build_context, seed_everything
-    from tunerkit.models.loading import resolve_model
-
-    def build(row):
-        ctx = build_context(row, tmp_path)
-        seed_everything(row.settings.seed)
-        ctx.device = torch.device("cpu")
-        ctx.dtype = resolve_dtype(row.settings.dtype, ctx.device)
-        ctx.model_source = resolve_model(row.settings.model)
-        ctx.model = ctx.hook.load_model(ctx=ctx)
-        ctx.tokenizer = ctx.hook.load_tokenizer(ctx=ctx)
-        ctx.hook.modify_model(ctx=ctx)
-        ctx.hook.apply_tuner(ctx=ctx)
-        return ctx
-
-    return build
+# tiny_row, run_tiny, tiny_context and recipe_error come from tunerkit.testing (a pytest11 plugin).
 
 
 @functools.cache

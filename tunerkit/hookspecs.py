@@ -37,6 +37,17 @@ def validate(row: Any) -> str | None:
     """
 
 
+@hookspec
+def validate_model(row: Any, model: Any) -> str | None:
+    """Return a one-line reason when this row cannot work on ``model``, else ``None``.
+
+    Runs while the recipe is checked, after ``validate``, with the row's model built on
+    PyTorch's meta device (no weights, no memory): module names, layer count and config
+    are there, so a target that matches no module fails at ``--check``, not as a failed
+    row. Not called when the model's config cannot be read offline.
+    """
+
+
 @hookspec(firstresult=True)
 def weight_bits(row: Any) -> float | None:
     """Bits one base-model weight takes in memory, for the does-it-fit check. First result.
@@ -171,6 +182,12 @@ def compute_loss(ctx: Any, model: Any, batch: Any) -> Any:
     window (all micro-batches, all processes): the core returns the token-summed loss
     divided by it, so accumulation and data parallelism weigh every token equally.
     """
+
+
+@hookspec
+def on_before_optimizer_step(ctx: Any) -> None:
+    """Called once per optimizer step after the last backward and before gradient clipping
+    and ``optimizer.step()``: the gradients of the whole window are there (norms, surgery)."""
 
 
 @hookspec

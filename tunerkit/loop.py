@@ -27,6 +27,7 @@ from tunerkit.metrics import StepClock, Throughput, Timer, count_parameters, pea
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
 from tunerkit.precision import autocast_dtype, forward_autocast, resolve_dtype, tf32_matmuls
+from tunerkit.series import StepSeries
 
 
 def seed_everything(seed: int) -> None:
@@ -38,7 +39,7 @@ def seed_everything(seed: int) -> None:
 def build_context(row, out_dir: Path, extra_plugins=()) -> RunContext:
     """The row's plugin manager and context; ``extra_plugins`` (objects with hookimpls) join the row's."""
     instances = [get_plugin(name)(row.options[name]) for name in row.plugins]
-    pm = make_manager([CoreDefaults()], instances, extra_plugins)
+    pm = make_manager([CoreDefaults(), StepSeries()], instances, extra_plugins)
     return RunContext(row=row, hook=pm.hook, out_dir=out_dir)
 
 
@@ -378,6 +379,7 @@ def train_step(ctx: RunContext, window: list[dict]) -> tuple[torch.Tensor, int, 
                 loss = hook.compute_loss(ctx=ctx, model=model, batch=batch)
             acc.backward(loss)
         loss_sum += loss.detach().float()
+    hook.on_before_optimizer_step(ctx=ctx)
     if ctx.settings.max_grad_norm > 0 and acc.sync_gradients:
         acc.clip_grad_norm_(model.parameters(), ctx.settings.max_grad_norm)
     ctx.optimizer.step()

@@ -15,6 +15,7 @@ import pluggy
 
 from tunerkit import hookspecs
 from tunerkit.errors import UserError
+from tunerkit.metricspec import MetricSpec
 from tunerkit.options import did_you_mean
 
 ENTRY_POINT_GROUP = "tunerkit.plugins"
@@ -44,6 +45,14 @@ class Plugin:
     requires: ClassVar[tuple[str, ...]] = ()
     #: A one-of requirement: at least one of these must be in the row.
     requires_any: ClassVar[tuple[str, ...]] = ()
+    #: What the plugin measures (tunerkit.MetricSpec): columns of ``report``, panels of ``plot``.
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+    #: Row settings this plugin replaces (e.g. ``{"lr_scheduler": "its own warm-up"}``): the
+    #: stored config marks them as not used rather than keeping them as if they were.
+    overrides: ClassVar[dict[str, str]] = {}
+    #: How tunerkit.testing's conformance suite builds this plugin's row: "companions" (plugins
+    #: it needs beside it), "options", "companion_options", "settings"; "skip" only with a reason.
+    conformance: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -122,6 +131,16 @@ def check_combination(names: list[str], *, file=None, table=None) -> None:
         if cls.requires_any and not any(n in classes for n in cls.requires_any):
             raise UserError(f"plugin '{name}' needs one of {', '.join(cls.requires_any)} in the same row",
                             file=file, table=table, key="plugins")
+
+
+def settings_not_used(names: list[str]) -> dict[str, str]:
+    """Row settings that plugins of ``names`` replace, each with the plugin and its reason."""
+    plugins = registry()
+    out: dict[str, str] = {}
+    for name in names:
+        for setting, why in getattr(plugins.get(name), "overrides", {}).items():
+            out[setting] = f"replaced by plugin '{name}'" + (f": {why}" if why else "")
+    return out
 
 
 def make_manager(core_plugins: list[Any], plugin_instances: list[Plugin], extra_plugins=()) -> pluggy.PluginManager:

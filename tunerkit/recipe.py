@@ -22,7 +22,7 @@ from typing import Any
 
 from tunerkit import options as opts
 from tunerkit.errors import UserError
-from tunerkit.plugins import check_combination, get_plugin, registry
+from tunerkit.plugins import check_combination, get_plugin, registry, settings_not_used
 from tunerkit.settings import Settings
 
 TOP_LEVEL = ("recipe", "defaults", "profiles", "row")
@@ -49,16 +49,22 @@ class Row:
     pending: str | None = None
 
     def config(self) -> dict:
-        """Everything that decides the row's outcome, as plain JSON-able data."""
-        return {
+        """Everything that decides the row's outcome, as plain JSON-able data; ``not_used``
+        names the settings a plugin replaced (kept for the record, left out of the hash)."""
+        out = {
             "name": self.name,
             "settings": opts.identity(self.settings),
             "plugins": list(self.plugins),
             "options": {name: opts.identity(o) for name, o in self.options.items()},
         }
+        not_used = settings_not_used(self.plugins)
+        if not_used:
+            out["not_used"] = not_used
+        return out
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.config(), sort_keys=True, default=str).encode()
+        identity = {k: v for k, v in self.config().items() if k != "not_used"}
+        blob = json.dumps(identity, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -151,3 +151,8 @@ def validate_row(row, file: str) -> None:
             raise UserError(reason, file=file, table=table, key="plugins")
     check_gpus(row, file, table)
     check_fits(row, table, file, hook.weight_bits(row=row))
+    if hook.validate_model.get_hookimpls():  # build the meta model only for a plugin that looks
+        model = model_skeleton(row)
+        for reason in hook.validate_model(row=row, model=model) if model is not None else ():
+            if reason:
+                raise UserError(reason, file=file, table=table, key="plugins")

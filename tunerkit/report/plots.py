@@ -8,7 +8,11 @@ Which figures a recipe gets depends on what its records hold:
   (the seed's numbers dashed beside ours on GPU runs);
 - ``metrics``: one bar panel per metric (losses, accuracies, speed, memory, trainable
   parameters), rows side by side: the Tuners table at a glance;
-- ``loss_curves``: the training loss of every row, step by step.
+- ``loss_curves``: the training loss of every row, step by step;
+- ``series``: every per-step series the rows recorded (the learning rate, the gradient norm,
+  a plugin's own), one panel each, one curve per row.
+
+Metrics a plugin declares (``tunerkit.MetricSpec``) get a bar panel, or a series panel.
 
 Rows on random weights (model presets) say so in the title: their losses mean nothing.
 """
@@ -22,8 +26,9 @@ import click
 
 from tunerkit.paths import inside
 from tunerkit.report.reference import axis_key, point_values, resolve_reference
-from tunerkit.report.tables import (RANDOM_NOTE, combine_repeats, environment_line, flat_metrics, order_by_row,
-                                    show_seed, split_name)
+from tunerkit.report.tables import (RANDOM_NOTE, combine_repeats, declared_specs, environment_line, flat_metrics,
+                                    order_by_row, show_seed, split_name)
+from tunerkit.series import CORE_SERIES, series_of
 
 DEFAULT_DB = "runs/tunerkit.db"
 FORMATS = ("png", "svg")
@@ -281,8 +286,10 @@ def plot_metric_bars(records: list[dict]):
         return seed_memory(ref) if key == "memory" else ref.get(key)
 
     memory_what = next((memory_gib(m)[1] for m in metrics if memory_gib(m)[0] is not None), "memory GiB")
+    built_in = {key for key, _, _ in BAR_METRICS}
+    declared = [(s.name, s.header, s.better) for s in declared_specs(records) if not s.series and s.name not in built_in]
     panels = [p if p[0] != "memory" else (p[0], memory_what, p[2])
-              for p in BAR_METRICS if any(value(m, p[0]) is not None for m in metrics)]
+              for p in BAR_METRICS + declared if any(_is_number(value(m, p[0])) for m in metrics)]
     if all(m.get("random_weights") for m in metrics):  # losses and accuracies of random weights mean nothing
         panels = [p for p in panels if p[0] not in QUALITY]
     if not panels:
@@ -326,6 +333,10 @@ def plot_metric_bars(records: list[dict]):
     return fig
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def bar_number(v: float) -> str:
     if abs(v) >= 1000:
         return f"{v:,.0f}"
@@ -354,6 +365,42 @@ def plot_loss_curves(records: list[dict]):
     return fig
 
 
+def plot_series(records: list[dict]):
+    """One panel per recorded series, one curve per row (step on x)."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r["status"] == "ok" and series_of(r.get("metrics"))]
+    names = list(dict.fromkeys(n for r in rows for n in series_of(r["metrics"])))
+    if not names:
+        return None
+    specs = {s.name: s for s in (*CORE_SERIES, *declared_specs(records)) if s.series}
+    ncols = min(2, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols + 2.5, 3.6 * nrows), layout="constrained",
+                             squeeze=False)
+    colors = _colors(len(rows))
+    for index, name in enumerate(names):
+        ax = axes[index // ncols][index % ncols]
+        for r, color in zip(rows, colors):
+            points = [(s, v) for s, v in series_of(r["metrics"]).get(name, []) if _is_number(v)]
+            if points:
+                ax.plot(*zip(*points), color=color, lw=1.3, marker="o" if len(points) <= 12 else None, ms=3,
+                        label=point_label(r))
+        spec = specs.get(name)
+        title = spec.header if spec else name
+        if spec is not None and spec.better:
+            title += f"  ({spec.better} is better)"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    for index in range(len(names), nrows * ncols):
+        axes[index // ncols][index % ncols].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.suptitle(title_of("per-step series per row", records), fontsize=10)
+    return fig
+
+
 def _colors(n: int) -> list:
     import matplotlib
 
@@ -366,6 +413,7 @@ FIGURES = {
     "max_length": plot_max_length,
     "metrics": plot_metric_bars,
     "loss_curves": plot_loss_curves,
+    "series": plot_series,
 }
 
 

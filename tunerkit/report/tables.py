@@ -112,6 +112,32 @@ METRICS = [
 ]
 
 
+def declared_specs(records: list[dict]):
+    """The ``MetricSpec`` of every metric the rows' plugins declare, once each, in row order
+    (plugins found through the installed entry points; an uninstalled one declares nothing)."""
+    from tunerkit.plugins import registry
+
+    plugins = registry()
+    seen: dict[str, Any] = {}
+    for r in records:
+        for name in (r.get("config") or {}).get("plugins") or []:
+            for spec in getattr(plugins.get(name), "metrics", ()):
+                seen.setdefault(spec.name, spec)
+    return list(seen.values())
+
+
+def declared_metrics(records: list[dict]) -> list[Metric]:
+    """Columns for the numbers plugins declare, after the built-in ones (series are curves, not cells)."""
+    built_in = {m.ours for m in METRICS if isinstance(m.ours, str)}
+    arrows = {"higher": " ↑", "lower": " ↓", "": ""}
+    return [Metric(spec.header + arrows[spec.better], spec.name, kind=spec.format)
+            for spec in declared_specs(records) if not spec.series and spec.name not in built_in]
+
+
+#: the named formats of fmt_value; any other kind is a format spec (".3f") from a MetricSpec
+NAMED_KINDS = ("num", "int", "acc", "loss", "pct")
+
+
 def fmt_value(value: Any, kind: str = "num") -> str:
     if value is None or value == "":
         return ""
@@ -119,6 +145,8 @@ def fmt_value(value: Any, kind: str = "num") -> str:
         return "+".join(fmt_value(v, kind) for v in value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if kind not in NAMED_KINDS:
+        return format(value, kind)
     if kind == "int" and (isinstance(value, int) or abs(value) >= 100):
         return f"{value:,.0f}"
     if kind in ("acc", "loss"):
@@ -291,7 +319,7 @@ def table_rows(records: list[dict], seed: bool | None = None, seed_header: str =
 
     columns = label_columns(records)
     columns.append(Column("status", lambda r: status_text(r, flag_random=not all_random)))
-    for metric in METRICS:
+    for metric in METRICS + declared_metrics(records):
         has_seed = metric.seed is not None and any(metric.seed in ref for ref in refs)
         values = [metric.our_value(m) for m in metrics]
         has_ours = any(v is not None for v in values)

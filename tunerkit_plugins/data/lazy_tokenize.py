@@ -24,6 +24,7 @@ class LazyTokenizeOptions:
 
 class LazyTokenize(Plugin):
     name = "lazy_tokenize"
+    conformance = {"companions": ["lora"]}
     summary = "tokenize in the data loader (an iterable dataset) instead of ahead of time"
     Options = LazyTokenizeOptions
 

@@ -45,6 +45,7 @@ def row_capacity(options: PackingOptions, max_length: int) -> int:
 
 class Packing(FlatBatchHooks, Plugin):
     name = "packing"
+    conformance = {"companions": ["lora"]}
     summary = "best-fit-decreasing packing into max_length rows with per-sample varlen attention"
     Options = PackingOptions
     conflicts = ("padding_free",)

@@ -21,6 +21,7 @@ class PaddingFreeOptions:
 
 class PaddingFree(FlatBatchHooks, Plugin):
     name = "padding_free"
+    conformance = {"companions": ["lora"]}
     summary = "micro-batches flattened into one row without padding, varlen attention per sample"
     Options = PaddingFreeOptions
     conflicts = ("packing",)

@@ -155,6 +155,8 @@ def reset_accelerate_state() -> None:
 
 class DeepSpeed(Plugin):
     name = "deepspeed"
+    conformance = {"companions": ["lora"],
+                   "skip": "needs a process group (a launcher); tests/plugins/test_deepspeed.py trains it under gloo"}
     summary = "DeepSpeed ZeRO-2/3 (optional CPU offload) through accelerate; launch with gpus = N"
     Options = DeepSpeedOptions
 

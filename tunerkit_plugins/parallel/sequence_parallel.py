@@ -73,6 +73,8 @@ class ShardableCollator:
 
 class SequenceParallel(Plugin):
     name = "sequence_parallel"
+    conformance = {"companions": ["lora"],
+                   "skip": "needs sp_size processes; tests/plugins/test_sequence_parallel.py covers it"}
     summary = "Ulysses sequence parallelism (DeepSpeed through accelerate): sp_size GPUs share each sequence"
     Options = SequenceParallelOptions
     # Their varlen boundaries (cu_seq_lens) cannot be cut along the sequence.

@@ -57,6 +57,7 @@ def quantized_linears(model) -> int:
 
 class Bnb(Plugin):
     name = "bnb"
+    conformance = {"companions": ["lora"]}
     summary = "bitsandbytes-quantized base weights (4-bit NF4 QLoRA, or 8-bit), adapters on top"
     Options = BnbOptions
     # Quantized weights cannot take gradients: only adapter tuners go on top of them.

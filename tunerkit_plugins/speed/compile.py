@@ -125,6 +125,8 @@ def _limit_name() -> str:
 
 class Compile(Plugin):
     name = "compile"
+    conformance = {"companions": ["lora"],
+                   "skip": "inductor compiles every layer for minutes on a CPU; tests/plugins/test_compile.py covers it"}
     summary = "regional torch.compile of each decoder layer (symbolic lengths for varlen batches)"
     Options = CompileOptions
 

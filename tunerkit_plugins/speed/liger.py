@@ -93,6 +93,7 @@ def preset_arch(model: str) -> str | None:
 
 class Liger(Plugin):
     name = "liger"
+    conformance = {"companions": ["lora"]}
     summary = "liger-kernel's fused Triton kernels: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy (CUDA)"
     Options = LigerOptions
 

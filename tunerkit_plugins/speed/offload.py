@@ -178,6 +178,7 @@ def offloaded_checkpoint(checkpoint_func, offloader: HostOffloader, function, *a
 
 class ActivationOffload(Plugin):
     name = "offload"
+    conformance = {"companions": ["lora"]}
     summary = "saved activations wait in pinned host memory (offloaded gradient checkpointing)"
     Options = OffloadOptions
 

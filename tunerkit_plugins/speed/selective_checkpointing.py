@@ -76,6 +76,7 @@ def selective_context(save: str, every_other_matmul: bool):
 
 class SelectiveCheckpointing(Plugin):
     name = "selective_checkpointing"
+    conformance = {"companions": ["lora"], "settings": {"gradient_checkpointing": True}}
     summary = "gradient checkpointing that keeps matmul/attention outputs and recomputes only the cheap ops"
     Options = SelectiveCheckpointingOptions
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from tunerkit import hookimpl, option
 from tunerkit.errors import RowFailed
-from tunerkit_plugins.tuners.lora import LoRA, resolve_targets
+from tunerkit.targets import resolve_targets
+from tunerkit_plugins.tuners.lora import LoRA
 
 
 @dataclass
@@ -55,6 +56,7 @@ def _budget_phase_error(o: AdaLoRAOptions, total_steps: int) -> str | None:
 
 class AdaLoRA(LoRA):
     name = "adalora"
+    conformance = {"settings": {"max_steps": 3}}
     summary = "AdaLoRA (PEFT): SVD adapters, rank budget pruned from init_r to target_r"
     Options = AdaLoRAOptions
 

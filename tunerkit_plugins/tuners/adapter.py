@@ -118,6 +118,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
 
 class Adapter(Plugin):
     name = "adapter"
+    conformance = {"reload": "its bottleneck modules are tunerkit's own: plain transformers loads the base and ignores them"}
     summary = "bottleneck adapter after each MLP (hidden -> dim -> hidden, GELU); base frozen"
     Options = AdapterOptions
     slot = "tuner"

@@ -228,6 +228,7 @@ def _distributed(row) -> bool:
 
 class GaLore(Plugin):
     name = "galore"
+    conformance = {"companions": ["full"]}
     summary = "GaLore / Q-GaLore: full fine-tuning with low-rank projected optimizer state (galore-torch)"
     Options = GaLoreOptions
     requires = ("full",)

@@ -50,6 +50,7 @@ def _set_trainable(module: nn.Module, trainable: bool, optimizer) -> None:
 
 class LISA(Plugin):
     name = "lisa"
+    conformance = {"companions": ["full"]}
     summary = "LISA: full fine-tuning of a few random decoder layers at a time, re-drawn every step_interval steps"
     Options = LISAOptions
     requires = ("full",)

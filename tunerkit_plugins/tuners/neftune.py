@@ -32,6 +32,7 @@ def _hook_function():
 
 class NEFTune(Plugin):
     name = "neftune"
+    conformance = {"companions": ["lora"]}
     summary = "NEFTune: uniform noise ±alpha/sqrt(L*d) on input embeddings in training mode"
     Options = NEFTuneOptions
 

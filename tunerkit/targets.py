@@ -1,0 +1,54 @@
+"""Which modules a PEFT adapter wraps: the seed's ``DEFAULT`` / ``ALL`` keywords for any model.
+
+Shared by every PEFT-based plugin, built-in or third-party::
+
+    from tunerkit.targets import resolve_targets
+    target_modules = resolve_targets(options.targets, ctx.model, preset)
+"""
+
+from __future__ import annotations
+
+from tunerkit.options import did_you_mean
+
+#: The seed's DEFAULT targets per model family (transformers model_type).
+DEFAULT_TARGETS = {
+    "qwen": ["c_attn"],
+    "chatglm": ["query_key_value"],
+    "baichuan": ["W_pack"],
+    "gpt2": ["c_attn"],
+}
+LLAMA_LIKE = ["q_proj", "k_proj", "v_proj"]
+
+
+def resolve_targets(targets, model, preset=None):
+    """PEFT ``target_modules`` for ``targets``: ``"DEFAULT"`` (the family's attention
+    projections; a preset's own list, found from the model's config when not given), ``"ALL"`` (every linear layer but the head), one
+    module name, or a list of them."""
+    if isinstance(targets, list):
+        return targets
+    if targets == "ALL":
+        return "all-linear"
+    if targets == "DEFAULT":
+        if preset is None:  # a preset's model carries its name in its config
+            from tunerkit.models.presets import get_preset
+
+            preset = get_preset(getattr(getattr(model, "config", None), "tunerkit_preset", "") or "")
+        if preset is not None:
+            return list(preset.default_targets)
+        return DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), LLAMA_LIKE)
+    return [targets]
+
+
+def unmatched_targets(target_modules, model) -> str | None:
+    """A one-line reason when a name of ``target_modules`` matches no module of ``model``
+    (PEFT matches a name against the end of each module's dotted name), else ``None``."""
+    if isinstance(target_modules, str):
+        return None  # "all-linear" or a regular expression: PEFT's own matching
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    missing = [t for t in target_modules if t not in leaves
+               and not any(name.endswith("." + t) for name, _ in model.named_modules())]
+    if not missing:
+        return None
+    hint = did_you_mean(missing[0], leaves)
+    return (f"target modules {missing} match no module of {getattr(model.config, 'model_type', 'the model')}"
+            + (f"; {hint}" if hint else ""))

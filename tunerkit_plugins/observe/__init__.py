@@ -1,0 +1,1 @@
+"""tunerkit_plugins.observe"""

@@ -184,3 +184,24 @@ def test_gsm8k_generates_on_tiny_llama(tiny):
     _, shots = gsm8k.load(FIXTURES, fewshot=1)
     prompt = tokenizer.decode(prompt_ids(tokenizer, gsm8k.conversation("Q?", shots)))
     assert "#### 23" in prompt and "Q?" in prompt  # the few-shot solution is an earlier assistant turn
+
+
+def test_builtin_accuracy_grades_eval_limit_held_out_problems(monkeypatch):
+    """The graded items are `eval_limit` problems of the test split, none of them a training problem."""
+    import tunerkit.eval.graded as graded
+    from tunerkit.data import builtin
+
+    asked = []
+
+    def replies(model, tokenizer, convs, max_new_tokens, device, batch_size=8):
+        asked.extend(c[-1]["content"] for c in convs)
+        return ["0"] * len(convs)
+
+    monkeypatch.setattr(graded, "generate_replies", replies)
+    settings = SimpleNamespace(dataset="builtin:arithmetic", eval_limit=7, seed=42, max_new_tokens=4)
+    ctx = SimpleNamespace(settings=settings, unwrapped_model=lambda: None, tokenizer=None, device=CPU)
+    m = graded.builtin_accuracy(ctx)
+    assert m["accuracy_items"] == 7 and len(asked) == 7 == len(set(asked))
+    trained = {r["messages"][1]["content"] for r in builtin.train_records(2000, 42)}
+    assert not trained & set(asked)
+    assert asked == [p.question for p in builtin.problems("test", 7, 42)]

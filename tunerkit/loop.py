@@ -22,6 +22,7 @@ from tunerkit.context import RunContext
 from tunerkit.core import CoreDefaults
 from tunerkit.distributed import count_label_tokens, data_parallel_size, global_throughput
 from tunerkit.errors import RowFailed
+from tunerkit.allocator import cuda_allocator
 from tunerkit.guards import check_losses, nothing_left
 from tunerkit.metrics import StepClock, Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
 from tunerkit.models.loading import resolve_model
@@ -50,8 +51,11 @@ def run_row(row, out_dir: Path, progress=None, extra_plugins=()) -> dict:
     undone after it, also when it failed."""
     ctx = build_context(row, out_dir, extra_plugins)
     try:
-        with sdpa_kernels(row.settings.sdpa_kernels), tf32_matmuls(row.settings.tf32):
+        allocated: dict = {}
+        with cuda_allocator(row.settings.allocator, allocated), sdpa_kernels(row.settings.sdpa_kernels), \
+                tf32_matmuls(row.settings.tf32):
             metrics = _run(ctx, progress)
+        metrics.update(allocated)
         metrics.update(row_modes(ctx))
     except BaseException:
         _close(ctx, failed=True)

@@ -84,7 +84,7 @@ class Throughput:
         out = {"optimizer_steps": self.steps, "timed_steps": self.timed_steps,
                "train_samples": self.total_samples, "train_tokens": self.total_tokens,
                "train_label_tokens": self.total_label_tokens, "train_seconds": sum(self.step_seconds),
-               "timing_warmup_steps": self.warmup_steps}
+               "timing_warmup_steps": self.warmup_steps, "step_seconds": list(self.step_seconds)}
         if self.timed_seconds > 0:
             out["samples_per_s"] = self.timed_samples / self.timed_seconds
             out["tokens_per_s"] = self.timed_tokens / self.timed_seconds

@@ -40,6 +40,10 @@ class Settings:
     overlap_steps: bool = option(False, "no host-GPU synchronisation between optimizer steps: pinned, non-blocking "
                                         "batch copies, step times from CUDA events, losses read one step late",
                                  added_later=True)
+    allocator: Literal["default", "expandable"] = option(
+        "default", "CUDA caching allocator: default, or expandable (segments grow in place, as "
+                   "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; less reserved beyond allocated)",
+        added_later=True)
     chat_template: str | None = option(
         None, "named fallback template when the tokenizer has none: chatml, llama3, plain")
     system: str | None = option(None, "system prompt put before every conversation")

@@ -63,3 +63,18 @@ def test_rank_divisor_stays_frozen_in_bf16(tiny_row, tiny_context):
     assert len(ranknums) == 12 and not any(p.requires_grad for p in ranknums)
     trainable = [n for n, p in ctx.model.named_parameters() if p.requires_grad]
     assert trainable and all(("lora_A" in n or "lora_B" in n or "lora_E" in n) for n in trainable)
+
+
+def test_plain_loss_is_reported_beside_the_regularised_one(tiny_row, run_tiny):
+    # AdaLoRA's singular values start at zero, so at the first step the model is the base model
+    # whatever P and Q are: the task loss there is the same with and without the regulariser.
+    kw = dict(max_steps=3, batch_size=2, gradient_accumulation_steps=2)
+    m = run_tiny(tiny_row("adalora", **kw))
+    m0 = run_tiny(tiny_row("adalora", adalora={"orth_reg_weight": 0.0}, **kw))
+    reg, plain = m["adalora_orth_reg_curve"], m["train_loss_plain_curve"]
+    assert len(reg) == len(plain) == len(m["train_loss_curve"]) == 3
+    assert reg[0] > 0.1, "P and Q start far from orthonormal"
+    assert m["train_loss_curve"][0] == pytest.approx(m0["train_loss_curve"][0] + reg[0], rel=1e-4)
+    assert plain[0] == pytest.approx(m0["train_loss_curve"][0], rel=1e-4)
+    assert m["train_loss_plain"] == pytest.approx(m["train_loss"] - m["adalora_orth_reg"], rel=1e-6)
+    assert m0["adalora_orth_reg"] == 0.0 and m0["train_loss_plain"] == pytest.approx(m0["train_loss"])

@@ -293,3 +293,14 @@ def test_svd_driver_routes_gpu_svds_while_the_row_runs_and_is_removed_after(tiny
     assert metrics["galore_svd_driver"] == "torch"
     assert not ctx.close()
     assert torch.linalg.svd is original
+
+
+def test_amortised_step_spreads_the_projector_refresh_over_its_gap():
+    from tunerkit_plugins.tuners.galore import amortised_step
+
+    # refreshes at steps 0 and 4 (gap 4): 5 s and 3 s against 1 s between them
+    m = amortised_step([5.0, 1.0, 1.0, 1.0, 3.0, 1.0], gap=4)
+    assert m["galore_step_s"] == 1.0 and m["galore_refresh_step_s"] == 4.0
+    assert m["galore_refresh_extra_s"] == 3.0
+    assert m["galore_amortised_step_s"] == pytest.approx(1.0 + 3.0 / 4)
+    assert amortised_step([5.0], gap=200) == {}  # no step between refreshes: nothing to amortise

@@ -44,7 +44,9 @@ def builtin_accuracy(ctx) -> dict:
     if name is None:
         return {}
     task = builtin.TASKS[name]
-    items = task["test"](ctx.settings.eval_limit or TEST_ITEMS, ctx.settings.seed)
+    # Keywords, not positions: the generator also takes the split, and a swapped call would
+    # grade training problems (and `seed` of them) instead of held-out ones.
+    items = task["test"](split="test", n=ctx.settings.eval_limit or TEST_ITEMS, seed=ctx.settings.seed)
     convs = [p.messages(with_answer=False) for p in items]
     replies = generate_replies(ctx.unwrapped_model(), ctx.tokenizer, convs, ctx.settings.max_new_tokens, ctx.device)
     correct = sum(task["grade"](r, p.answer) for r, p in zip(replies, items))

@@ -158,34 +158,47 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot_memory_speed(records: list[dict]):
+    return _pareto_plot(records, "tokens_per_s", "training speed: tokens/s over timed steps  (more is better)",
+                        "dominated (another row is faster and smaller)", "memory vs training speed")
+
+
+def plot_memory_accuracy(records: list[dict]):
+    """Held-out accuracy against memory, the Pareto view of PEFT's method comparison (real weights only)."""
+    if is_random(records):
+        return None
+    return _pareto_plot(records, "accuracy", "accuracy on held-out problems  (more is better)",
+                        "dominated (another row is more accurate and smaller)", "memory vs held-out accuracy")
+
+
+def _pareto_plot(records: list[dict], key: str, ylabel: str, dominated: str, what: str):
     import matplotlib.pyplot as plt
 
     rows = []
     for r in records:
         m = flat_metrics(r)
-        mem, what = memory_gib(m)
-        if r["status"] == "ok" and mem is not None and m.get("tokens_per_s"):
-            rows.append((r, mem, m["tokens_per_s"], what))
+        mem, memory_what = memory_gib(m)
+        if r["status"] == "ok" and mem is not None and m.get(key) is not None:
+            rows.append((r, mem, m[key], memory_what))
     if len(rows) < 2:
         return None
     fig, ax = plt.subplots(figsize=(10, 6.5), layout="constrained")
     xs = [mem for _, mem, _, _ in rows]
-    ys = [tps for _, _, tps, _ in rows]
+    ys = [y for _, _, y, _ in rows]
     front = set(pareto_front(list(zip(xs, ys))))
     others = [i for i in range(len(rows)) if i not in front]
     ax.scatter([xs[i] for i in others], [ys[i] for i in others], s=36, facecolors="white", edgecolors="0.45",
-               label="dominated (another row is faster and smaller)", zorder=3)
+               label=dominated, zorder=3)
     ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=44, color="tab:blue", label="Pareto front", zorder=4)
     line = sorted(front, key=lambda i: xs[i])
     ax.step([xs[i] for i in line], [ys[i] for i in line], where="post", color="tab:blue", lw=1, alpha=0.6, zorder=2)
     ax.set_xlabel(f"memory: {rows[0][3]}  (less is better)")
-    ax.set_ylabel("training speed: tokens/s over timed steps  (more is better)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.margins(x=0.25, y=0.2)
     ax.set_xlim(left=max(ax.get_xlim()[0], 0))  # no negative GiB or tokens/s from the margins
     ax.set_ylim(bottom=max(ax.get_ylim()[0], 0))
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title_of("memory vs training speed", records), fontsize=10)
+    ax.set_title(title_of(what, records), fontsize=10)
     place_labels(ax, xs, ys, [point_label(r) for r, *_ in rows])
     return fig
 
@@ -410,6 +423,7 @@ def _colors(n: int) -> list:
 
 FIGURES = {
     "memory_speed": plot_memory_speed,
+    "memory_accuracy": plot_memory_accuracy,
     "max_length": plot_max_length,
     "metrics": plot_metric_bars,
     "loss_curves": plot_loss_curves,

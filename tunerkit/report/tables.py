@@ -22,6 +22,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tunerkit.report.memory_vs_seed import memory_note
 from tunerkit.report.reference import axis_key, point_values, resolve_reference
 
 SEED_MARK = "[seed†]"
@@ -429,6 +430,7 @@ def render_markdown(records: list[dict]) -> str:
             notes.append(timing)
         if any(SEED_MARK in h for h in headers):
             notes.append(SEED_NOTE)
+            notes.extend(filter(None, [memory_note(group)]))
         elif any(r.get("reference") for r in group):
             notes.append("the seed's published numbers are not shown: this profile ran on CPU, not on the "
                          "seed's hardware and models")

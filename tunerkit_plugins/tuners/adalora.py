@@ -11,6 +11,9 @@ PEFT's AdaLoraConfig with ms-swift's settings, plus what only a training loop ca
 - PEFT adds the orthogonality regulariser to the loss of every micro-batch; it is scaled
   by 1 / micro-batches per step so it weighs ``orth_reg_weight`` per optimizer step
   whatever the gradient accumulation, as in ms-swift's benchmark.
+- The reported train loss is PEFT's, regulariser included (as ms-swift's); the task loss
+  alone is reported beside it (``train_loss_plain``): the regulariser is read once per
+  optimizer step (the weights do not change within one) and taken off each step's loss.
 
 Steps are numbered from 1 (the number of optimizer steps done, counting this one, like
 HF Trainer's ``state.global_step`` at step end): the last step is then
@@ -21,6 +24,9 @@ per matrix on average (Zhang et al. 2023, https://arxiv.org/abs/2303.10512).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 from tunerkit import hookimpl, option
 from tunerkit.errors import RowFailed
@@ -52,6 +58,20 @@ def _budget_phase_error(o: AdaLoRAOptions, total_steps: int) -> str | None:
         return (f"adalora: tinit={o.tinit} and tfinal={o.tfinal} leave no pruning phase in "
                 f"{total_steps} optimizer steps (need tinit < steps - tfinal)")
     return None
+
+
+@torch.no_grad()
+def orth_regulariser(model, adapter: str) -> float:
+    """What PEFT's AdaLoraModel.forward multiplies by orth_reg_weight and adds to the loss: the
+    mean Frobenius distance of P P^T and Q^T Q from the identity over the adapted matrices.
+    PEFT computes it inline in forward and returns only the sum, so it is read again here."""
+    total, count = 0.0, 0
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and adapter in name and p.numel():
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            total += float(torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, device=cov.device, dtype=cov.dtype)))
+            count += 1
+    return total / count if count else 0.0
 
 
 class AdaLoRA(LoRA):
@@ -103,6 +123,7 @@ class AdaLoRA(LoRA):
 
     @hookimpl
     def on_train_begin(self, ctx):
+        self.reg_curve: list[float] = []  # orth_reg_weight x regulariser, per optimizer step
         reason = _budget_phase_error(self.options, ctx.total_steps)
         if reason:
             raise RowFailed(reason)
@@ -117,6 +138,8 @@ class AdaLoRA(LoRA):
         # unscaled, the regulariser would weigh window_size times more than ms-swift's (HF Trainer
         # divided the summed loss by the accumulation steps). Scale it to one weight per optimizer step.
         self.adalora_config(ctx).orth_reg_weight = self.options.orth_reg_weight / max(ctx.window_size, 1)
+        model = self.adalora_model(ctx)
+        self.reg_curve.append(self.options.orth_reg_weight * orth_regulariser(model.model, model.trainable_adapter_name))
 
     @hookimpl
     def on_train_end(self, ctx):
@@ -133,8 +156,19 @@ class AdaLoRA(LoRA):
         pattern = self.adalora_config(ctx).rank_pattern
         # rank_pattern: per adapted matrix, which singular triplets survive; none yet = nothing pruned.
         final = sum(sum(keep) for keep in pattern.values()) if pattern else allocator.init_bgt
-        return {"lora_targets": str(self.peft_config_kwargs(ctx)["target_modules"]),
+        return {**self.loss_parts(ctx), "lora_targets": str(self.peft_config_kwargs(ctx)["target_modules"]),
                 "adalora_total_step": self.adalora_config(ctx).total_step,
                 "adalora_init_budget": allocator.init_bgt, "adalora_target_budget": allocator.target_bgt,
                 "adalora_rank_budget": final,
                 "adalora_mean_rank": final / max(len(allocator.name_set), 1)}
+
+    def loss_parts(self, ctx) -> dict:
+        """The train loss without the regulariser, over the same last steps as the core's train_loss."""
+        losses = ctx.metrics.get("train_loss_curve") or []
+        reg = getattr(self, "reg_curve", [])[:len(losses)]
+        if not losses or len(reg) != len(losses):
+            return {}
+        plain = [loss - r for loss, r in zip(losses, reg)]
+        tail = max(1, len(plain) // 10)
+        return {"train_loss_plain": float(np.mean(plain[-tail:])), "train_loss_plain_curve": plain,
+                "adalora_orth_reg_curve": reg, "adalora_orth_reg": float(np.mean(reg[-tail:]))}

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from torch import nn
 
 from tunerkit import Plugin, hookimpl, option
@@ -102,6 +103,25 @@ class SvdDriver:
                 return original(A, *args, **kwargs)
 
         ctx.patch(torch.linalg, "svd", svd)
+
+
+def amortised_step(step_seconds: list[float], gap: int) -> dict:
+    """Step time with the projector refresh spread over the steps it serves.
+
+    galore-torch recomputes each projector (one SVD per projected matrix) at every step whose
+    index is a multiple of ``update_proj_gap``, the first step included. A short row times
+    mostly the steps between refreshes; the amortised time is one refresh step plus
+    ``gap - 1`` steps between refreshes, divided by ``gap``. The refresh step also carries
+    the row's first-step costs when it is the first step, so its extra time is an upper bound.
+    """
+    refresh = [t for i, t in enumerate(step_seconds) if i % gap == 0]
+    between = [t for i, t in enumerate(step_seconds) if i % gap != 0]
+    if not refresh or not between:
+        return {}
+    step = float(np.median(between))
+    extra = max(float(np.mean(refresh)) - step, 0.0)
+    return {"galore_step_s": step, "galore_refresh_step_s": float(np.mean(refresh)),
+            "galore_refresh_extra_s": extra, "galore_amortised_step_s": step + extra / gap}
 
 
 def resolved_svd_driver(options: GaLoreOptions) -> str | None:
@@ -326,4 +346,5 @@ class GaLore(Plugin):
             "galore_svd_fallbacks": self.svd.fallbacks if self.svd is not None else 0,
             "galore_grad_clipping": not o.per_parameter and ctx.settings.max_grad_norm > 0,
             "galore_optimizer_state_gib": state_gib(dict(optimizer.state)) if optimizer is not None else None,
+            **amortised_step(ctx.metrics.get("step_seconds") or [], o.update_proj_gap),
         }

@@ -85,7 +85,10 @@ def run(recipe, profile, only, resume, db, runs_dir, no_progress, check, sets):
     if check:
         for r in rec.rows:
             click.echo(f"{r.name}: plugins={r.plugins} model={r.settings.model} dataset={r.settings.dataset}")
-        click.echo(f"{len(rec.rows)} rows valid (profile: {profile or 'none'})")
+        click.echo(f"{len(rec.rows)} rows valid (profile: {profile or 'none'}); predicted (tunerkit estimate):")
+        from tunerkit.estimate_cli import echo_estimates
+
+        echo_estimates(rec, db)
         return
     store = Store(db)
     gpus = max(r.settings.gpus for r in rec.rows)
@@ -177,7 +180,8 @@ def report(recipe, db, fmt, profile, only):
 
 
 # Sub-commands that live beside the code they drive (each module exposes ``command``).
-for _module in ("tunerkit.export", "tunerkit.data.stats", "tunerkit.eval.cli", "tunerkit.report.plots"):
+for _module in ("tunerkit.export", "tunerkit.data.stats", "tunerkit.eval.cli", "tunerkit.report.plots",
+                "tunerkit.estimate_cli"):
     try:
         main.add_command(__import__(_module, fromlist=["command"]).command)
     except ImportError:

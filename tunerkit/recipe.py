@@ -49,6 +49,8 @@ class Row:
     profile: str | None = None
     #: set for a row of the seed whose plugin does not exist yet: reported as "not implemented"
     pending: str | None = None
+    #: speed = "max": the switches added and the ones refused, with the reason (tunerkit.fast_mode)
+    fast_mode: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> dict:
         """Everything that decides the row's outcome, as plain JSON-able data."""
@@ -57,6 +59,7 @@ class Row:
             "settings": opts.identity(self.settings),
             "plugins": list(self.plugins),
             "options": {name: opts.identity(o) for name, o in self.options.items()},
+            **({"fast_mode": self.fast_mode} if self.fast_mode else {}),
         }
 
     def config_hash(self) -> str:
@@ -370,7 +373,9 @@ def _resolve_row(raw: dict, defaults: dict, prof: dict, *, file: str, table: str
             name += "[" + ",".join(f"{k}={_short(v)}" for k, v in sweep.items()) + "]"
         rows.append(Row(name=name, base_name=raw["name"], settings=s, plugins=list(plugins), options=built,
                         sweep=sweep, reference=dict(reference), note=note))
-    return rows
+    from tunerkit.fast_mode import apply_fast_mode
+
+    return [apply_fast_mode(r) for r in rows]
 
 
 def _short(value: Any) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunerkit import Plugin, hookimpl, option
+from tunerkit_plugins._helpers import estimates
 
 #: The seed's DEFAULT targets per model family (transformers model_type).
 DEFAULT_TARGETS = {
@@ -75,3 +76,13 @@ class LoRA(Plugin):
     @hookimpl
     def collect_metrics(self, ctx):
         return {"lora_targets": str(self.peft_config_kwargs(ctx)["target_modules"])}
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        from tunerkit.models.presets import get_preset
+
+        preset = get_preset(row.settings.model)
+        names = estimates.target_names(self.options.targets, shape,
+                                       preset.default_targets if preset else estimates.LLAMA_LIKE)
+        rank = getattr(self.options, "rank", None) or getattr(self.options, "init_r", 8)
+        estimates.low_rank_adapters(estimate, shape, names, rank, self.options.dropout)

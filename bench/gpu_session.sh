@@ -12,6 +12,7 @@
 #   bash bench/gpu_session.sh infer         # infer_speed.py, check_packing_gpu.py
 #   bash bench/gpu_session.sh attention     # attention_kernels.py: the varlen kernels alone, FlashAttention-2 beside cuDNN
 #   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
+#   bash bench/gpu_session.sh peers         # peers.py: TRL, unsloth and HF + PEFT beside tunerkit's best configs
 #
 # Wheels the host lacks (liger-kernel, galore-torch, q-galore-torch, bitsandbytes) are taken
 # from .whl/ when present (see bench/README.md). Results land in $OUT (default ./bench-out):
@@ -22,19 +23,22 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/bench-out}
 mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1 FAST_PATH_TRACEBACK=1
+# .whl/site.tgz: wheels already extracted and trimmed (unsloth's set only fits a call that way;
+# bench/README.md says how it is made).
+if [ -f .whl/site.tgz ]; then mkdir -p /tmp/site && tar xzf .whl/site.tgz -C /tmp/site && SITE_EXTRACTED=1 || exit 1; fi
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
   export PYTHONPATH=$PWD:/tmp/site
 else
-  export PYTHONPATH=$PWD
+  export PYTHONPATH=$PWD${SITE_EXTRACTED:+:/tmp/site}
 fi
 # tunerkit itself, without touching the host's torch/transformers (the `tunerkit` command).
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3
 python3 -c "import tunerkit_plugins.tuners.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-[ $# -gt 0 ] || { echo "parts: smoke | fast-path | attention | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "parts: smoke | fast-path | peers | attention | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }
 for part in "$@"; do
 case "$part" in
   fast-path)
@@ -99,6 +103,11 @@ case "$part" in
         --db "$db" --runs-dir /tmp/runs "${only[@]}" "${sets[@]}" 2>&1 | tee -a "$OUT/tables.log" | grep -v -i warn
     done
     [ "$db" = "$OUT/tunerkit.db" ] || cp "$db" "$OUT/tunerkit.db"
+    ;;
+  peers)
+    # bench/peers.py: the strongest peers (HF + PEFT, TRL SFTTrainer, unsloth) beside tunerkit's best configs.
+    timeout 570 python3 bench/peers.py --time-limit "${PEERS_LIMIT:-420}" ${PEERS_ARGS:-} \
+      2>&1 | tee "$OUT/peers.log" | grep -v -i warn
     ;;
   smoke)
     # GPU-only code paths (liger, compiled decoding, bf16 bnb, varlen kernels) at tiny shapes,

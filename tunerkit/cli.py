@@ -102,7 +102,10 @@ def run(recipe, profile, only, resume, db, runs_dir, no_progress, check, sets):
     if check:
         for r in rec.rows:
             click.echo(f"{r.name}: plugins={r.plugins} model={r.settings.model} dataset={r.settings.dataset}")
-        click.echo(f"{len(rec.rows)} rows valid (profile: {profile or 'none'})")
+        click.echo(f"{len(rec.rows)} rows valid (profile: {profile or 'none'}); predicted (tunerkit estimate):")
+        from tunerkit.estimate_cli import echo_estimates
+
+        echo_estimates(rec, db)
         return
     store = Store(db).check()  # before the first row trains: a bad --db costs nothing
     gpus = max(r.settings.gpus for r in rec.rows)
@@ -203,7 +206,8 @@ def _add_subcommands() -> None:
     if getattr(_add_subcommands, "done", False):
         return
     _add_subcommands.done = True
-    for _module in ("tunerkit.export", "tunerkit.data.stats", "tunerkit.eval.cli", "tunerkit.report.plots"):
+    for _module in ("tunerkit.export", "tunerkit.data.stats", "tunerkit.eval.cli", "tunerkit.report.plots",
+                    "tunerkit.estimate_cli"):
         main.add_command(importlib.import_module(_module).command)
 
 

@@ -57,6 +57,17 @@ def weight_bits(row: Any) -> float | None:
     """
 
 
+@hookspec
+def estimate_memory(row: Any, shape: Any, estimate: Any) -> None:
+    """Change ``estimate`` (a :class:`tunerkit.estimate.Estimate`) by what this plugin adds or removes.
+
+    Runs for every plugin of the row when ``tunerkit estimate`` (or ``run --check``) predicts
+    its peak memory and speed, before anything loads: ``shape`` is the model's
+    :class:`tunerkit.estimate.ModelShape`. A tuner sets what trains and what its optimizer
+    keeps; a kernel or offload plugin removes the activations it saves.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Model side
 # ---------------------------------------------------------------------------

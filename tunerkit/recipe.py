@@ -47,6 +47,8 @@ class Row:
     profile: str | None = None
     #: set for a row of the seed whose plugin does not exist yet: reported as "not implemented"
     pending: str | None = None
+    #: speed = "max": the switches added and the ones refused, with the reason (tunerkit.fast_mode)
+    fast_mode: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> dict:
         """Everything that decides the row's outcome, as plain JSON-able data; ``not_used``
@@ -56,6 +58,7 @@ class Row:
             "settings": opts.identity(self.settings),
             "plugins": list(self.plugins),
             "options": {name: opts.identity(o) for name, o in self.options.items()},
+            **({"fast_mode": self.fast_mode} if self.fast_mode else {}),
         }
         not_used = settings_not_used(self.plugins)
         if not_used:
@@ -363,7 +366,9 @@ def _resolve_row(raw: dict, defaults: Layer, late: list[Layer], *, file: str, ta
         rows.append(Row(name=name, base_name=raw["name"], settings=settings, plugins=list(plugins),
                         options=dict(zip(built, options)), sweep=sweep if pending is None else {},
                         reference=dict(reference), note=note, pending=pending))
-    return rows
+    from tunerkit.fast_mode import apply_fast_mode  # reads the plugin registry: imported late
+
+    return [apply_fast_mode(r) for r in rows]
 
 
 def _build(owner: str | None, point: dict, merged: Layer, file: str, table: str):

@@ -37,6 +37,12 @@ class Settings:
     autocast: bool = option(False, "run the forward under torch.autocast (HF's bf16/fp16 argument): fp32 weights "
                                    "(PEFT's adapters) stay fp32 masters, their matmuls run in the row's 16-bit dtype "
                                    "(bf16 where the weights are fp32)", added_later=True)
+    speed: Literal["plain", "max"] = option(
+        "plain", "max = the fast mode: every speed switch the row can take joins it (compile, fused loss, "
+                 "offload, packing, autocast); the ones it cannot take are recorded with the reason", added_later=True)
+    memory_budget_gib: float | None = option(
+        None, "with speed = max: GiB of peak allocated memory the row must fit (tunerkit estimate picks "
+              "checkpointing and offload to fit)", added_later=True)
     overlap_steps: bool = option(False, "no host-GPU synchronisation between optimizer steps: pinned, non-blocking "
                                         "batch copies, step times from CUDA events, losses read one step late",
                                  added_later=True)

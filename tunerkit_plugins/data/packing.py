@@ -20,6 +20,7 @@ from typing import Literal
 from torch.utils.data import IterableDataset
 
 from tunerkit import Plugin, hookimpl, option
+from tunerkit_plugins._helpers import estimates
 from tunerkit_plugins.data.varlen_attention import KERNELS, FlatBatchHooks
 
 Kernel = Literal["auto", "flash_attn", "torch_varlen", "sdpa"]
@@ -48,6 +49,9 @@ class Packing(FlatBatchHooks, Plugin):
     conformance = {"companions": ["lora"]}
     summary = "best-fit-decreasing packing into max_length rows with per-sample varlen attention"
     Options = PackingOptions
+    #: the fast mode (speed = "max"): rows filled with whole samples
+    fast_switch = {}
+    fast_order = 10
     conflicts = ("padding_free",)
 
     @hookimpl
@@ -57,6 +61,11 @@ class Packing(FlatBatchHooks, Plugin):
                     f"({row.settings.max_length}): a sample of max_length tokens would fit no row; "
                     "raise row_length or lower max_length")
         return None
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        # rows filled with whole samples up to max_length
+        estimates.packed_rows(estimate, row.settings.batch_size * row.settings.max_length)
 
     @hookimpl
     def transform_dataset(self, ctx, split):

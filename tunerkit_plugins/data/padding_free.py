@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunerkit import Plugin, option
+from tunerkit import Plugin, hookimpl, option
+from tunerkit_plugins._helpers import estimates
 from tunerkit_plugins.data.packing import Kernel
 from tunerkit_plugins.data.varlen_attention import FlatBatchHooks
 
@@ -25,3 +26,7 @@ class PaddingFree(FlatBatchHooks, Plugin):
     summary = "micro-batches flattened into one row without padding, varlen attention per sample"
     Options = PaddingFreeOptions
     conflicts = ("packing",)
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        estimates.flattened(estimate)

@@ -31,6 +31,7 @@ import torch
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
+from tunerkit_plugins._helpers import estimates
 
 INSTALL_HINT = "pip install liger-kernel"
 
@@ -96,6 +97,14 @@ class Liger(Plugin):
     conformance = {"companions": ["lora"]}
     summary = "liger-kernel's fused Triton kernels: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy (CUDA)"
     Options = LigerOptions
+    #: the fast mode (speed = "max"): the fused linear cross-entropy alone (it runs beside compile)
+    fast_switch = {"rope": False, "rms_norm": False, "swiglu": False}
+    fast_order = 30
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        if self.options.fused_linear_cross_entropy:
+            estimates.fused_loss(estimate, shape)
 
     @hookimpl
     def validate(self, row):

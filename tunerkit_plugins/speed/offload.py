@@ -34,6 +34,7 @@ from tunerkit.checkpointing import checkpointed_layers
 from tunerkit.errors import RowFailed
 
 from tunerkit_plugins._helpers.layers import wrap_checkpoint_calls
+from tunerkit_plugins._helpers import estimates
 
 GIB = 1024 ** 3
 
@@ -181,11 +182,19 @@ class ActivationOffload(Plugin):
     conformance = {"companions": ["lora"]}
     summary = "saved activations wait in pinned host memory (offloaded gradient checkpointing)"
     Options = OffloadOptions
+    #: the fast mode (speed = "max"): checkpointed layer inputs in host memory, one copy back in flight
+    fast_switch = {"prefetch": 1}
+    fast_order = 40
 
     def __init__(self, options=None):
         super().__init__(options)
         self.offloader = HostOffloader(self.options.min_bytes, self.options.prefetch)
         self.scope = "all"
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        if self.options.scope != "all" and row.settings.gradient_checkpointing:
+            estimates.offloaded_checkpoints(estimate, in_flight=self.options.prefetch + 1)
 
     @hookimpl
     def validate(self, row):

@@ -26,6 +26,7 @@ from torch import nn
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
 from tunerkit_plugins._helpers.layers import decoder_stack, text_config
+from tunerkit_plugins._helpers import estimates
 
 #: Attribute names families use for the feed-forward block of a decoder layer.
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
@@ -127,6 +128,10 @@ class Adapter(Plugin):
     def apply_tuner(self, ctx):
         ctx.model.requires_grad_(False)
         install_adapters(ctx.model, self.options.dim, self.options.zero_init_up)  # new modules train by default
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        estimates.bottlenecks(estimate, shape, self.options.dim)
 
     @hookimpl
     def save_artifacts(self, ctx, out_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tunerkit import Plugin, hookimpl
+from tunerkit_plugins._helpers import estimates
 
 
 class Full(Plugin):
@@ -14,3 +15,7 @@ class Full(Plugin):
     def apply_tuner(self, ctx):
         for p in ctx.model.parameters():
             p.requires_grad_(True)
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        estimates.every_weight(estimate, shape)

@@ -31,6 +31,7 @@ from tunerkit.errors import MissingPackage, RowFailed
 from tunerkit.optimizer import groups_by_decay, make_schedule
 from tunerkit_plugins._helpers.optimizer_state import state_gib
 from tunerkit_plugins._helpers.per_parameter import PerParameterScheduler, build_per_parameter
+from tunerkit_plugins._helpers import estimates
 
 
 #: galore-torch's class for each ``optimizer`` choice
@@ -260,6 +261,10 @@ class GaLore(Plugin):
         self.targets: list[tuple[str, nn.Parameter]] = []
         self.per_parameter = None  # PerParameterOptimizer when options.per_parameter
         self.svd = None  # SvdDriver while a GPU row runs with a chosen driver
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        estimates.projected_state(estimate, shape, self.options.rank, self.options.per_parameter)
 
     @hookimpl
     def validate(self, row):

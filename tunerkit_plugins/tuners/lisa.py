@@ -26,6 +26,7 @@ from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed, UserError
 from tunerkit_plugins._helpers.layers import decoder_stack
 from tunerkit_plugins._helpers.optimizer_state import state_gib
+from tunerkit_plugins._helpers import estimates
 
 
 @dataclass
@@ -64,6 +65,11 @@ class LISA(Plugin):
         #: (global step, active layer indices) of every draw
         self.history: list[tuple[int, list[int]]] = []
         self.rng: random.Random | None = None
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        o = self.options
+        estimates.some_layers(estimate, shape, o.activated_layers, o.train_embeddings, o.train_head)
 
     @hookimpl
     def validate(self, row):

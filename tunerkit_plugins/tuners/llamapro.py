@@ -21,6 +21,7 @@ from torch import nn
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed
 from tunerkit_plugins._helpers.layers import decoder_stack, text_config
+from tunerkit_plugins._helpers import estimates
 
 #: Output projections of the two residual branches; zeroed, they make a block an identity.
 ZEROED = ("o_proj", "down_proj")
@@ -106,6 +107,10 @@ class LlamaPro(Plugin):
         ctx.model.requires_grad_(False)
         for index in ctx.state[self.name]["new_blocks"]:
             layers[index].requires_grad_(True)
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        estimates.new_blocks(estimate, shape, self.options.num_new_blocks)
 
     @hookimpl
     def collect_metrics(self, ctx):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.targets import resolve_targets, unmatched_targets
+from tunerkit_plugins._helpers import estimates
 
 
 @dataclass
@@ -54,3 +55,13 @@ class LoRA(Plugin):
     @hookimpl
     def collect_metrics(self, ctx):
         return {"lora_targets": str(self.peft_config_kwargs(ctx)["target_modules"])}
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        from tunerkit.models.presets import get_preset
+
+        preset = get_preset(row.settings.model)
+        names = estimates.target_names(self.options.targets, shape,
+                                       preset.default_targets if preset else estimates.LLAMA_LIKE)
+        rank = getattr(self.options, "rank", None) or getattr(self.options, "init_r", 8)
+        estimates.low_rank_adapters(estimate, shape, names, rank, self.options.dropout)

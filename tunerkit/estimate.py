@@ -1,0 +1,287 @@
+"""Peak memory and speed of a row, predicted before it runs.
+
+The model's shape comes from its config, built on the meta device (no weights). The core
+fills an :class:`Estimate` from the row's settings (dtype, batch, lengths, checkpointing,
+attention) and hands it to every plugin of the row through the ``estimate_memory`` hook:
+tuners say what trains and what their optimizer keeps, kernels and offloading say what
+activations they remove, packing says how full a row is. This module names no plugin.
+
+Memory (bytes, the peak of ``torch.cuda.max_memory_allocated``):
+
+    weights          base parameters x weight_bits / 8
+    added            parameters a tuner adds (adapters, new blocks) x their bytes
+    training state   trainable parameters x (gradient + optimizer state bytes)
+    activations      per token of the longest micro-batch: checkpointed layer inputs (or
+                     every layer's activations without checkpointing), one layer's
+                     activations during its recompute, per-adapter saved inputs, and the
+                     loss's logits (tokens x vocabulary, in several copies)
+
+Speed: a step's matmul FLOPs (forward 2N, input gradients 2N, weight gradients 2N for
+trained weights only, causal attention, the recompute of checkpointed layers) at the
+device's matmul rate times an efficiency, plus a fixed host cost per micro-batch; plugins
+scale either. The per-token coefficients and the efficiency were fitted against the GPU
+rows of the committed stores; docs/performance.md ("Predicted before a run") has every
+row's error.
+
+On a CPU the memory figure is what the same tensors take on the host (the row's peak RSS
+also holds the Python process, the libraries and the allocator's caches, which this does
+not model); the speed uses the host's measured matmul rate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+GIB = 1024 ** 3
+
+#: bytes kept per token and logit by the loss (bf16 logits, their fp32 copy, log-softmax
+#: and its gradient); fitted on the stores' LoRA rows at 512-8192 tokens
+LOGIT_BYTES = 11.0
+#: a decoder layer's activations per token during its forward/backward, in units of
+#: 2 bytes x (6 hidden + 2 kv width + 4 ffn) (norm inputs, q/k/v/o, the SwiGLU's four)
+LAYER_FACTOR = 1.0
+#: matmul efficiency of a training step against the device's dense bf16 rate, and the
+#: host's fixed cost per micro-batch (launches, the loss read, the optimizer step)
+EFFICIENCY = 0.58
+HOST_SECONDS = 0.25
+#: practical dense bf16 matmul rates (an 8192^3 matmul), TFLOP/s
+DEVICE_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 250.0, "L40": 180.0, "A10": 100.0, "4090": 150.0}
+
+
+@dataclass
+class ModelShape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_width: int
+    ffn: int
+    vocab: int
+    params: int
+    layer_linear: dict  # one decoder layer's linear weights: name -> (in, out)
+    head_params: int
+    embed_params: int
+
+    @property
+    def layer_params(self) -> int:
+        return sum(i * o for i, o in self.layer_linear.values())
+
+    @property
+    def dense_params(self) -> int:
+        """Weights a token meets in matmuls: every layer's linears and the head."""
+        return self.layers * self.layer_params + self.head_params
+
+
+def model_config(spec: str):
+    from tunerkit.models.loading import model_path, resolve_model
+
+    source = resolve_model(spec)
+    if source.kind == "preset":
+        return source.preset.config()
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path(source))
+
+
+def shape_of(spec: str) -> ModelShape:
+    """The model's shape from its config, the model built on the meta device (no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(spec)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    linear = {}
+    if layers:
+        for name, m in layers[0].named_modules():
+            if isinstance(m, torch.nn.Linear):
+                linear[name.split(".")[-1]] = (m.in_features, m.out_features)
+    head = model.get_output_embeddings()
+    embed = model.get_input_embeddings()
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    tied = head is not None and embed is not None and head.weight is embed.weight
+    return ModelShape(hidden=hidden, layers=len(layers), heads=heads, kv_width=kv * head_dim,
+                      ffn=getattr(config, "intermediate_size", 4 * hidden), vocab=config.vocab_size,
+                      params=sum(p.numel() for p in model.parameters()), layer_linear=linear,
+                      head_params=head.weight.numel() if head is not None else 0,
+                      embed_params=0 if tied else (embed.weight.numel() if embed is not None else 0))
+
+
+@dataclass
+class Estimate:
+    """What one row keeps and computes; the core fills it, plugins change what they change."""
+
+    shape: ModelShape
+    weight_bytes: float
+    param_bytes: int  # bytes of one parameter in the row's dtype
+    peak_tokens: float  # tokens of the longest micro-batch
+    mean_tokens: float  # tokens of an average micro-batch
+    mean_samples: float  # samples in an average micro-batch
+    micro_batches: int  # per optimizer step
+    checkpointed_layers: int
+    padded_tokens: float | None = None  # tokens a padded micro-batch computes (None: mean_tokens, no padding)
+    trainable_params: int = 0
+    added_params: int = 0  # parameters a tuner adds beside the base (adapters, blocks)
+    added_param_bytes: int = 4
+    grad_bytes: int = 4  # per trainable parameter
+    optimizer_bytes: float = 8.0  # per trainable parameter (AdamW: two states)
+    optimizer_params: int | None = None  # parameters with optimizer state (None: trainable_params)
+    live_grad_params: int | None = None  # gradients alive at once (None: all trainable)
+    layer_input_bytes: float = 0.0  # per token and checkpointed layer
+    layer_bytes: float = 0.0  # per token, one layer's activations
+    extra_layer_bytes: float = 0.0  # per token and layer, added by plugins (adapter inputs, ...)
+    logit_bytes: float = 0.0  # per token
+    resident_checkpoint_layers: float | None = None  # checkpointed inputs kept on the device (None: all)
+    extra_bytes: float = 0.0
+    trained_weight_params: int = 0  # weights whose gradient is computed (FLOPs)
+    speed_factor: float = 1.0
+    host_seconds: float = HOST_SECONDS
+    notes: list = field(default_factory=list)
+
+    def memory_parts(self) -> dict:
+        s, tok = self.shape, self.peak_tokens
+        grads = (self.trainable_params if self.live_grad_params is None else self.live_grad_params) * self.grad_bytes
+        opt = (self.trainable_params if self.optimizer_params is None else self.optimizer_params) * self.optimizer_bytes
+        kept = self.checkpointed_layers if self.resident_checkpoint_layers is None else \
+            min(self.checkpointed_layers, self.resident_checkpoint_layers)
+        uncheckpointed = s.layers - self.checkpointed_layers
+        per_layer = self.layer_bytes + self.extra_layer_bytes
+        acts = tok * (kept * self.layer_input_bytes + uncheckpointed * per_layer
+                      + (per_layer if self.checkpointed_layers else 0) + self.logit_bytes)
+        return {"weights": self.weight_bytes, "added": self.added_params * self.added_param_bytes,
+                "gradients": grads, "optimizer": opt, "activations": acts, "other": self.extra_bytes}
+
+    def peak_bytes(self) -> float:
+        return sum(self.memory_parts().values())
+
+    def step_flops(self) -> float:
+        s = self.shape
+        tok = (self.padded_tokens or self.mean_tokens) * self.micro_batches
+        per_token = 4 * s.dense_params + 2 * self.trained_weight_params + 6 * self.added_params
+        seq = self.mean_tokens / max(self.mean_samples, 1e-9)
+        attention = 6 * tok * seq * s.hidden * s.layers  # causal: 6 L^2 h per layer and sample of L tokens
+        recompute = 2 * tok * (self.checkpointed_layers * s.layer_params)
+        return per_token * tok + attention + recompute
+
+    def tokens_per_s(self, tflops: float) -> float:
+        seconds = self.step_flops() / (tflops * 1e12 * EFFICIENCY) + self.host_seconds * self.micro_batches
+        return self.mean_tokens * self.micro_batches / (seconds / self.speed_factor)
+
+
+def device_tflops(name: str | None = None) -> tuple[str, float]:
+    """(device name, matmul TFLOP/s): a known GPU's rate, else a short matmul on this host."""
+    if name is None:
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    for key, tf in DEVICE_TFLOPS.items():
+        if key.lower() in name.lower():
+            return name, tf
+    return name, measured_tflops()
+
+
+def measured_tflops(n: int = 512, repeats: int = 4) -> float:
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def sample_lengths(row) -> list[int] | None:
+    """Token lengths of the row's training samples when they are known without a tokenizer
+    (synthetic data), after the row's truncation; ``None`` otherwise."""
+    s = row.settings
+    if not s.dataset or not s.dataset.startswith("synthetic:"):
+        return None
+    from tunerkit.data.sources import load_records
+    from tunerkit.data.truncation import apply_truncation
+
+    # lengths do not depend on the token ids drawn: a small vocabulary draws them faster
+    records = load_records(s.dataset, seed=s.seed, vocab_size=1000, rows=None)
+    kept, _ = apply_truncation([{"input_ids": r["input_ids"], "labels": r["input_ids"]} for r in records],
+                               s.max_length, s.truncation_strategy)
+    return [len(r["input_ids"]) for r in kept] or None
+
+
+def token_plan(row, lengths: list[int] | None) -> tuple[float, float, float, float]:
+    """(peak tokens, mean real tokens, mean samples, mean padded tokens) of one micro-batch,
+    before packing changes them.
+
+    Padded batches: ``batch_size`` samples padded to the longest (the peak is a batch of
+    ``max_length``-long samples when any sample is that long). Unknown data: ``max_length``."""
+    s = row.settings
+    if not lengths:
+        full = float(s.batch_size * s.max_length)
+        return full, full, float(s.batch_size), full
+    trained = max(1, min(len(lengths), int((s.token_budget or sum(lengths)) / (sum(lengths) / len(lengths)))))
+    top = sorted(lengths)[-max(1, len(lengths) // trained):]  # the longest sample a run of that size meets
+    mean = sum(lengths) / len(lengths)
+    padded = mean
+    if s.batch_size > 1:  # the expected longest of batch_size samples, drawn from these lengths
+        gen = torch.Generator().manual_seed(s.seed)
+        lens = torch.tensor(lengths, dtype=torch.float64)
+        draws = lens[torch.randint(len(lengths), (256, s.batch_size), generator=gen)]
+        padded = float(draws.max(dim=1).values.mean())
+    return float(s.batch_size * top[0]), float(s.batch_size * mean), float(s.batch_size), float(s.batch_size * padded)
+
+
+def base_estimate(row, shape: ModelShape, weight_bits: float, gpu: bool) -> Estimate:
+    from tunerkit.core import resolve_dtype
+
+    s = row.settings
+    device = torch.device("cuda" if gpu else "cpu")
+    item = resolve_dtype(s.dtype, device).itemsize
+    peak, mean, samples, padded = token_plan(row, sample_lengths(row))
+    checkpointed = (shape.layers - (s.uncheckpointed_layers or 0)) if s.gradient_checkpointing else 0
+    est = Estimate(shape=shape, weight_bytes=shape.params * weight_bits / 8, param_bytes=item, peak_tokens=peak,
+                   mean_tokens=mean, mean_samples=samples, micro_batches=s.gradient_accumulation_steps,
+                   checkpointed_layers=checkpointed, padded_tokens=padded)
+    est.layer_input_bytes = shape.hidden * item
+    est.layer_bytes = LAYER_FACTOR * item * (6 * shape.hidden + 2 * shape.kv_width + 4 * shape.ffn)
+    est.logit_bytes = LOGIT_BYTES * shape.vocab * item / 2
+    if s.attention == "eager":  # the attention probabilities are materialised: heads x length per token
+        est.layer_bytes += 2 * item * shape.heads * peak / max(s.batch_size, 1)
+    return est
+
+
+def estimate_row(row, tflops: float | None = None, gpu: bool | None = None) -> dict:
+    """The prediction for one resolved row: peak allocated GiB (with its parts) and tokens/s,
+    on a GPU (``gpu``; default: whether this machine has one) of ``tflops`` (default: this machine's)."""
+    from tunerkit.core import CoreDefaults
+    from tunerkit.plugins import get_plugin, make_manager
+
+    pm = make_manager([CoreDefaults()], [get_plugin(n)(row.options[n]) for n in row.plugins])
+    shape = shape_of(row.settings.model)
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    bits = pm.hook.weight_bits(row=row)
+    if not gpu and row.settings.dtype == "auto":  # weight_bits answered for this machine's dtype
+        bits = 32 if bits == 16 else bits
+    elif gpu and row.settings.dtype == "auto" and bits == 32:
+        bits = 16
+    est = base_estimate(row, shape, bits, gpu)
+    pm.hook.estimate_memory(row=row, shape=shape, estimate=est)
+    if tflops is None:
+        tflops = device_tflops()[1]
+    parts = {k: v / GIB for k, v in est.memory_parts().items()}
+    return {"row": row.name, "peak_alloc_gib": sum(parts.values()), "parts_gib": parts,
+            "tokens_per_s": est.tokens_per_s(tflops), "trainable_params": est.trainable_params + est.added_params,
+            "peak_tokens": est.peak_tokens, "notes": list(est.notes)}
+
+
+def relative_error(predicted: float | None, measured: float | None) -> float | None:
+    if not predicted or not measured:
+        return None
+    return predicted / measured - 1.0
+
+
+def fit_note(errors: list[float], bound: float) -> str:
+    inside = sum(abs(e) <= bound for e in errors)
+    worst = max((abs(e) for e in errors), default=math.nan)
+    return f"{inside}/{len(errors)} within +/-{bound:.0%}, worst {worst:.0%}"

@@ -1,0 +1,174 @@
+"""``tunerkit estimate``: each row's predicted peak memory and speed, beside what a store measured."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import click
+
+from tunerkit.errors import UserError
+from tunerkit.estimate import GIB, estimate_row, relative_error
+
+
+def stored_rows(db: Path, recipe: str | None = None) -> list[dict]:
+    """The newest ok record of every (recipe, row, profile) in ``db``, with its config."""
+    if not db.exists():
+        return []
+    with closing(sqlite3.connect(db)) as conn:
+        cur = conn.execute("SELECT recipe, row, profile, config, metrics, environment FROM runs WHERE status = 'ok'"
+                           + (" AND recipe = ?" if recipe else "") + " ORDER BY id", (recipe,) if recipe else ())
+        latest = {(r[0], r[1], r[2]): r for r in cur.fetchall()}
+    out = []
+    for recipe_name, row, profile, config, metrics, env in latest.values():
+        m = json.loads(metrics)
+        mem = (m.get("memory") or [{}])[0]
+        out.append({"recipe": recipe_name, "row": row, "profile": profile, "config": json.loads(config),
+                    "device": (json.loads(env) or {}).get("device_name") or mem.get("device"),
+                    "on_gpu": mem.get("device") == "cuda",
+                    "peak_alloc_gib": mem.get("peak_allocated_gib"), "tokens_per_s": m.get("tokens_per_s")})
+    return out
+
+
+def row_of(config: dict):
+    """A stored row config as a resolved Row (its settings and plugin tables)."""
+    from tunerkit.recipe import make_row
+
+    tables = {k: v for k, v in (config.get("options") or {}).items()}
+    settings = {k: v for k, v in (config.get("settings") or {}).items() if v is not None}
+    return make_row(config.get("name", "row"), config.get("plugins") or [], **settings, **tables)
+
+
+def compare(records: list[dict]) -> list[dict]:
+    """Predicted beside measured for stored rows (each predicted for the device it ran on)."""
+    from tunerkit.estimate import device_tflops
+
+    out = []
+    for rec in records:
+        entry = {"recipe": rec["recipe"], "row": rec["row"], "device": rec["device"],
+                 "measured_gib": rec["peak_alloc_gib"], "measured_tokens_per_s": rec["tokens_per_s"]}
+        try:
+            pred = estimate_row(row_of(rec["config"]), device_tflops(rec["device"])[1], gpu=rec["on_gpu"])
+        except Exception as err:  # noqa: BLE001 - one row the estimator cannot model is reported, not fatal
+            entry["error"] = f"{type(err).__name__}: {err}"
+            out.append(entry)
+            continue
+        entry.update(predicted_gib=pred["peak_alloc_gib"], predicted_tokens_per_s=pred["tokens_per_s"],
+                     memory_error=relative_error(pred["peak_alloc_gib"], rec["peak_alloc_gib"]),
+                     speed_error=relative_error(pred["tokens_per_s"], rec["tokens_per_s"]))
+        out.append(entry)
+    return out
+
+
+def pct(v) -> str:
+    return "-" if v is None else f"{100 * v:+.0f} %"
+
+
+def num(v, spec) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def render(entries: list[dict]) -> str:
+    lines = ["| recipe | row | predicted GiB | measured GiB | error | predicted tokens/s | measured tokens/s | error |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for e in entries:
+        if "error" in e:
+            lines.append(f"| {e['recipe']} | {e['row']} | {e['error']} | | | | | |")
+            continue
+        lines.append(f"| {e['recipe']} | {e['row']} | {num(e['predicted_gib'], '.2f')} | {num(e['measured_gib'], '.2f')} | "
+                     f"{pct(e['memory_error'])} | {num(e['predicted_tokens_per_s'], ',.0f')} | "
+                     f"{num(e['measured_tokens_per_s'], ',.0f')} | {pct(e['speed_error'])} |")
+    return "\n".join(lines)
+
+
+def fitting(rows, budget_gib: float) -> list[str]:
+    """For each row over ``budget_gib``: the first of (checkpointing on, offloaded checkpoints,
+    shorter packed rows) that brings its prediction under the budget."""
+    from tunerkit.recipe import make_row
+
+    advice = []
+    for row in rows:
+        pred = estimate_row(row)
+        if pred["peak_alloc_gib"] <= budget_gib:
+            advice.append(f"{row.name}: fits ({pred['peak_alloc_gib']:.1f} GiB)")
+            continue
+        config = row.config()
+        settings = {k: v for k, v in config["settings"].items() if v is not None}
+        tables = dict(config.get("options") or {})
+        tries = [("gradient_checkpointing = true", {**settings, "gradient_checkpointing": True}, config["plugins"])]
+        if "offload" not in config["plugins"]:
+            tries.append(("+ offload", {**settings, "gradient_checkpointing": True}, [*config["plugins"], "offload"]))
+        for length in (16384, 8192, 4096, 2048, 1024, 512):
+            if length < settings.get("max_length", 0):
+                tries.append((f"max_length = {length}", {**settings, "gradient_checkpointing": True, "max_length": length},
+                              [*config["plugins"], *(["offload"] if "offload" not in config["plugins"] else [])]))
+        found = None
+        for label, s, plugins in tries:
+            trial = estimate_row(make_row(row.name, plugins, **s, **tables))
+            if trial["peak_alloc_gib"] <= budget_gib:
+                found = f"{row.name}: {label} -> {trial['peak_alloc_gib']:.1f} GiB, {trial['tokens_per_s']:,.0f} tokens/s"
+                break
+        advice.append(found or f"{row.name}: nothing tried fits {budget_gib:g} GiB "
+                               f"(predicted {pred['peak_alloc_gib']:.1f} GiB as written)")
+    return advice
+
+
+@click.command(name="estimate")
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.option("--profile", "-p", help="profile of the recipe (default: as `run` picks it)")
+@click.option("--only", help="comma-separated row names")
+@click.option("--db", type=click.Path(path_type=Path), help="a store: rows it recorded are shown beside their prediction")
+@click.option("--memory-budget", type=float, help="GiB: for rows predicted over it, what fits (checkpointing, offload, row length)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def command(recipe, profile, only, db, memory_budget, as_json):
+    """Predicted peak allocated memory and tokens/s of every row of RECIPE (or of every row a --db recorded)."""
+    if recipe is None and db is None:
+        raise UserError("give a RECIPE, or --db to check a store's rows", key="estimate", hint="tunerkit estimate recipes/tuners.toml")
+    if recipe is None:
+        entries = compare(stored_rows(db))
+        click.echo(json.dumps(entries, indent=1) if as_json else render(entries))
+        return
+    from tunerkit.cli import pick_profile, row_names
+    from tunerkit.recipe import load_recipe
+
+    profile = pick_profile(recipe, profile)
+    rec = load_recipe(recipe, profile, select=row_names(only))
+    echo_estimates(rec, db, as_json)
+    if memory_budget is not None:
+        for line in fitting(rec.rows, memory_budget):
+            click.echo(line)
+
+
+def echo_estimates(rec, db: Path | None = None, as_json: bool = False) -> None:
+    """Each row's prediction (``run --check`` prints these too), and the measurement where ``db`` has one."""
+    measured = {(r["row"], r["profile"]): r for r in stored_rows(db, rec.name)} if db else {}
+    out = []
+    for row in rec.rows:
+        try:
+            pred = estimate_row(row)
+        except Exception as err:  # noqa: BLE001 - a model whose config cannot be read: say so per row
+            out.append({"row": row.name, "error": f"{type(err).__name__}: {err}"})
+            continue
+        m = measured.get((row.name, row.profile))
+        if m:
+            pred.update(measured_gib=m["peak_alloc_gib"], measured_tokens_per_s=m["tokens_per_s"],
+                        memory_error=relative_error(pred["peak_alloc_gib"], m["peak_alloc_gib"]),
+                        speed_error=relative_error(pred["tokens_per_s"], m["tokens_per_s"]))
+        out.append(pred)
+    if as_json:
+        click.echo(json.dumps(out, indent=1, default=str))
+        return
+    for p in out:
+        if "error" in p:
+            click.echo(f"  {p['row']}: no estimate ({p['error']})")
+            continue
+        text = f"  {p['row']}: predicted peak {p['peak_alloc_gib']:.2f} GiB, {p['tokens_per_s']:,.0f} tokens/s"
+        if p.get("measured_gib") is not None:
+            text += (f"; measured {p['measured_gib']:.2f} GiB ({pct(p['memory_error'])}), "
+                     f"{num(p['measured_tokens_per_s'], ',.0f')} tokens/s ({pct(p['speed_error'])})")
+        click.echo(text)
+
+
+__all__ = ["command", "echo_estimates", "GIB"]

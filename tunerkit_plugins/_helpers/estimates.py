@@ -1,0 +1,115 @@
+"""What each plugin adds to or removes from a row's predicted memory and speed.
+
+Called from the plugins' ``estimate_memory`` hooks (``tunerkit.estimate`` names no plugin).
+Every function changes the :class:`tunerkit.estimate.Estimate` it is given. Speed factors
+are the plugins' measured speed-ups (docs/performance.md), not derived from first principles.
+"""
+
+from __future__ import annotations
+
+from tunerkit.targets import LLAMA_LIKE
+
+
+def target_names(targets, shape, default=LLAMA_LIKE) -> list[str]:
+    """The layer linears a LoRA-style ``targets`` option adapts, by name."""
+    if isinstance(targets, list):
+        return [t for t in targets if t in shape.layer_linear]
+    if targets == "ALL":
+        return list(shape.layer_linear)
+    if targets == "DEFAULT":
+        return [t for t in default if t in shape.layer_linear]
+    return [targets] if targets in shape.layer_linear else []
+
+
+def low_rank_adapters(est, shape, names, rank: int, dropout: float, extra_per_target: int = 0) -> None:
+    """Rank-``rank`` A/B pairs on ``names`` in every layer, kept in fp32 as PEFT keeps them;
+    each adapted linear saves its fp32 (dropped-out) input for A's gradient."""
+    dims = [shape.layer_linear[n] for n in names]
+    n = shape.layers * sum(rank * (i + o) + extra_per_target * o for i, o in dims)
+    est.added_params += n
+    est.trainable_params += n
+    est.added_param_bytes = est.grad_bytes = 4
+    est.optimizer_bytes = 8.0
+    est.extra_layer_bytes += sum(i for i, _ in dims) * (4 + (1 if dropout else 0))
+    est.notes.append(f"{n / 1e6:.2f} M adapter parameters on {', '.join(names)}")
+
+
+def every_weight(est, shape) -> None:
+    """Full fine-tuning: every weight trains, gradients and AdamW's two states in the row's dtype."""
+    est.trainable_params += shape.params
+    est.trained_weight_params += shape.dense_params
+    est.grad_bytes = est.param_bytes
+    est.optimizer_bytes = 2.0 * est.param_bytes
+
+
+def new_blocks(est, shape, count: int) -> None:
+    """Copies of decoder layers inserted and trained (LLaMA-Pro): their weights, gradients and
+    state, and their activations as more layers."""
+    n = count * shape.layer_params
+    est.added_params += n
+    est.trainable_params += n
+    est.trained_weight_params += n
+    est.added_param_bytes = est.grad_bytes = est.param_bytes
+    est.optimizer_bytes = 2.0 * est.param_bytes
+    if est.checkpointed_layers:
+        est.checkpointed_layers += count
+    est.notes.append(f"{count} new blocks, {n / 1e6:.0f} M parameters")
+
+
+def bottlenecks(est, shape, dim: int) -> None:
+    """A hidden -> dim -> hidden bottleneck after every layer's MLP, in the row's dtype."""
+    n = shape.layers * (2 * shape.hidden * dim + dim + shape.hidden)
+    est.added_params += n
+    est.trainable_params += n
+    est.added_param_bytes = est.param_bytes
+    est.grad_bytes = 4
+    est.optimizer_bytes = 8.0
+    est.extra_layer_bytes += est.param_bytes * (shape.hidden + 2 * dim)
+
+
+def some_layers(est, shape, layers: int, embeddings: bool, head: bool) -> None:
+    """LISA: ``layers`` decoder layers (and the embeddings/head when asked) train at a time;
+    gradients and optimizer state exist for those only."""
+    every_weight(est, shape)
+    live = layers * shape.layer_params + (shape.embed_params if embeddings else 0) + (shape.head_params if head else 0)
+    est.live_grad_params = live
+    est.optimizer_params = live
+    est.trained_weight_params = live
+    est.notes.append(f"{live / 1e6:.0f} M parameters train at a time")
+
+
+def projected_state(est, shape, rank: int, per_parameter: bool) -> None:
+    """GaLore: AdamW's states for each layer linear live in a rank-``rank`` projection
+    (rank x the longer side) plus the projector; other weights keep full states. Per-parameter
+    stepping frees each gradient as soon as it is used."""
+    linear = shape.layers * shape.layer_params
+    projected = shape.layers * sum(rank * max(i, o) for i, o in shape.layer_linear.values())
+    projector = shape.layers * sum(rank * min(i, o) for i, o in shape.layer_linear.values())
+    est.optimizer_params = shape.params - linear + projected + projector // 2
+    if per_parameter:
+        est.live_grad_params = max(shape.head_params, shape.embed_params, max(
+            (i * o for i, o in shape.layer_linear.values()), default=0))
+
+
+def fused_loss(est, shape) -> None:
+    """lm_head and cross-entropy in chunks: no tokens x vocabulary logits, a chunk's worth instead."""
+    est.logit_bytes = 4 * shape.hidden * est.param_bytes
+
+
+def offloaded_checkpoints(est, in_flight: int) -> None:
+    """Checkpointed layer inputs wait in host memory: ``in_flight`` of them on the device at once."""
+    est.resident_checkpoint_layers = in_flight
+
+
+def packed_rows(est, tokens: int, fill: float = 0.97) -> None:
+    """Whole samples packed into micro-batches of ``tokens`` tokens (best-fit fills ~97 % of each)."""
+    per_sample = est.mean_tokens / max(est.mean_samples, 1e-9)
+    est.peak_tokens = float(tokens)
+    est.mean_tokens = fill * est.peak_tokens
+    est.mean_samples = est.mean_tokens / per_sample
+    est.padded_tokens = None
+
+
+def flattened(est) -> None:
+    """Micro-batches flattened into one row: no padding is computed."""
+    est.padded_tokens = None

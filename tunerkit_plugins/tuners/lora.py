@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from tunerkit import Plugin, hookimpl, option
 
 #: The seed's DEFAULT targets per model family (transformers model_type).
@@ -35,12 +37,23 @@ class LoRAOptions:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+def quantized_linear_names(model) -> list[str]:
+    """Names of the linear layers a quantization library put in place of ``nn.Linear`` (GPTQ,
+    AWQ, AQLM layers), which PEFT's "all-linear" does not recognise; empty for plain models."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    layers = [(n, m) for n, m in model.named_modules()
+              if m is not head and hasattr(m, "in_features") and hasattr(m, "out_features")]
+    if all(isinstance(m, torch.nn.Linear) for _, m in layers):
+        return []
+    return sorted({n.rsplit(".", 1)[-1] for n, _ in layers})
+
+
 def resolve_targets(targets, model, preset=None):
     """PEFT target_modules for the seed's DEFAULT / ALL keywords."""
     if isinstance(targets, list):
         return targets
     if targets == "ALL":
-        return "all-linear"
+        return quantized_linear_names(model) or "all-linear"
     if targets == "DEFAULT":
         if preset is not None:
             return list(preset.default_targets)

@@ -20,6 +20,19 @@ DEFAULT_TARGETS = {
 LLAMA_LIKE = ["q_proj", "k_proj", "v_proj"]
 
 
+def quantized_linear_names(model) -> list[str]:
+    """Names of the linear layers a quantization library put in place of ``nn.Linear`` (GPTQ,
+    AWQ, AQLM layers), which PEFT's "all-linear" does not recognise; empty for plain models."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    layers = [(n, m) for n, m in model.named_modules()
+              if m is not head and hasattr(m, "in_features") and hasattr(m, "out_features")]
+    if all(isinstance(m, torch.nn.Linear) for _, m in layers):
+        return []
+    return sorted({n.rsplit(".", 1)[-1] for n, _ in layers})
+
+
 def resolve_targets(targets, model, preset=None):
     """PEFT ``target_modules`` for ``targets``: ``"DEFAULT"`` (the family's attention
     projections; a preset's own list, found from the model's config when not given), ``"ALL"`` (every linear layer but the head), one
@@ -27,7 +40,7 @@ def resolve_targets(targets, model, preset=None):
     if isinstance(targets, list):
         return targets
     if targets == "ALL":
-        return "all-linear"
+        return quantized_linear_names(model) or "all-linear"
     if targets == "DEFAULT":
         if preset is None:  # a preset's model carries its name in its config
             from tunerkit.models.presets import get_preset

@@ -1,0 +1,141 @@
+"""Presets as pre-quantized checkpoints: random packed integers, scales and codebooks laid out
+in a quantization library's own on-disk format, written once to the cache.
+
+Nothing here quantizes: the tensors are drawn at random in the shapes and dtypes the
+library's loader expects, so a preset row measures the speed and memory of a real
+checkpoint of that shape (its weights are random and say nothing about quality). Norms are
+ones, embeddings and the head are drawn like the preset's own initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunerkit.models.loading import ModelSource, attn_implementation, cache_dir, load_pretrained
+from tunerkit.models.presets import Preset
+
+SHARD_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class Format:
+    """One library's checkpoint layout: ``tensors(in_f, out_f)`` gives a linear's stored tensors
+    (without bias), ``config`` the ``quantization_config`` written into config.json."""
+    tag: str
+    config: dict
+    tensors: Callable[[int, int], dict[str, torch.Tensor]]
+
+
+def random_int32(*shape: int) -> torch.Tensor:
+    return torch.randint(-2 ** 31, 2 ** 31 - 1, shape, dtype=torch.int32)
+
+
+def repeated_nibbles(value: int, bits: int) -> int:
+    """A 32-bit word holding ``value`` in each of its ``bits``-wide fields, as a signed int32."""
+    word = 0
+    for i in range(32 // bits):
+        word |= value << (i * bits)
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+def scales(rows: int, cols: int, bits: int) -> torch.Tensor:
+    # Random codes spread over +-2**(bits-1) steps: this step size gives weights of std ~0.02.
+    step = 0.02 / (2 ** (bits - 1) / 3 ** 0.5)
+    return torch.full((rows, cols), step, dtype=torch.float16)
+
+
+def _plain_tensor(name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    if name.endswith("norm.weight"):
+        return torch.ones(shape, dtype=dtype)
+    if name.endswith(".bias"):
+        return torch.zeros(shape, dtype=dtype)
+    return (torch.randn(shape) * 0.02).to(dtype)
+
+
+def _quantized_names(model) -> dict[str, torch.nn.Linear]:
+    head = model.get_output_embeddings()
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+
+
+def _state_dict(preset: Preset, fmt: Format, dtype: torch.dtype):
+    """Yield (name, tensor) for the whole checkpoint, built on the meta device then drawn tensor by tensor."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(preset.config(), dtype=dtype)
+    linears = _quantized_names(model)
+    for name, module in linears.items():
+        for key, t in fmt.tensors(module.in_features, module.out_features).items():
+            yield f"{name}.{key}", t
+        if module.bias is not None:
+            yield f"{name}.bias", torch.zeros(module.out_features, dtype=torch.float16)
+    quantized_weights = {f"{n}.weight" for n in linears} | {f"{n}.bias" for n in linears}
+    for name, p in model.named_parameters():
+        if name not in quantized_weights:
+            yield name, _plain_tensor(name, p.shape, dtype)
+
+
+def _write_shards(target: Path, tensors) -> None:
+    from safetensors.torch import save_file
+
+    shard, size, index, n = {}, 0, {}, 0
+
+    def flush():
+        nonlocal shard, size, n
+        if shard:
+            n += 1
+            fname = f"model-{n:05d}.safetensors"
+            save_file(shard, str(target / fname), metadata={"format": "pt"})
+            index.update({k: fname for k in shard})
+            shard, size = {}, 0
+
+    for name, t in tensors:
+        shard[name] = t.contiguous()
+        size += t.numel() * t.element_size()
+        if size >= SHARD_BYTES:
+            flush()
+    flush()
+    (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+
+
+def checkpoint(preset: Preset, fmt: Format, dtype: torch.dtype) -> Path:
+    """The preset written once in ``fmt`` under the cache; later rows reuse it."""
+    target = cache_dir() / "models" / f"preset-{preset.name}-{fmt.tag}-{str(dtype).removeprefix('torch.')}"
+    if (target / "config.json").exists():
+        return target
+    print(f"tunerkit: writing random {fmt.tag} weights of preset {preset.name} to {target} (once)", flush=True)
+    torch.manual_seed(0)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".preset-"))
+    try:
+        _write_shards(tmp, _state_dict(preset, fmt, dtype))
+        config = preset.config()
+        config.dtype = dtype
+        config.quantization_config = dict(fmt.config)
+        config.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)  # atomic: a half-written checkpoint is never found
+    return target
+
+
+def load_quantized(ctx, fmt: Format, quantization_config):
+    """The row's model through transformers' quantizer: a preset from its random ``fmt``
+    checkpoint, any other source (local directory, hub id) as it is stored."""
+    source = ctx.model_source
+    if source.kind == "preset":
+        path = checkpoint(source.preset, fmt, ctx.dtype)
+        source = ModelSource("local", str(path), path=path)
+    impl, label = attn_implementation(ctx.settings.attention, ctx.device)
+    ctx.attention_used = label
+    return load_pretrained(source, ctx.dtype, ctx.device, impl, quantization_config)

@@ -38,7 +38,8 @@ def snapshot() -> dict:
     state["modeling_llama"] = {k: v for k, v in vars(modeling_llama).items() if not k.startswith(DYNAMO_NAMES)}
     state["attention registries"] = [dict(mapping) for mapping in registries()]
     state["float32 matmul precision"] = torch.get_float32_matmul_precision()
-    state["ACCELERATE_USE_DEEPSPEED"] = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    for name in ("ACCELERATE_USE_DEEPSPEED", "MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
+        state[name] = os.environ.get(name)
     return state
 
 

@@ -149,7 +149,7 @@ def machine_checks(tmp_path) -> dict:
     folder.mkdir()
     return {case: (edit, expect) for case, edit, expect in [
         ("lora targets", ("lora = { rank = 4 }", 'lora = { rank = 4, targets = ["q_prj"] }'),
-         ["[row 'lora'] plugins", "lora targets ['q_prj'] match no module of tiny-llama", "did you mean 'q_proj'?"]),
+         ["[row 'lora'] plugins", "target modules ['q_prj'] match no module of llama", "did you mean 'q_proj'?"]),
         ("dataset is a directory", ('dataset = "builtin:arithmetic"', f'dataset = "{folder}"'),
          ["[row 'lora'] dataset", "not a file"]),
         ("mix ratio's type", ("max_steps = 1", 'max_steps = 1\nmix = { dataset = "builtin:arithmetic", ratio = "half" }'),

@@ -38,7 +38,8 @@ def snapshot() -> dict:
     state["modeling_llama"] = {k: v for k, v in vars(modeling_llama).items() if not k.startswith(DYNAMO_NAMES)}
     state["attention registries"] = [dict(mapping) for mapping in registries()]
     state["float32 matmul precision"] = torch.get_float32_matmul_precision()
-    state["ACCELERATE_USE_DEEPSPEED"] = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    for name in ("ACCELERATE_USE_DEEPSPEED", "MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
+        state[name] = os.environ.get(name)
     return state
 
 
@@ -66,6 +67,8 @@ ROWS = [
     # tuners that change only the row's own model: one step each
     (("full", "lisa"), ONE_STEP), (("rslora",), ONE_STEP), (("adalora",), dict(SMALL, max_steps=None, epochs=1.0, batch_size=1, gradient_accumulation_steps=2)),
     (("dora",), ONE_STEP), (("loraplus",), ONE_STEP), (("llamapro",), ONE_STEP), (("adapter",), ONE_STEP),
+    # the tracker sets MLflow's environment only while the row logs
+    (("lora", "track"), dict(ONE_STEP, track={"to": ["tensorboard", "mlflow"]})),
 ]
 #: a row that fails at its first step's end (compile is set up by then), with a teardown hook that raises
 FAILING = (("lora", "compile", "neftune", "packing", "offload", "selective_checkpointing"),

@@ -94,6 +94,13 @@ def registry() -> dict[str, type[Plugin]]:
     return _REGISTRY
 
 
+def reset_registry() -> None:
+    """Forget discovered plugins (a plugin package installed in this process after the first discovery)."""
+    global _REGISTRY
+    _REGISTRY = None
+    importlib.invalidate_caches()
+
+
 def get_plugin(name: str, *, file=None, table=None, key="plugins") -> type[Plugin]:
     plugins = registry()
     if name not in plugins:

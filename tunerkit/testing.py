@@ -206,11 +206,12 @@ _MISSING = object()
 
 def plugin_class(plugin):
     """A plugin class from its class or its registered name."""
-    from tunerkit.plugins import get_plugin, reset_registry
+    from tunerkit.plugins import get_plugin, registry, reset_registry
 
     if isinstance(plugin, type):
         return plugin
-    reset_registry()  # a package installed in this process after the first discovery
+    if plugin not in registry():
+        reset_registry()  # a package installed in this process after the first discovery
     return get_plugin(plugin)
 
 

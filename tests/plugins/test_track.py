@@ -1,5 +1,6 @@
 """track: a CPU row writes TensorBoard event files and an MLflow run that their own readers open."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ def test_tracked_row_reaches_tensorboard_and_mlflow(tiny_row, run_tiny, tmp_path
                                            "project": "demo"}, max_steps=3)
     metrics = run_tiny(row)
     assert mlflow.get_tracking_uri() == uri_before  # teardown put mlflow's store back
+    # ... and left nothing set: a pinned default would send the next row to a sqlite store
+    from mlflow.tracking import is_tracking_uri_set
+
+    assert not is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
 
     events = list((track_dir / "demo").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event files written"

@@ -28,6 +28,7 @@ from tunerkit.series import current_lr, record
 Tracker = Literal["tensorboard", "mlflow", "wandb"]
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+URI_ENV = "MLFLOW_TRACKING_URI"
 INSTALL = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny", "wandb": "wandb"}
 
 
@@ -86,6 +87,7 @@ class Track(Plugin):
         self.grad_norm = None
         self.last = 0.0
         self.restore_mlflow_uri = None
+        self.mlflow_used = False
         self.restore_env: dict[str, str | None] = {}
 
     @hookimpl
@@ -109,14 +111,22 @@ class Track(Plugin):
         if name == "mlflow":
             import mlflow
 
-            # mlflow keeps its store location process-wide: set for this row, put back in teardown
-            self.restore_mlflow_uri = mlflow.get_tracking_uri()
-            uri = self.options.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            from mlflow.tracking import is_tracking_uri_set
+
+            # mlflow keeps its store location process-wide (a module global mirrored into
+            # $MLFLOW_TRACKING_URI): set for this row, put back exactly in teardown. Saving
+            # get_tracking_uri() instead would pin mlflow's *default* (a sqlite file in the
+            # working directory, which mlflow-skinny cannot open) for every later row.
+            self.restore_env[URI_ENV] = os.environ.get(URI_ENV)
+            self.restore_mlflow_uri = (mlflow.get_tracking_uri() if is_tracking_uri_set()
+                                       and self.restore_env[URI_ENV] is None else None)
+            self.mlflow_used = True
+            uri = self.options.mlflow_uri or os.environ.get(URI_ENV)
             if not uri:
                 # A local file store: no server, no database package. mlflow keeps it in
                 # maintenance and asks for this opt-in (read by any later reader too).
                 uri = (folder / "mlruns").resolve().as_uri()
-                self.restore_env = {FILE_STORE: os.environ.get(FILE_STORE)}
+                self.restore_env[FILE_STORE] = os.environ.get(FILE_STORE)
                 os.environ[FILE_STORE] = "true"
             mlflow.set_tracking_uri(uri)
             return tracking.MLflowTracker(experiment_name=project, run_name=run)
@@ -186,11 +196,12 @@ class Track(Plugin):
                 tracker.log(numbers, step=ctx.global_step)
             tracker.finish()
         self.trackers = []
-        if self.restore_mlflow_uri is not None:
+        if self.mlflow_used:
             import mlflow
 
+            # None clears the global and the variable; the loop below puts a user's variable back
             mlflow.set_tracking_uri(self.restore_mlflow_uri)
-            self.restore_mlflow_uri = None
+            self.restore_mlflow_uri, self.mlflow_used = None, False
         for key, value in self.restore_env.items():
             if value is None:
                 os.environ.pop(key, None)

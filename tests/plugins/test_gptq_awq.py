@@ -78,7 +78,7 @@ def test_row_trains_adapters_only_and_quantized_bytes_never_change(key, quant_ro
 
 
 def test_row_runs_through_the_loop_and_saves_a_peft_adapter(quant_row, run_tiny, tmp_path):
-    m = run_tiny(quant_row("gptq4", max_steps=2))
+    m = run_tiny(quant_row("gptq4", max_steps=2, save=True))
     assert m["quantized_bits"] == 4 and m["quantized_linears"] == 28 and m["random_weights"] == 1
     assert m["train_loss"] > 0 and 0 < m["trainable_pct"] < 50
     saved = list(tmp_path.rglob("adapter_config.json"))

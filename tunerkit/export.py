@@ -86,15 +86,33 @@ def _tokenizer(adapter_dir: Path, source):
 
 
 @click.command(name="export")
-@click.argument("adapter_dir", type=click.Path(path_type=Path))
+@click.argument("adapter_dir", metavar="ADAPTER_DIR|MODEL", type=click.Path(path_type=Path))
 @click.option("--base", help="base model: a preset, a local directory, a hub id or smollm2-135m-instruct "
                              "(default: the one recorded in adapter_config.json)")
 @click.option("--merge", is_flag=True, help="merge the adapter into the base weights (the only export so far)")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the merged checkpoint")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True,
               help="dtype of the written weights (the merge itself runs in fp32)")
-def command(adapter_dir, base, merge, out, dtype):
-    """Write ADAPTER_DIR (a PEFT adapter) merged into its base model as a plain HF checkpoint."""
+@click.option("--quantize", type=click.Choice(["gptq", "awq"]),
+              help="quantize MODEL (a merged checkpoint) with GPT-QModel's GPTQ or AWQ instead of merging")
+@click.option("--bits", type=int, default=4, show_default=True, help="bits per weight for --quantize")
+@click.option("--calibration", help="calibration dataset for --quantize: a registry name, a local file or builtin:*")
+@click.option("--samples", type=int, default=128, show_default=True, help="calibration samples for --quantize")
+@click.option("--group-size", type=int, default=128, show_default=True,
+              help="input weights sharing one scale and zero point (--quantize)")
+def command(adapter_dir, base, merge, out, dtype, quantize, bits, calibration, samples, group_size):
+    """Write ADAPTER_DIR (a PEFT adapter) merged into its base model as a plain HF checkpoint,
+    or with --quantize, MODEL quantized by GPTQ or AWQ."""
+    if quantize:
+        from tunerkit.quantize import quantize as run_quantize
+
+        if merge or calibration is None:
+            raise UserError("--merge and --quantize are separate steps" if merge else "--quantize needs --calibration",
+                            key="--merge" if merge else "--calibration",
+                            hint="merge first (--merge --out DIR), then quantize DIR with --calibration DATASET")
+        path = run_quantize(str(adapter_dir), quantize, bits, calibration, out, samples=samples, group_size=group_size)
+        click.echo(f"quantized {adapter_dir} with {quantize} to {bits} bits: {path}")
+        return
     if not merge:
         raise UserError("nothing to export: say how", key="--merge",
                         hint="--merge writes the adapter merged into its base model")

@@ -1,0 +1,104 @@
+"""``tunerkit export MODEL --quantize gptq|awq``: a model quantized by GPT-QModel's own
+GPTQ or AWQ algorithm, calibrated on a dataset, written as a checkpoint that plain
+transformers loads (its ``quantization_config`` says how).
+
+Nothing here quantizes by hand: the calibration samples are tokenized the way rows
+tokenize their data and handed to GPT-QModel, which runs the algorithm layer by layer and
+saves the packed result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tunerkit.errors import UserError
+
+METHODS = ("gptq", "awq")
+BITS = {"gptq": (4, 8), "awq": (4,)}
+
+
+def check_request(method: str, bits: int, samples: int, max_length: int) -> None:
+    if bits not in BITS[method]:
+        raise UserError(f"{method} quantizes to {' or '.join(map(str, BITS[method]))} bits, not {bits}",
+                        key="--bits", hint=f"--bits {BITS[method][0]}")
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}", key="--samples")
+    if max_length < 8:
+        raise UserError(f"--max-length must be at least 8 tokens, got {max_length}", key="--max-length")
+
+
+def model_directory(spec: str) -> str:
+    """Where GPT-QModel reads the model: a local directory, the bundled SmolLM2 or a hub id."""
+    from tunerkit.models import loading
+
+    source = loading.resolve_model(spec)
+    if source.kind == "preset":
+        raise UserError(f"'{spec}' is a random-weight preset: quantizing it says nothing", key="MODEL",
+                        hint="give a trained model: a merged checkpoint folder (tunerkit export ... --merge) or a hub id")
+    return loading.model_path(source)
+
+
+def calibration_samples(dataset: str, tokenizer, samples: int, max_length: int, seed: int = 42) -> list[dict]:
+    """``samples`` records of ``dataset`` (a registry name, a local file or builtin:*) as
+    token ids of at most ``max_length``, the shape GPT-QModel's quantize takes."""
+    from tunerkit.data.chat import encode_record
+    from tunerkit.data.sources import load_records
+
+    records = load_records(dataset, seed=seed, vocab_size=len(tokenizer), rows=samples)[:samples]
+    out = []
+    for record in records:
+        ids = list(encode_record(tokenizer, record)["input_ids"])[:max_length]
+        if ids:
+            out.append({"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)})
+    if not out:
+        raise UserError(f"'{dataset}' gave no calibration tokens", key="--calibration",
+                        hint="give a dataset with text (a registry name such as pileval, a .jsonl file, builtin:arithmetic)")
+    return out
+
+
+def quantize_config(method: str, bits: int, group_size: int):
+    from gptqmodel import QuantizeConfig
+    from gptqmodel.quantization import FORMAT, METHOD
+
+    if method == "awq":
+        return QuantizeConfig(bits=bits, group_size=group_size, quant_method=METHOD.AWQ, format=FORMAT.GEMM)
+    return QuantizeConfig(bits=bits, group_size=group_size, quant_method=METHOD.GPTQ, format=FORMAT.GPTQ)
+
+
+def _enough_cpu_workers(gptqmodel) -> None:
+    # GPT-QModel's thread pool gives its model loader two CPU workers but the CPU pool only
+    # half the cores: on a machine of one or two cores the loader's request is refused.
+    # Two CPU workers are what the loader needs; more cores keep the library's own count.
+    default = gptqmodel._default_cpu_workers
+    gptqmodel._default_cpu_workers = lambda: max(2, default())
+
+
+def quantize(model: str, method: str, bits: int, calibration: str, out: str | Path, *, samples: int = 128,
+             max_length: int = 2048, group_size: int = 128) -> Path:
+    """Quantize ``model`` with GPT-QModel's ``method`` and save it under ``out``."""
+    from tunerkit.data.sources import check_source
+
+    check_request(method, bits, samples, max_length)
+    check_source(calibration, "--calibration")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"'{out}' is not empty", key="--out", hint="choose a new folder; export never overwrites")
+    path = model_directory(model)
+    try:
+        import gptqmodel
+    except ImportError:
+        raise UserError("quantized export needs GPT-QModel, not installed", key="--quantize",
+                        hint="pip install 'tunerkit[gptq]'") from None
+    from transformers import AutoTokenizer
+
+    _enough_cpu_workers(gptqmodel)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    data = calibration_samples(calibration, tokenizer, samples, max_length)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    qmodel = gptqmodel.GPTQModel.load(path, quantize_config(method, bits, group_size), device=device)
+    qmodel.quantize(data, batch_size=1)
+    out.mkdir(parents=True, exist_ok=True)
+    qmodel.save(str(out))
+    return out

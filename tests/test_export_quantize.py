@@ -9,16 +9,20 @@ from click.testing import CliRunner
 from tunerkit.cli import main
 
 
-@pytest.fixture
-def merged(tiny_row, tiny_context, tmp_path):
+def merge_tiny(tiny_row, tiny_context, tmp_path, model: str):
     """A tiny LoRA row merged into its base: the folder export --quantize is meant for."""
-    ctx = tiny_context(tiny_row("lora", lora={"targets": "ALL", "rank": 4}))
+    ctx = tiny_context(tiny_row("lora", lora={"targets": "ALL", "rank": 4}, model=model))
     ctx.hook.save_artifacts(ctx=ctx, out_dir=tmp_path / "row")
     out = tmp_path / "merged"
-    result = CliRunner().invoke(main, ["export", str(tmp_path / "row" / "model"), "--base", "tiny-llama", "--merge",
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "row" / "model"), "--base", model, "--merge",
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def merged(tiny_row, tiny_context, tmp_path):
+    return merge_tiny(tiny_row, tiny_context, tmp_path, "tiny-llama")
 
 
 def test_quantize_mistakes_are_one_line_errors(merged, tmp_path):
@@ -41,9 +45,13 @@ def test_quantize_mistakes_are_one_line_errors(merged, tmp_path):
     assert not (tmp_path / "a").exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_quantized_checkpoint_loads_in_plain_transformers_and_stays_close(method, merged, tmp_path):
+# GPT-QModel's AWQ clip search takes output features in blocks of 64: tiny-llama's k/v
+# projections have 32, tiny-qwen2's 64.
+@pytest.mark.parametrize("method, model", [("gptq", "tiny-llama"), ("awq", "tiny-qwen2")])
+def test_quantized_checkpoint_loads_in_plain_transformers_and_stays_close(method, model, tiny_row, tiny_context,
+                                                                          tmp_path):
     pytest.importorskip("gptqmodel")
+    merged = merge_tiny(tiny_row, tiny_context, tmp_path, model)
     from gptqmodel.nn_modules.qlinear import BaseQuantLinear
     from transformers import AutoModelForCausalLM
 

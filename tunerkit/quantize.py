@@ -75,6 +75,16 @@ def _enough_cpu_workers(gptqmodel) -> None:
     gptqmodel._default_cpu_workers = lambda: max(2, default())
 
 
+def _cpu_backend(method: str, device: str) -> dict:
+    # AWQ's default kernel for the GEMM layout is a CUDA one and is refused without CUDA;
+    # GPT-QModel's torch AWQ kernel writes the same layout on a CPU.
+    if method != "awq" or device != "cpu":
+        return {}
+    from gptqmodel import BACKEND
+
+    return {"backend": BACKEND.AWQ_TORCH}
+
+
 def quantize(model: str, method: str, bits: int, calibration: str, out: str | Path, *, samples: int = 128,
              max_length: int = 2048, group_size: int = 128) -> Path:
     """Quantize ``model`` with GPT-QModel's ``method`` and save it under ``out``."""
@@ -98,7 +108,7 @@ def quantize(model: str, method: str, bits: int, calibration: str, out: str | Pa
     data = calibration_samples(calibration, tokenizer, samples, max_length)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     qmodel = gptqmodel.GPTQModel.load(path, quantize_config(method, bits, group_size), device=device)
-    qmodel.quantize(data, batch_size=1)
+    qmodel.quantize(data, batch_size=1, **_cpu_backend(method, device))
     out.mkdir(parents=True, exist_ok=True)
     qmodel.save(str(out))
     return out

@@ -75,6 +75,16 @@ def _enough_cpu_workers(gptqmodel) -> None:
     gptqmodel._default_cpu_workers = lambda: max(2, default())
 
 
+def _logs_in_cache() -> None:
+    # GPT-QModel writes a per-layer log under ./logs of whatever folder it runs in; keep it
+    # out of the user's working tree, in tunerkit's cache.
+    from gptqmodel.looper import loop_processor
+
+    from tunerkit.models.loading import cache_dir
+
+    loop_processor._PROJECT_LOG_DIR = cache_dir() / "logs" / "gptqmodel"
+
+
 def _cpu_backend(method: str, device: str) -> dict:
     # AWQ's default kernel for the GEMM layout is a CUDA one and is refused without CUDA;
     # GPT-QModel's torch AWQ kernel writes the same layout on a CPU.
@@ -104,6 +114,7 @@ def quantize(model: str, method: str, bits: int, calibration: str, out: str | Pa
     from transformers import AutoTokenizer
 
     _enough_cpu_workers(gptqmodel)
+    _logs_in_cache()
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = calibration_samples(calibration, tokenizer, samples, max_length)
     device = "cuda" if torch.cuda.is_available() else "cpu"

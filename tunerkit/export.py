@@ -89,8 +89,8 @@ def _tokenizer(adapter_dir: Path, source):
 @click.argument("adapter_dir", metavar="ADAPTER_DIR|MODEL", type=click.Path(path_type=Path))
 @click.option("--base", help="base model: a preset, a local directory, a hub id or smollm2-135m-instruct "
                              "(default: the one recorded in adapter_config.json)")
-@click.option("--merge", is_flag=True, help="merge the adapter into the base weights (the only export so far)")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the merged checkpoint")
+@click.option("--merge", is_flag=True, help="merge the adapter into the base weights")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="new folder for the merged or quantized checkpoint")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True,
               help="dtype of the written weights (the merge itself runs in fp32)")
 @click.option("--quantize", type=click.Choice(["gptq", "awq"]),

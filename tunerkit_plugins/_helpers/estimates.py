@@ -35,7 +35,11 @@ def low_rank_adapters(est, shape, names, rank: int, dropout: float, extra_per_ta
 
 
 def every_weight(est, shape) -> None:
-    """Full fine-tuning: every weight trains, gradients and AdamW's two states in the row's dtype."""
+    """Full fine-tuning: every weight trains, gradients and AdamW's two states in the row's dtype.
+    Counted once, whichever of ``full`` and a variant needing it (LISA, GaLore) comes first."""
+    if est.every_weight_trains:
+        return
+    est.every_weight_trains = True
     est.trainable_params += shape.params
     est.trained_weight_params += shape.dense_params
     est.grad_bytes = est.param_bytes
@@ -45,7 +49,7 @@ def every_weight(est, shape) -> None:
 def new_blocks(est, shape, count: int) -> None:
     """Copies of decoder layers inserted and trained (LLaMA-Pro): their weights, gradients and
     state, and their activations as more layers."""
-    n = count * shape.layer_params
+    n = count * shape.layer_total_params
     est.added_params += n
     est.trainable_params += n
     est.trained_weight_params += n
@@ -71,9 +75,9 @@ def some_layers(est, shape, layers: int, embeddings: bool, head: bool) -> None:
     """LISA: ``layers`` decoder layers (and the embeddings/head when asked) train at a time;
     gradients and optimizer state exist for those only."""
     every_weight(est, shape)
-    live = layers * shape.layer_params + (shape.embed_params if embeddings else 0) + (shape.head_params if head else 0)
-    est.live_grad_params = live
-    est.optimizer_params = live
+    live = (layers * shape.layer_total_params + shape.other_params + (shape.embed_params if embeddings else 0)
+            + (shape.head_params if head else 0))
+    est.trainable_params = est.live_grad_params = est.optimizer_params = live
     est.trained_weight_params = live
     est.notes.append(f"{live / 1e6:.0f} M parameters train at a time")
 

@@ -20,7 +20,7 @@ Speed: a step's matmul FLOPs (forward 2N, input gradients 2N, weight gradients 2
 trained weights only, causal attention, the recompute of checkpointed layers) at the
 device's matmul rate times an efficiency, plus a fixed host cost per micro-batch; plugins
 scale either. The per-token coefficients and the efficiency were fitted against the GPU
-rows of the committed stores; docs/performance.md ("Predicted before a run") has every
+rows of the committed stores; docs/performance.md ("Predicting memory and speed", made by bench/estimate_error.py) has every
 row's error.
 
 On a CPU the memory figure is what the same tensors take on the host (the row's peak RSS

@@ -33,7 +33,8 @@ def nbytes(tensors) -> int:
 
 class Holdings:
     """What a row holds: parameters (trainable or not), gradients before the step and the
-    optimizer's state tensors after it (its scalar step counters left out)."""
+    optimizer's state tensors after it (its scalar step counters left out), GaLore's
+    projection matrices included."""
 
     def __init__(self):
         self.seen = {}
@@ -45,7 +46,10 @@ class Holdings:
     @hookimpl
     def on_train_end(self, ctx):
         params = list(ctx.model.parameters())
-        state = [t for s in ctx.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+        values = [v for s in ctx.optimizer.state.values() for v in s.values()]
+        # GaLore keeps each weight's projection matrix in a projector object beside the states
+        values += [getattr(v, "ortho_matrix", None) for v in values]
+        state = [t for t in values if torch.is_tensor(t) and t.dim() > 0]
         self.seen.update(param_bytes=nbytes(params), optimizer=nbytes(state),
                          trainable=sum(p.numel() for p in params if p.requires_grad))
 
@@ -88,6 +92,8 @@ def parts(row) -> dict:
 @pytest.mark.parametrize("plugins,options", [
     (("lora",), {}), (("dora",), {}), (("loraplus",), {}), (("adapter",), {}), (("llamapro",), {}),
     (("full",), {}), (("full", "lisa"), {"lisa": {"activated_layers": 2}}),
+    # rank 16 projects every layer linear of the tiny preset; 128 exceeds them all (no projection)
+    (("full", "galore"), {"galore": {"rank": 16}}), (("full", "galore"), {"galore": {"rank": 128}}),
 ], ids=lambda v: "+".join(v) if isinstance(v, tuple) else "")
 def test_parameters_gradients_and_optimizer_state_match_the_trained_row(tiny_row, tmp_path, plugins, options):
     row = tiny_row(*plugins, **SMALL, **options)

@@ -87,8 +87,9 @@ def projected_state(est, shape, rank: int, per_parameter: bool) -> None:
     (rank x the longer side) plus the projector; other weights keep full states. Per-parameter
     stepping frees each gradient as soon as it is used."""
     linear = shape.layers * shape.layer_params
-    projected = shape.layers * sum(rank * max(i, o) for i, o in shape.layer_linear.values())
-    projector = shape.layers * sum(rank * min(i, o) for i, o in shape.layer_linear.values())
+    dims = [(min(rank, i, o), i, o) for i, o in shape.layer_linear.values()]  # the SVD has min(i, o) vectors
+    projected = shape.layers * sum(r * max(i, o) for r, i, o in dims)
+    projector = shape.layers * sum(r * min(i, o) for r, i, o in dims)
     est.optimizer_params = shape.params - linear + projected + projector // 2
     if per_parameter:
         est.live_grad_params = max(shape.head_params, shape.embed_params, max(

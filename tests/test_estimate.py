@@ -96,7 +96,7 @@ def parts(row) -> dict:
     (("full", "galore"), {"galore": {"rank": 16}}), (("full", "galore"), {"galore": {"rank": 128}}),
 ], ids=lambda v: "+".join(v) if isinstance(v, tuple) else "")
 def test_parameters_gradients_and_optimizer_state_match_the_trained_row(tiny_row, tmp_path, plugins, options):
-    row = tiny_row(*plugins, **SMALL, **options)
+    row = tiny_row(*plugins, **{**SMALL, **options})
     probe = Holdings()
     metrics = run_row(row, tmp_path, extra_plugins=[probe])
     pred, got = estimate_row(row, tflops=1.0, gpu=False), probe.seen

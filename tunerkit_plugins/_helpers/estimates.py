@@ -21,11 +21,12 @@ def target_names(targets, shape, default=LLAMA_LIKE) -> list[str]:
     return [targets] if targets in shape.layer_linear else []
 
 
-def low_rank_adapters(est, shape, names, rank: int, dropout: float, extra_per_target: int = 0) -> None:
+def low_rank_adapters(est, shape, names, rank: int, dropout: float, extra_per_target: int = 0,
+                      extra_per_rank: int = 0) -> None:
     """Rank-``rank`` A/B pairs on ``names`` in every layer, kept in fp32 as PEFT keeps them;
     each adapted linear saves its fp32 (dropped-out) input for A's gradient."""
     dims = [shape.layer_linear[n] for n in names]
-    n = shape.layers * sum(rank * (i + o) + extra_per_target * o for i, o in dims)
+    n = shape.layers * sum(rank * (i + o + extra_per_rank) + extra_per_target * o for i, o in dims)
     est.added_params += n
     est.trainable_params += n
     est.added_param_bytes = est.grad_bytes = 4

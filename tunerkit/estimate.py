@@ -20,7 +20,7 @@ Speed: a step's matmul FLOPs (forward 2N, input gradients 2N, weight gradients 2
 trained weights only, causal attention, the recompute of checkpointed layers) at the
 device's matmul rate times an efficiency, plus a fixed host cost per micro-batch; plugins
 scale either. The per-token coefficients and the efficiency were fitted against the GPU
-rows of the committed stores; docs/performance.md ("Predicted before a run") has every
+rows of the committed stores; docs/performance.md ("Predicting memory and speed", made by bench/estimate_error.py) has every
 row's error.
 
 On a CPU the memory figure is what the same tensors take on the host (the row's peak RSS
@@ -64,10 +64,16 @@ class ModelShape:
     layer_linear: dict  # one decoder layer's linear weights: name -> (in, out)
     head_params: int
     embed_params: int
+    layer_other_params: int = 0  # one decoder layer's parameters outside its linears (norms)
+    other_params: int = 0  # parameters outside the layers, embeddings and head (the final norm)
 
     @property
     def layer_params(self) -> int:
         return sum(i * o for i, o in self.layer_linear.values())
+
+    @property
+    def layer_total_params(self) -> int:
+        return self.layer_params + self.layer_other_params
 
     @property
     def dense_params(self) -> int:
@@ -106,11 +112,16 @@ def shape_of(spec: str) -> ModelShape:
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     tied = head is not None and embed is not None and head.weight is embed.weight
+    layer_all = sum(p.numel() for p in layers[0].parameters()) if layers else 0
+    params = sum(p.numel() for p in model.parameters())
+    head_params = head.weight.numel() if head is not None else 0
+    embed_params = 0 if tied else (embed.weight.numel() if embed is not None else 0)
+    layer_linear_params = sum(i * o for i, o in linear.values())
     return ModelShape(hidden=hidden, layers=len(layers), heads=heads, kv_width=kv * head_dim,
                       ffn=getattr(config, "intermediate_size", 4 * hidden), vocab=config.vocab_size,
-                      params=sum(p.numel() for p in model.parameters()), layer_linear=linear,
-                      head_params=head.weight.numel() if head is not None else 0,
-                      embed_params=0 if tied else (embed.weight.numel() if embed is not None else 0))
+                      params=params, layer_linear=linear, head_params=head_params, embed_params=embed_params,
+                      layer_other_params=layer_all - layer_linear_params,
+                      other_params=params - len(layers) * layer_all - head_params - embed_params)
 
 
 @dataclass
@@ -140,6 +151,7 @@ class Estimate:
     resident_checkpoint_layers: float | None = None  # checkpointed inputs kept on the device (None: all)
     extra_bytes: float = 0.0
     trained_weight_params: int = 0  # weights whose gradient is computed (FLOPs)
+    every_weight_trains: bool = False  # set once by full fine-tuning (rows list it beside its variants)
     speed_factor: float = 1.0
     host_seconds: float = HOST_SECONDS
     notes: list = field(default_factory=list)
@@ -245,7 +257,8 @@ def base_estimate(row, shape: ModelShape, weight_bits: float, gpu: bool) -> Esti
                    checkpointed_layers=checkpointed, padded_tokens=padded)
     est.layer_input_bytes = shape.hidden * item
     est.layer_bytes = LAYER_FACTOR * item * (6 * shape.hidden + 2 * shape.kv_width + 4 * shape.ffn)
-    est.logit_bytes = LOGIT_BYTES * shape.vocab * item / 2
+    # the logits are in the row's dtype; the rest (log-softmax, its gradient) is fp32 in any dtype
+    est.logit_bytes = (LOGIT_BYTES - 2 + item) * shape.vocab
     if s.attention == "eager":  # the attention probabilities are materialised: heads x length per token
         est.layer_bytes += 2 * item * shape.heads * peak / max(s.batch_size, 1)
     return est
@@ -271,7 +284,7 @@ def estimate_row(row, tflops: float | None = None, gpu: bool | None = None) -> d
         tflops = device_tflops()[1]
     parts = {k: v / GIB for k, v in est.memory_parts().items()}
     return {"row": row.name, "peak_alloc_gib": sum(parts.values()), "parts_gib": parts,
-            "tokens_per_s": est.tokens_per_s(tflops), "trainable_params": est.trainable_params + est.added_params,
+            "tokens_per_s": est.tokens_per_s(tflops), "trainable_params": est.trainable_params,
             "peak_tokens": est.peak_tokens, "notes": list(est.notes)}
 
 

@@ -91,9 +91,12 @@ def fit_budget(fast, row):
     since some need checkpointing), the one predicted fastest under ``memory_budget_gib``."""
     from dataclasses import replace
 
-    from tunerkit.estimate import estimate_row
+    from tunerkit.estimate import device_tflops, estimate_row
 
     budget = row.settings.memory_budget_gib
+    # one rate for every variant: on a CPU it is a timed matmul, and two timings would let
+    # noise pick the variant
+    tflops = device_tflops()[1]
     variants = [("checkpointing as written", fast)]
     if row.settings.gradient_checkpointing and not row.settings.uncheckpointed_layers:
         plain = replace(row, settings=replace(row.settings, gradient_checkpointing=False))
@@ -101,7 +104,7 @@ def fit_budget(fast, row):
     best = None
     for label, candidate in variants:
         try:
-            pred = estimate_row(candidate)
+            pred = estimate_row(candidate, tflops)
         except Exception as err:  # noqa: BLE001 - a model the estimator cannot read keeps the row as resolved
             fast.fast_mode["budget"] = f"not checked: {type(err).__name__}: {err}"
             return fast

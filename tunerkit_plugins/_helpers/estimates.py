@@ -21,11 +21,12 @@ def target_names(targets, shape, default=LLAMA_LIKE) -> list[str]:
     return [targets] if targets in shape.layer_linear else []
 
 
-def low_rank_adapters(est, shape, names, rank: int, dropout: float, extra_per_target: int = 0) -> None:
+def low_rank_adapters(est, shape, names, rank: int, dropout: float, extra_per_target: int = 0,
+                      extra_per_rank: int = 0) -> None:
     """Rank-``rank`` A/B pairs on ``names`` in every layer, kept in fp32 as PEFT keeps them;
     each adapted linear saves its fp32 (dropped-out) input for A's gradient."""
     dims = [shape.layer_linear[n] for n in names]
-    n = shape.layers * sum(rank * (i + o) + extra_per_target * o for i, o in dims)
+    n = shape.layers * sum(rank * (i + o + extra_per_rank) + extra_per_target * o for i, o in dims)
     est.added_params += n
     est.trainable_params += n
     est.added_param_bytes = est.grad_bytes = 4
@@ -35,7 +36,11 @@ def low_rank_adapters(est, shape, names, rank: int, dropout: float, extra_per_ta
 
 
 def every_weight(est, shape) -> None:
-    """Full fine-tuning: every weight trains, gradients and AdamW's two states in the row's dtype."""
+    """Full fine-tuning: every weight trains, gradients and AdamW's two states in the row's dtype.
+    Counted once, whichever of ``full`` and a variant needing it (LISA, GaLore) comes first."""
+    if est.every_weight_trains:
+        return
+    est.every_weight_trains = True
     est.trainable_params += shape.params
     est.trained_weight_params += shape.dense_params
     est.grad_bytes = est.param_bytes
@@ -45,7 +50,7 @@ def every_weight(est, shape) -> None:
 def new_blocks(est, shape, count: int) -> None:
     """Copies of decoder layers inserted and trained (LLaMA-Pro): their weights, gradients and
     state, and their activations as more layers."""
-    n = count * shape.layer_params
+    n = count * shape.layer_total_params
     est.added_params += n
     est.trainable_params += n
     est.trained_weight_params += n
@@ -71,9 +76,9 @@ def some_layers(est, shape, layers: int, embeddings: bool, head: bool) -> None:
     """LISA: ``layers`` decoder layers (and the embeddings/head when asked) train at a time;
     gradients and optimizer state exist for those only."""
     every_weight(est, shape)
-    live = layers * shape.layer_params + (shape.embed_params if embeddings else 0) + (shape.head_params if head else 0)
-    est.live_grad_params = live
-    est.optimizer_params = live
+    live = (layers * shape.layer_total_params + shape.other_params + (shape.embed_params if embeddings else 0)
+            + (shape.head_params if head else 0))
+    est.trainable_params = est.live_grad_params = est.optimizer_params = live
     est.trained_weight_params = live
     est.notes.append(f"{live / 1e6:.0f} M parameters train at a time")
 
@@ -83,8 +88,9 @@ def projected_state(est, shape, rank: int, per_parameter: bool) -> None:
     (rank x the longer side) plus the projector; other weights keep full states. Per-parameter
     stepping frees each gradient as soon as it is used."""
     linear = shape.layers * shape.layer_params
-    projected = shape.layers * sum(rank * max(i, o) for i, o in shape.layer_linear.values())
-    projector = shape.layers * sum(rank * min(i, o) for i, o in shape.layer_linear.values())
+    dims = [(min(rank, i, o), i, o) for i, o in shape.layer_linear.values()]  # the SVD has min(i, o) vectors
+    projected = shape.layers * sum(r * max(i, o) for r, i, o in dims)
+    projector = shape.layers * sum(r * min(i, o) for r, i, o in dims)
     est.optimizer_params = shape.params - linear + projected + projector // 2
     if per_parameter:
         est.live_grad_params = max(shape.head_params, shape.embed_params, max(

@@ -78,6 +78,7 @@ class AdaLoRA(LoRA):
     name = "adalora"
     conformance = {"settings": {"max_steps": 3}}
     summary = "AdaLoRA (PEFT): SVD adapters, rank budget pruned from init_r to target_r"
+    extra_per_rank = 1  # the singular values E of each adapted linear
     Options = AdaLoRAOptions
 
     def peft_config_kwargs(self, ctx) -> dict:

@@ -15,6 +15,7 @@ from tunerkit_plugins.tuners.lora import LoRA
 class DoRA(LoRA):
     name = "dora"
     summary = "weight-decomposed LoRA (PEFT use_dora): magnitude vector + LoRA direction"
+    extra_per_target = 1  # the magnitude vector
 
     def peft_config_kwargs(self, ctx) -> dict:
         return {**super().peft_config_kwargs(ctx), "use_dora": True}

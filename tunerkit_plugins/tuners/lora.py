@@ -27,6 +27,10 @@ class LoRA(Plugin):
     summary = "LoRA adapters (PEFT); ms-swift's r=8, alpha=32, dropout=0.05"
     Options = LoRAOptions
     slot = "tuner"
+    #: trained parameters per adapted output feature beside A and B (DoRA's magnitude)
+    extra_per_target = 0
+    #: trained parameters per rank and adapted linear beside A and B (AdaLoRA's singular values)
+    extra_per_rank = 0
 
     def peft_config_kwargs(self, ctx) -> dict:
         """Keyword arguments of LoraConfig; variants (rslora, dora, ...) extend this."""
@@ -64,4 +68,5 @@ class LoRA(Plugin):
         names = estimates.target_names(self.options.targets, shape,
                                        preset.default_targets if preset else estimates.LLAMA_LIKE)
         rank = getattr(self.options, "rank", None) or getattr(self.options, "init_r", 8)
-        estimates.low_rank_adapters(estimate, shape, names, rank, self.options.dropout)
+        estimates.low_rank_adapters(estimate, shape, names, rank, self.options.dropout,
+                                    self.extra_per_target, self.extra_per_rank)

@@ -1,0 +1,200 @@
+"""``tunerkit estimate`` against what a tiny row really holds on the CPU.
+
+Parameter, gradient and optimizer-state bytes are compared exactly with the trained row's
+tensors. Activations are compared with torch's profiler memory timeline (tensor bytes the
+allocator handed out during one micro-batch's forward and backward, deterministic on a CPU),
+within a stated tolerance; the tiny preset's vocabulary makes the loss's logits most of it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tunerkit.estimate import GIB, estimate_row
+from tunerkit.hookspecs import hookimpl
+from tunerkit.loop import run_row
+
+#: equal-length samples, so every micro-batch is the longest one the estimate plans for
+DATA = "synthetic:lengths?mean=32&sd=0&min=32&max=32&rows=8"
+SMALL = dict(dataset=DATA, max_train_samples=8, val_size=0, evaluate=[], batch_size=2, max_length=32, max_steps=1)
+#: measured activation peak / predicted activations on the tiny preset must lie inside this
+ACTIVATION_TOLERANCE = 0.15
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Holdings:
+    """What a row holds: parameters (trainable or not), gradients before the step and the
+    optimizer's state tensors after it (its scalar step counters left out), GaLore's
+    projection matrices included."""
+
+    def __init__(self):
+        self.seen = {}
+
+    @hookimpl
+    def on_before_optimizer_step(self, ctx):
+        self.seen["gradients"] = nbytes(p.grad for p in ctx.model.parameters() if p.grad is not None)
+
+    @hookimpl
+    def on_train_end(self, ctx):
+        params = list(ctx.model.parameters())
+        values = [v for s in ctx.optimizer.state.values() for v in s.values()]
+        # GaLore keeps each weight's projection matrix in a projector object beside the states
+        values += [getattr(v, "ortho_matrix", None) for v in values]
+        state = [t for t in values if torch.is_tensor(t) and t.dim() > 0]
+        self.seen.update(param_bytes=nbytes(params), optimizer=nbytes(state),
+                         trainable=sum(p.numel() for p in params if p.requires_grad))
+
+
+class ActivationPeak:
+    """Peak tensor bytes of the first micro-batch's forward and backward, parameters left
+    out, from the profiler's memory timeline."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.peak, self.prof = folder, None, None
+
+    @hookimpl(hookwrapper=True)
+    def compute_loss(self, ctx, model, batch):
+        if self.prof is None and self.peak is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                                with_stack=True)
+            self.prof.__enter__()
+        yield
+
+    @hookimpl
+    def on_before_optimizer_step(self, ctx):
+        if self.prof is None:
+            return
+        self.prof.__exit__(None, None, None)
+        path = self.folder / "timeline.json"
+        self.prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+        # columns: time, then parameter, optimizer state, input, temporary, activation,
+        # gradient, autograd detail, unknown (torch.profiler._memory_profiler's order)
+        sizes = np.array(sizes)[:, 1:]
+        self.peak, self.prof = int(np.delete(sizes, 0, axis=1).sum(axis=1).max()), None
+
+
+def parts(row) -> dict:
+    return {k: v * GIB for k, v in estimate_row(row, tflops=1.0, gpu=False)["parts_gib"].items()}
+
+
+@pytest.mark.parametrize("plugins,options", [
+    (("lora",), {}), (("dora",), {}), (("loraplus",), {}), (("adapter",), {}), (("llamapro",), {}),
+    (("full",), {}), (("full", "lisa"), {"lisa": {"activated_layers": 2}}),
+    # rank 16 projects every layer linear of the tiny preset; 128 exceeds them all (no projection)
+    (("full", "galore"), {"galore": {"rank": 16}}), (("full", "galore"), {"galore": {"rank": 128}}),
+], ids=lambda v: "+".join(v) if isinstance(v, tuple) else "")
+def test_parameters_gradients_and_optimizer_state_match_the_trained_row(tiny_row, tmp_path, plugins, options):
+    row = tiny_row(*plugins, **{**SMALL, **options})
+    probe = Holdings()
+    metrics = run_row(row, tmp_path, extra_plugins=[probe])
+    pred, got = estimate_row(row, tflops=1.0, gpu=False), probe.seen
+    p = parts(row)
+    assert pred["trainable_params"] == got["trainable"] == metrics["trainable_params"]
+    assert p["weights"] + p["added"] == got["param_bytes"]
+    assert p["gradients"] == got["gradients"]
+    assert p["optimizer"] == got["optimizer"]
+
+
+def test_activation_peak_is_within_tolerance_of_the_profiled_step(tiny_row, tmp_path):
+    for batch in (2, 4):
+        row = tiny_row("lora", **{**SMALL, "batch_size": batch})
+        probe = ActivationPeak(tmp_path)
+        run_row(row, tmp_path / str(batch), extra_plugins=[probe])
+        p = parts(row)
+        predicted = p["activations"] + p["gradients"]
+        assert abs(probe.peak / predicted - 1) <= ACTIVATION_TOLERANCE, (batch, probe.peak, predicted)
+
+
+def test_activations_scale_with_tokens_and_tuners_differ_by_training_state(tiny_row):
+    one = parts(tiny_row("lora", **SMALL))
+    two = parts(tiny_row("lora", **{**SMALL, "batch_size": 4}))
+    longer = parts(tiny_row("lora", **{**SMALL, "dataset": DATA.replace("32", "16"), "max_length": 16}))
+    assert two["activations"] == pytest.approx(2 * one["activations"])
+    assert one["activations"] == pytest.approx(2 * longer["activations"])
+    full = parts(tiny_row("full", **SMALL))
+    assert full["weights"] + full["added"] == pytest.approx(one["weights"])  # same base, adapters aside
+    assert full["optimizer"] == pytest.approx(2 * full["gradients"])  # AdamW: two fp32 states
+    assert full["optimizer"] - one["optimizer"] > 100 * one["optimizer"]
+    checkpointed = parts(tiny_row("lora", **{**SMALL, "gradient_checkpointing": True}))
+    assert checkpointed["activations"] < one["activations"]
+
+
+# ---------------------------------------------------------------------------
+# the command
+
+RECIPE = """
+[recipe]
+name = "est"
+
+[defaults]
+model = "tiny-llama"
+dataset = "synthetic:lengths?mean=32&sd=0&min=32&max=32&rows=8"
+max_length = 32
+batch_size = 2
+val_size = 0
+evaluate = []
+
+[[row]]
+name = "lora"
+plugins = ["lora"]
+
+[[row]]
+name = "full"
+plugins = ["full"]
+"""
+
+
+def cli(*args):
+    from tunerkit.cli import main
+
+    return CliRunner().invoke(main, ["estimate", *args])
+
+
+def test_cli_prints_each_rows_prediction(tmp_path):
+    path = tmp_path / "recipe.toml"
+    path.write_text(RECIPE)
+    result = cli(str(path), "--json")
+    assert result.exit_code == 0, result.output
+    out = {e["row"]: e for e in json.loads(result.output)}
+    assert set(out) == {"lora", "full"}
+    assert out["full"]["peak_alloc_gib"] > out["lora"]["peak_alloc_gib"]
+    text = cli(str(path))
+    assert text.exit_code == 0
+    for name, e in out.items():
+        assert f"{name}: predicted peak {e['peak_alloc_gib']:.2f} GiB" in text.output
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("--only", "nope"), "nope"),
+    ((), None),
+])
+def test_cli_refuses_bad_input_in_one_line(tmp_path, args, fragment):
+    path = tmp_path / "recipe.toml"
+    path.write_text(RECIPE)
+    result = cli(str(path), *args) if args else cli()
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    if fragment:
+        assert fragment in lines[0]
+
+
+def test_cli_refuses_a_bad_recipe_in_one_line(tmp_path):
+    path = tmp_path / "recipe.toml"
+    path.write_text(RECIPE.replace('plugins = ["full"]', 'plugins = ["full"]\nbatch_sizes = 3'))
+    result = cli(str(path))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "batch_sizes" in lines[0] and "recipe.toml" in lines[0], result.output

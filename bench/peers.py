@@ -22,8 +22,10 @@ Peers, as their users run them:
   checkpointing, and packed 6k rows (tunerkit's packing feeds per-sample position ids and
   varlen boundaries; unsloth's own attention forward replaces the varlen one, so samples
   may attend across boundaries: its speed is an upper bound). unsloth patches transformers
-  for the whole process when imported, so its entries run last.
-tunerkit: its best configurations of ``bench/fast_path.py`` (``--tunerkit`` names them).
+  for the whole process when imported, so its entries run last; TRL's liger patching also
+  reaches the whole process, so TRL's entries run after tunerkit's. ``--entries`` keeps the
+  order it is given.
+tunerkit: its best rows of ``recipes/beyond_seed/fast_path.toml`` (``TUNERKIT`` names them).
 
 Counting is the same for every entry: tokens/s and samples/s count the real tokens and
 samples of the timed steps (every token is a label), peaks are over the whole entry
@@ -33,13 +35,14 @@ samples of the timed steps (every token is a label), peaks are over the whole en
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,7 +63,7 @@ class Entry:
     name: str
     kind: str  # "hf_peft" | "trl" | "unsloth" | "tunerkit"
     batch: int = 1
-    config: fp.Config | None = None  # tunerkit and unsloth entries run through fast_path.run_tunerkit
+    row: str | None = None  # tunerkit and unsloth entries: a row of recipes/beyond_seed/fast_path.toml
     note: str = ""
 
     @property
@@ -68,34 +71,32 @@ class Entry:
         return self.kind != "tunerkit"
 
 
-def unsloth_config(name: str, pack_factor: float) -> fp.Config:
-    plugins = ["unsloth", *(["packing"] if pack_factor else [])]
-    options = {"unsloth": {"bits": 16, "dropout": 0.0, "targets": QKV, "offload_checkpointing": True}}
-    return fp.Config(name, "7b", plugins, options, pack_factor=pack_factor)
-
-
-#: tunerkit's best configurations (bench/fast_path.py): the <= 15 GiB point, packed 20k rows at
-#: the <= 19.1 GiB target, and the fastest one (packed 6k rows, no checkpointing).
+#: tunerkit's best configurations (rows of recipes/beyond_seed/fast_path.toml): the <= 15 GiB
+#: point, packed 20k rows at the <= 19.1 GiB target, and the fastest one (packed 6k rows, no
+#: checkpointing).
 TUNERKIT = {
     "tunerkit/batch1": "7b/lora+compile_cpp+liger_flce+offload_prefetch1+autocast",
     "tunerkit/packed8k": "7b/lora+packing8k+compile+liger_flce+offload_prefetch",
-    "tunerkit/packed20k": "7b/lora+packing20k+compile+liger_flce+offload_prefetch+autocast",
+    "tunerkit/packed20k": "7b/lora+packing20k+compile+liger_flce_chunk+offload_prefetch+autocast[liger.chunk_mem_const=1]",
     "tunerkit/packed6k_no_ckpt": "7b/lora+packing6k+compile+liger_flce_chunk4+no_checkpointing+autocast",
 }
 
+# Order matters: TRL's use_liger_kernel patches transformers' model classes for the whole process
+# (liger's apply_liger_kernel_to_*), and on one H100 every compiled tunerkit entry that ran after
+# the TRL entries failed with an AssertionError, while the same entries ran when TRL had not run
+# (bench/results/2026-12-05-h200/README.md). So tunerkit's entries come before TRL's, and
+# unsloth's, which patch more, come last.
 ENTRIES = [
     Entry("peer/hf_peft", "hf_peft", note="plain transformers + PEFT, batch 1"),
+    *[Entry(name, "tunerkit", row=row, note=row) for name, row in TUNERKIT.items() if name != "tunerkit/packed8k"],
     Entry("peer/trl_bs1", "trl", 1, note="SFTTrainer, padding_free, use_liger_kernel, batch 1"),
     Entry("peer/trl_bs8", "trl", 8, note="SFTTrainer, padding_free, use_liger_kernel, batch 8 flattened"),
-    *[Entry(name, "tunerkit", config=fp.BY_NAME[cfg], note=cfg) for name, cfg in TUNERKIT.items()
-      if name != "tunerkit/packed8k"],
-    Entry("peer/unsloth_bs1", "unsloth", config=unsloth_config("peer/unsloth_bs1", 0),
+    Entry("peer/unsloth_bs1", "unsloth", row="7b/unsloth",
           note="unsloth plugin, bf16, offloaded checkpointing, batch 1"),
-    Entry("peer/unsloth_packed6k", "unsloth", config=unsloth_config("peer/unsloth_packed6k", 3),
+    Entry("peer/unsloth_packed6k", "unsloth", row="7b/unsloth+packing6k",
           note="unsloth plugin, packed 6k rows (attention may cross samples: an upper bound)"),
-    # opt-in (--entries): another tunerkit point between the batch-1 and the 20k one; before unsloth's when chosen
-    Entry("tunerkit/packed8k", "tunerkit", config=fp.BY_NAME[TUNERKIT["tunerkit/packed8k"]],
-          note=TUNERKIT["tunerkit/packed8k"]),
+    # opt-in (--entries): another tunerkit point between the batch-1 and the 20k one; name it before TRL's
+    Entry("tunerkit/packed8k", "tunerkit", row=TUNERKIT["tunerkit/packed8k"], note=TUNERKIT["tunerkit/packed8k"]),
 ]
 BY_NAME = {e.name: e for e in ENTRIES}
 
@@ -201,19 +202,24 @@ def run_trl(args, samples: list[dict], batch: int, steps: int, warmup: int, lora
 # -----------------------------------------------------------------------------------------
 
 
-def run_entry(e: Entry, args, fam: fp.Family, samples, order) -> dict:
+def run_entry(e: Entry, args, rows: dict, samples, order) -> dict:
+    """One entry for ``args.steps`` timed steps after ``args.warmup`` (batch 1), or enough packed
+    or batched steps for ``args.packed_tokens`` timed tokens."""
+    template = fp.template(rows, "7b")
     if e.kind == "hf_peft":
-        return fp.run_baseline(fam, args, samples, order, args.steps, args.warmup, args.lora_dropout)
+        return fp.run_baseline(fp.with_steps(template, args.steps, args.warmup, args.lora_dropout), samples, order)
     if e.kind == "trl":
         steps = args.steps if e.batch == 1 else max(2, args.packed_tokens // (e.batch * args.mean_tokens))
         return run_trl(args, samples, e.batch, steps, args.warmup if e.batch == 1 else args.packed_warmup,
                        args.lora_dropout)
-    cfg = e.config
-    if cfg.pack_factor:
-        warmup, steps = args.packed_warmup, max(2, -(-args.packed_tokens // fp.row_tokens(cfg, args)))
+    row = rows[e.row]
+    if fp.packed(row):
+        warmup, steps = args.packed_warmup, max(2, -(-args.packed_tokens // row.options["packing"].row_length))
     else:
         warmup, steps = args.warmup, args.steps
-    return fp.run_tunerkit(cfg, fam, args, samples, steps, warmup, args.lora_dropout)
+    # unsloth fuses its LoRA kernels only without dropout: its rows keep their own
+    dropout = None if e.kind == "unsloth" else args.lora_dropout
+    return fp.run_tunerkit(fp.with_steps(row, steps, warmup, dropout), samples)
 
 
 def verdicts(results: list[dict]) -> dict:
@@ -320,42 +326,40 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=4, help="warm-up steps of a batch-1 entry")
     p.add_argument("--packed-tokens", type=int, default=100_000, help="timed tokens of a packed or batched entry")
     p.add_argument("--packed-warmup", type=int, default=2)
-    p.add_argument("--sample-max", type=int, default=2048)
     p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (unsloth entries: 0, see above)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--model", default="qwen-7b-chat")
     p.add_argument("--time-limit", type=float, default=600.0, help="start no entry after this many seconds")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--render", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="tiny preset, 64-token samples, 2+1 steps (CPU plumbing)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.model, args.sample_max, args.steps, args.warmup = "tiny-qwen2", 64, 2, 1
+        args.steps, args.warmup = 2, 1
         args.packed_warmup, args.packed_tokens = 1, 512
     return args
 
 
-def smoke_config(c: fp.Config, cuda: bool) -> fp.Config:
-    """fast_path's smoke form of a config; on a CPU also without compile (inductor's CPU
-    build takes minutes on a small machine, and the smoke run checks bookkeeping only)."""
-    c = fp.smoke_config(c, cuda)
-    if cuda or "compile" not in c.plugins:
-        return c
-    return fp.replace(c, plugins=[p for p in c.plugins if p != "compile"],
-                      options={k: v for k, v in c.options.items() if k != "compile"})
+def smoke_row(row, cuda: bool):
+    """fast_path's smoke form of a row; on a CPU also without compile (inductor's CPU build
+    takes minutes on a small machine, and the smoke run checks bookkeeping only)."""
+    row = fp.smoke_row(row, cuda)
+    if cuda or "compile" not in row.plugins:
+        return row
+    return dataclasses.replace(row, plugins=[p for p in row.plugins if p != "compile"],
+                               options={k: v for k, v in row.options.items() if k != "compile"})
 
 
-def select(spec: str, smoke: bool) -> list[Entry]:
+def select(spec: str) -> list[Entry]:
     names = [e.name for e in ENTRIES if e.name != "tunerkit/packed8k"] if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         raise SystemExit(f"unknown entr(y/ies): {', '.join(unknown)} (see --list)")
-    chosen = [BY_NAME[n] for n in names]
-    if smoke:
-        cuda = torch.cuda.is_available()
-        chosen = [Entry(e.name, e.kind, e.batch, smoke_config(e.config, cuda) if e.config else None, e.note)
-                  for e in chosen]
-    return chosen
+    return [BY_NAME[n] for n in names]
+
+
+def bench_rows(smoke: bool) -> dict:
+    """fast_path.toml's rows by name (with --smoke its tiny shapes, as fast_path's own --smoke)."""
+    rows = fp.load_rows(fp.RECIPE, smoke)
+    return {name: smoke_row(r, torch.cuda.is_available()) for name, r in rows.items()} if smoke else rows
 
 
 def main(argv=None) -> int:
@@ -367,15 +371,18 @@ def main(argv=None) -> int:
         for e in ENTRIES:
             print(f"{e.name:<28} {e.note}")
         return 0
-    chosen = select(args.entries, args.smoke)
+    chosen = select(args.entries)
     started = time.perf_counter()
     out_path = Path(os.environ["OUT"]) / "peers.json" if os.environ.get("OUT") else None
     from tunerkit.models.presets import get_preset
 
-    fam = fp.Family(args.model, "lora")
-    shape = fp.Shape.of(get_preset(args.model))
-    samples = fp.make_samples(get_preset(args.model).vocab, args.seed, args.sample_max)
-    order = fp.loader_order(len(samples), args.seed)
+    rows = bench_rows(args.smoke)
+    base = fp.template(rows, "7b").settings  # every entry trains the samples the baseline's row names
+    args.model, args.seed, args.sample_max = base.model, base.seed, base.max_length
+    preset = get_preset(base.model)
+    shape = fp.Shape.of(preset)
+    samples = fp.make_samples(preset.vocab, base.seed, base.dataset, base.max_length)
+    order = fp.loader_order(len(samples), base.seed)
     args.mean_tokens = max(1, round(sum(len(s["input_ids"]) for s in samples) / len(samples)))
     expected = [fp.token_hash(samples[i]["input_ids"]) for i in order]
     payload = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()}, "results": []}
@@ -388,11 +395,11 @@ def main(argv=None) -> int:
         else:
             t0 = time.perf_counter()
             try:
-                raw = run_entry(e, args, fam, samples, order)
+                raw = run_entry(e, args, rows, samples, order)
                 r.update({k: v for k, v in raw.items() if k not in ("hashes", "lengths", "step_seconds", "losses")})
                 r["final_loss"] = (raw.get("losses") or [None])[-1]
-                r.update(fp.summarise(raw, shape, "lora"))
-                batch_one = e.batch == 1 and not (e.config and e.config.pack_factor)
+                r.update(fp.summarise(raw, shape, "lora", fp.PEAK_TFLOPS))
+                batch_one = e.batch == 1 and not (e.row and fp.packed(rows[e.row]))
                 r["same_samples"] = fp.same_samples(raw, expected, set(expected), batch_one=batch_one)
                 if e.kind == "trl" and r["same_samples"] == "NO: other order":
                     r["same_samples"] = "same set (Trainer's order)"

@@ -63,21 +63,25 @@ def gpu_host(monkeypatch):
     monkeypatch.setattr(validation, "visible_gpus", lambda: 8)
 
 
-#: recipes whose rows need an optional engine (import name) that may be missing, and whether it trains on a CUDA GPU only
-ENGINES = {"aqlm": ("aqlm", True), "unsloth": ("unsloth", True), "awq": ("gptqmodel", False)}
+#: recipes whose rows need an optional engine (import name) that may be missing, whether it trains
+#: on a CUDA GPU only, and the profiles holding such rows (None: every profile)
+ENGINES = {"aqlm": ("aqlm", True, None), "unsloth": ("unsloth", True, None), "awq": ("gptqmodel", False, None),
+           "quantization": ("gptqmodel", False, {"bench"})}  # its cpu profile keeps the bf16 and bnb rows
 
 
-def engine_here(path: Path) -> bool:
-    """Whether this machine can validate the recipe's rows: its engine installed (and a GPU where it needs one)."""
+def engine_here(path: Path, profile: str) -> bool:
+    """Whether this machine can validate the profile's rows: their engine installed (and a GPU where it needs one)."""
     if path.stem not in ENGINES:
         return True
-    module, cuda_only = ENGINES[path.stem]
+    module, cuda_only, profiles = ENGINES[path.stem]
+    if profiles is not None and profile not in profiles:
+        return True
     return importlib.util.find_spec(module) is not None and (not cuda_only or torch.cuda.is_available())
 
 
 def load_or_refused(path: Path, profile: str):
     """The recipe validated where its engine runs; elsewhere a one-line refusal naming the row, then parsed only."""
-    if engine_here(path):
+    if engine_here(path, profile):
         return load_recipe(path, profile)
     with pytest.raises(UserError, match=r"row '[^']*'\] plugins: .*(not installed|CUDA GPU)") as refused:
         load_recipe(path, profile)

@@ -61,7 +61,7 @@ def db(tmp_path) -> Path:
         else:
             store.record(recipe=bench.name, row=row, repeat=0, status="ok", reason=None,
                          metrics=fake_metrics(i, row, random_weights=True), environment=FAKE_GPU, started=0.0)
-    quant = load_recipe(RECIPES / "quantization.toml", "bench", check_files=False)
+    quant = load_recipe(RECIPES / "export.toml", "bench", check_files=False)
     pending = next(r for r in quant.rows if r.pending)
     store.record(recipe=quant.name, row=pending, repeat=0, status="pending",
                  reason=f"not implemented: {pending.pending}", metrics={}, environment={}, started=0.0)
@@ -109,9 +109,9 @@ def headers_index(md: str, header: str) -> int:
 
 
 def test_pending_rows_are_reported_not_implemented(db):
-    md = render(records(db, "quantization"), "md")
-    assert "not implemented: the gptq loader plugin" in md
-    assert "| 2.05 |" in md  # the seed's numbers still show: the table keeps the seed's shape
+    md = render(records(db, "export"), "md")
+    assert "not implemented: quantized export runs as" in md
+    assert "| 27.25 |" in md  # the seed's numbers still show: the table keeps the seed's shape
 
 
 def test_cpu_runs_leave_the_seed_out_and_show_quality(db):

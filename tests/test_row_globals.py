@@ -75,7 +75,12 @@ FAILING = (("lora", "compile", "neftune", "packing", "offload", "selective_check
            dict(CHECKPOINTED, offload={"scope": "checkpoints"}, compile={"backend": "eager", "cpp_wrapper": True}))
 #: plugins whose rows need a GPU or several processes: covered by the stand-in tests below
 STAND_INS = {"liger": "Triton kernels, CUDA only", "deepspeed": "a process group", "sequence_parallel": "a process group",
-             "bnb": "bitsandbytes' 4-bit layers, CUDA only (its changes stay on the row's own model)"}
+             "bnb": "bitsandbytes' 4-bit layers, CUDA only (its changes stay on the row's own model)",
+             "gptq": "GPT-QModel's layers (the gptq extra): tests/plugins/test_gptq_awq.py trains it on a CPU where installed",
+             "awq": "GPT-QModel's layers (the gptq extra): tests/plugins/test_gptq_awq.py trains it on a CPU where installed",
+             "aqlm": "aqlm's kernels, CUDA only (its backward fails on a CPU)",
+             "unsloth": "CUDA only; importing unsloth patches transformers for the whole process, which no "
+                        "teardown can undo (bench/peers.py runs its rows last)"}
 
 
 def test_every_built_in_plugin_is_covered():

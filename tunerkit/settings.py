@@ -42,7 +42,7 @@ class Settings:
                  "offload, packing, autocast); the ones it cannot take are recorded with the reason", added_later=True)
     memory_budget_gib: float | None = option(
         None, "with speed = max: GiB of peak allocated memory the row must fit (tunerkit estimate picks "
-              "checkpointing and offload to fit)", added_later=True)
+              "checkpointing and offload to fit)", added_later=True, gt=0)
     overlap_steps: bool = option(False, "no host-GPU synchronisation between optimizer steps: pinned, non-blocking "
                                         "batch copies, step times from CUDA events, losses read one step late",
                                  added_later=True)

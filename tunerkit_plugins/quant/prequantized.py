@@ -15,6 +15,7 @@ from tunerkit_plugins.quant.random_quantized import Format, load_quantized
 class PreQuantized(Plugin):
     # Quantized weights cannot take gradients: only adapter tuners go on top of them.
     requires_any = ("lora", "rslora", "dora", "adalora", "loraplus")
+    conformance = {"companions": ["lora"]}
     conflicts = ("full", "galore", "lisa", "llamapro", "deepspeed", "bnb")
     #: import names the loader needs, and the pip line that brings them
     modules: tuple[str, ...] = ()

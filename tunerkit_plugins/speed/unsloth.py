@@ -35,7 +35,7 @@ INSTALL_HINT = "pip install 'tunerkit[unsloth]'"
 @dataclass
 class UnslothOptions:
     rank: int = option(8, "LoRA rank r")
-    alpha: float = option(32.0, "LoRA alpha: the update is scaled by alpha / r")
+    alpha: float = option(32.0, "LoRA alpha: the update is scaled by alpha / r", gt=0)
     dropout: float = option(0.05, "dropout on the adapter's input (unsloth fuses its LoRA kernels only at 0)")
     targets: str | list[str] = option("DEFAULT", "DEFAULT (the family's q,k,v), ALL (every linear but the head), or module names")
     bits: int = option(4, "base weights: 4 (bitsandbytes NF4 through unsloth, the seed's row) or 16 (the row's dtype)")

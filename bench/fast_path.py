@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from tunerkit.hookspecs import hookimpl
+from tunerkit.optimizer import groups_by_decay
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "beyond_seed" / "fast_path.toml"
 #: bf16 dense matmul ceiling MFU divides by unless --peak-tflops says otherwise: the figure every
@@ -401,14 +402,6 @@ def baseline_model(row, dev: torch.device):
     return model
 
 
-def decay_groups(named: list, weight_decay: float) -> list[dict]:
-    """AdamW groups as HF Trainer forms them: no weight decay on biases and norms."""
-    decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n.lower()]
-    no_decay = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n.lower())]
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
-            if g["params"]]
-
-
 def run_baseline(row, samples: list[dict], order: list[int], profiler=None) -> dict:
     """Plain transformers + peft, with the hyperparameters and step counts of ``row`` (a
     family's template row): the stack the ms-swift benchmark page used. No tunerkit code trains here."""
@@ -418,7 +411,9 @@ def run_baseline(row, samples: list[dict], order: list[int], profiler=None) -> d
     reset_peaks()
     model = baseline_model(row, dev)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(decay_groups(named, s.weight_decay), lr=s.learning_rate, fused=dev.type == "cuda")
+    # The one no-decay rule (biases and norm weights undecayed, as HF Trainer groups them):
+    # a grouping rule, not training code, shared so the baseline cannot drift from the rows.
+    optimizer = torch.optim.AdamW(groups_by_decay(named, s.weight_decay), lr=s.learning_rate, fused=dev.type == "cuda")
     scheduler = get_scheduler(s.lr_scheduler, optimizer, num_warmup_steps=int(s.warmup_ratio * s.max_steps),
                               num_training_steps=s.max_steps)
     params = [p for _, p in named]

@@ -144,3 +144,30 @@ def test_masking_time_grows_with_the_text_not_turns_times_text(smollm2):
     short, long = min(seconds(200) for _ in range(2)), seconds(2000)
     # Ten times the turns: linear work takes ~10x, per-turn renderings ~100x. Generous for a shared CPU.
     assert long / short < 35, (short, long)
+
+
+def test_an_over_long_sample_is_rendered_once_before_it_is_deleted(smollm2, monkeypatch):
+    import copy
+
+    from tunerkit.data.chat import encode_messages
+    from tunerkit.data.truncation import apply_truncation
+
+    tok = copy.deepcopy(smollm2)
+    renders = []
+    real = type(tok).apply_chat_template
+
+    def counting(self, *args, **kwargs):
+        renders.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tok), "apply_chat_template", counting)
+    msgs = conversation(200)
+    kept = encode_messages(tok, msgs)
+    renders_of_a_kept_sample = len(renders)
+    renders.clear()
+    over = encode_messages(tok, msgs, deleted_over=len(kept["input_ids"]) - 1)
+    assert len(renders) == 1 < renders_of_a_kept_sample  # the turn-finding renderings are skipped
+    assert over["input_ids"] == kept["input_ids"]
+    assert apply_truncation([over], len(kept["input_ids"]) - 1, "delete") == ([], {"samples_dropped": 1, "samples_truncated": 0})
+    # A sample that fits gets its labels exactly as without the limit.
+    assert encode_messages(tok, msgs, deleted_over=len(kept["input_ids"])) == kept

@@ -82,12 +82,13 @@ class CoreDefaults:
     def tokenize_dataset(self, ctx, split, records):
         s = ctx.settings
         encoded = []
+        deleted_over = s.max_length if s.truncation_strategy == "delete" else None
         for r in records:
             if "input_ids" in r:
                 encoded.append(r)
             else:
                 encoded.append(encode_messages(ctx.tokenizer, with_system(r["messages"], s.system),
-                                               train_on_prompt=s.train_on_prompt))
+                                               train_on_prompt=s.train_on_prompt, deleted_over=deleted_over))
         kept, counts = apply_truncation(encoded, s.max_length, s.truncation_strategy)
         before = len(kept)
         kept = [r for r in kept if any(l != -100 for l in r["labels"][1:])]

@@ -68,7 +68,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def encode_messages(tokenizer, messages: list[dict], *, train_on_prompt: bool = False) -> dict[str, Any]:
+def encode_messages(tokenizer, messages: list[dict], *, train_on_prompt: bool = False,
+                    deleted_over: int | None = None) -> dict[str, Any]:
     """Token ids and labels of a conversation; labels are -100 outside assistant turns.
 
     An assistant turn's labels run from the end of its generation prompt to the end of the
@@ -78,15 +79,26 @@ def encode_messages(tokenizer, messages: list[dict], *, train_on_prompt: bool = 
     turns found by character offsets (:func:`_labels_by_offsets`): the cost grows with the
     text, not with turns times text. Tokenizers without offsets, and templates that do not
     render turns as plain pieces of the whole, take :func:`_labels_by_prefixes`.
+
+    ``deleted_over``: a conversation longer than this many tokens is about to be deleted
+    (truncation_strategy "delete"), so it is rendered and tokenized once and its labels are
+    left unworked (all -100): the extra renderings that find the turns are spent only on
+    samples that are kept.
     """
     if train_on_prompt:
         input_ids = _ids(tokenizer, messages, add_generation_prompt=False)
         return {"input_ids": input_ids, "labels": list(input_ids)}
-    found = _labels_by_offsets(tokenizer, messages)
+    found = _labels_by_offsets(tokenizer, messages, deleted_over)
     if found is not None:
         return found
     input_ids = _ids(tokenizer, messages, add_generation_prompt=False)
+    if deleted_over is not None and len(input_ids) > deleted_over:
+        return _unlabelled(input_ids)
     return {"input_ids": input_ids, "labels": _labels_by_prefixes(tokenizer, messages, input_ids)}
+
+
+def _unlabelled(input_ids: list[int]) -> dict[str, Any]:
+    return {"input_ids": input_ids, "labels": [IGNORE_INDEX] * len(input_ids)}
 
 
 def _labels_by_prefixes(tokenizer, messages: list[dict], input_ids: list[int]) -> list[int]:
@@ -138,15 +150,18 @@ def _turn_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, i
     return "".join(text), spans
 
 
-def _labels_by_offsets(tokenizer, messages: list[dict]) -> dict[str, Any] | None:
+def _labels_by_offsets(tokenizer, messages: list[dict], deleted_over: int | None = None) -> dict[str, Any] | None:
     if not getattr(tokenizer, "is_fast", False):
         return None
+    plain = _render(tokenizer, messages)
+    enc = tokenizer(plain, add_special_tokens=False, return_offsets_mapping=True)
+    if deleted_over is not None and len(enc["input_ids"]) > deleted_over:
+        return _unlabelled(list(enc["input_ids"]))
     found = _turn_spans(tokenizer, messages)
     if found is None:
         return None
     text, spans = found
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    plain = _render(tokenizer, messages)
     if len(spans) != len(turns) or text != plain:
         return None
     # The first turn's generation prompt and the last turn's end must be where the marks put them.
@@ -155,8 +170,7 @@ def _labels_by_offsets(tokenizer, messages: list[dict]) -> dict[str, Any] | None
     last = plain if turns and turns[-1] == len(messages) - 1 else None
     if turns and (last or _render(tokenizer, messages[: turns[-1] + 1])) != text[:spans[-1][1]]:
         return None
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    input_ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]  # text == plain: tokenized above
     labels = [IGNORE_INDEX] * len(input_ids)
     ends = [end for _, end in offsets]
     for (first, last), i in zip(spans, turns):
@@ -167,11 +181,13 @@ def _labels_by_offsets(tokenizer, messages: list[dict]) -> dict[str, Any] | None
     return {"input_ids": input_ids, "labels": labels}
 
 
-def encode_record(tokenizer, record: dict, *, system: str | None = None, train_on_prompt: bool = False) -> dict:
+def encode_record(tokenizer, record: dict, *, system: str | None = None, train_on_prompt: bool = False,
+                  deleted_over: int | None = None) -> dict:
     """A record of either canonical shape (chat or already tokenized) as input_ids/labels."""
     if "input_ids" in record:
         return record
-    return encode_messages(tokenizer, with_system(record["messages"], system), train_on_prompt=train_on_prompt)
+    return encode_messages(tokenizer, with_system(record["messages"], system), train_on_prompt=train_on_prompt,
+                           deleted_over=deleted_over)
 
 
 def has_labels(encoded: dict) -> bool:

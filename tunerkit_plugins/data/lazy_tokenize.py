@@ -36,7 +36,8 @@ class LazyTokenize(Plugin):
         from tunerkit.data.lazy import LazyTokenizedDataset
 
         s = ctx.settings
-        encode = partial(encode_record, ctx.tokenizer, system=s.system, train_on_prompt=s.train_on_prompt)
+        encode = partial(encode_record, ctx.tokenizer, system=s.system, train_on_prompt=s.train_on_prompt,
+                         deleted_over=s.max_length if s.truncation_strategy == "delete" else None)
         data = LazyTokenizedDataset(records, encode, max_length=s.max_length, strategy=s.truncation_strategy,
                                     seed=s.seed, metrics=ctx.metrics, prefix=split,
                                     probe_size=self.options.probe_size)

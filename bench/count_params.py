@@ -1,11 +1,11 @@
 """Trainable parameters per tuner on a preset's shape, counted on the meta device (no weights allocated).
 
-    python bench/count_params.py                  # qwen-7b-chat, the seed's Tuners table model
+    python bench/count_params.py                  # qwen-7b-chat, ms-swift's Tuners table model
     python bench/count_params.py --model tiny-llama
 
 Each row builds the preset's model on ``torch.device("meta")``, runs the row's real
 ``modify_model`` and ``apply_tuner`` hooks, and counts ``requires_grad`` parameters, so
-the numbers are what a row would report. Prints a markdown table beside the seed's
+the numbers are what a row would report. Prints a markdown table beside ms-swift's
 numbers (docs/tuners/README.md holds the qwen-7b-chat one).
 """
 
@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-#: (row label, plugins, option tables): the Tuners table's rows, targets ALL as in the seed's benchmark.
+#: (row label, plugins, option tables): the Tuners table's rows, targets ALL as in ms-swift's benchmark.
 ROWS = [
     ("lora (DEFAULT)", ["lora"], {}),
     ("lora (ALL)", ["lora"], {"lora": {"targets": "ALL"}}),
@@ -29,7 +29,7 @@ ROWS = [
     ("full", ["full"], {}),
 ]
 
-#: The seed's reported trainable parameters on qwen-7b-chat (millions), where it gave one.
+#: ms-swift's reported trainable parameters on qwen-7b-chat (millions), where it gave one.
 SEED_QWEN_7B = {"lora (DEFAULT)": 4.1943, "lora (ALL)": 17.8913, "rslora": 17.8913, "dora": 19.2512,
                 "lora+": 17.8913, "adalora": 26.8389, "lora + neftune": 17.8913, "adapter": 33.6896,
                 "llamapro": 809.5826, "full": 7721.3245}
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--model", default="qwen-7b-chat", help="a preset name")
     args = parser.parse_args()
     seed = SEED_QWEN_7B if args.model == "qwen-7b-chat" else {}
-    print(f"| tuner | trainable (M) | % of total | seed (M) |\n|---|---:|---:|---:|")
+    print(f"| tuner | trainable (M) | % of total | ms-swift (M) |\n|---|---:|---:|---:|")
     for label, plugins, tables in ROWS:
         c = count_on_meta(plugins, args.model, **tables)
         ref = f"{seed[label]:.4f}" if label in seed else ""

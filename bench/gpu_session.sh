@@ -11,7 +11,7 @@
 #   bash bench/gpu_session.sh memory-all      # optimizer_memory.py: full, LISA-2/4 and the three GaLore rows
 #   bash bench/gpu_session.sh infer         # infer_speed.py, check_packing_gpu.py
 #   bash bench/gpu_session.sh attention     # attention_kernels.py: the varlen kernels alone, FlashAttention-2 beside cuDNN
-#   bash bench/gpu_session.sh tables        # the seed's one-GPU tables through `tunerkit run`
+#   bash bench/gpu_session.sh tables        # ms-swift's one-GPU tables through `tunerkit run`
 #   bash bench/gpu_session.sh peers         # peers.py: TRL, unsloth and HF + PEFT beside tunerkit's best configs
 #
 # Wheels the host lacks (liger-kernel, galore-torch, q-galore-torch, bitsandbytes) are taken

@@ -4,7 +4,7 @@
     python bench/infer_speed.py --backends eager,compiled --prompts 2
     python bench/infer_speed.py --peft                   # the same on a LoRA-wrapped model (r=8 on q,k,v)
 
-Backends (tunerkit/eval/infer.py): ``eager`` (generate, dynamic cache: what the seed
+Backends (tunerkit/eval/infer.py): ``eager`` (generate, dynamic cache: what ms-swift
 measured), ``compiled`` (static cache, decode step compiled through transformers'
 ``get_compiled_call`` with CUDA graphs, greedy loop without host syncs), ``static``
 (generate, static cache, compilation off) and ``generate-compiled`` (transformers' own

@@ -8,10 +8,10 @@ What runs (every figure from tunerkit's own loop, ``tunerkit.loop.run_row``):
 
 1. DDP: LoRA (ALL linear) + packing on the qwen-7b-chat preset, 2048-token rows, batch 1,
    grad-accum 4: on 1 GPU and on all GPUs; tokens/s of all GPUs together and per GPU,
-   peak memory per GPU (the seed's "lora+packing+ddp" row: 35.65GiB*2).
-2. The seed's Sequence Parallel table shape: chatglm3-6b-32k preset, LoRA, samples of 8055
+   peak memory per GPU (ms-swift's "lora+packing+ddp" row: 35.65GiB*2).
+2. ms-swift's Sequence Parallel table shape: chatglm3-6b-32k preset, LoRA, samples of 8055
    tokens (long-alpaca-12k), batch 1, no accumulation: gpu=2/sp=1 (DDP) and gpu=2/sp=2 on
-   two GPUs; gpu=4/sp=1, gpu=4/sp=2 and gpu=4/sp=4 on four. Optimizer steps/s (the seed's
+   two GPUs; gpu=4/sp=1, gpu=4/sp=2 and gpu=4/sp=4 on four. Optimizer steps/s (ms-swift's
    iter/s; a step trains gpus/sp samples), tokens/s per GPU, peak memory per GPU.
 3. The longest sequence LoRA on qwen-7b-chat trains (one optimizer step), doubling the
    length until it runs out of memory: 1 GPU (two-GPU host), SP=2 (two-GPU host), SP=4
@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout
     sys.path.insert(0, str(REPO))
 
 GIB = 1024 ** 3
-# The seed's Sequence Parallel table (A100, chatglm3-6b-32k, long-alpaca-12k).
+# ms-swift's Sequence Parallel table (A100, chatglm3-6b-32k, long-alpaca-12k).
 SEED_SP = {(2, 1): "0.30 it/s, 27G*2", (2, 2): "0.5 it/s, 20G*2", (4, 4): "1 it/s, 18G*4", (4, 2): "0.45 it/s, 21G*4"}
 
 
@@ -91,7 +91,7 @@ def models(smoke: bool) -> dict:
 
 def ddp_job(args, gpus: int) -> dict:
     smoke = args.smoke
-    # The seed's rule: samples over max_length are deleted (about 70 % of cls-fudan-news-zh at 2048).
+    # ms-swift's rule: samples over max_length are deleted (about 70 % of cls-fudan-news-zh at 2048).
     table = dict(model=models(smoke)["ddp"], dataset=synthetic("cls-fudan-news-zh", 200 if smoke else 1000),
                  max_length=2048, batch_size=1,
                  gradient_accumulation_steps=4, max_steps=3 if smoke else args.steps,
@@ -201,7 +201,7 @@ def summarize(metrics: dict, job: dict, world: int) -> dict:
         out["samples_per_s_per_gpu"] = out["samples_per_s"] / world
         out["throughput_note"] = "derived from rank 0's figures x data-parallel width"
     if out.get("samples_per_s") and "packing" not in job["plugins"]:
-        # Optimizer steps per second, the seed's it/s: a step trains dp x accumulation x batch samples.
+        # Optimizer steps per second, ms-swift's it/s: a step trains dp x accumulation x batch samples.
         per_step = dp * job["table"]["gradient_accumulation_steps"] * job["table"]["batch_size"]
         out["steps_per_s"] = out["samples_per_s"] / per_step
     return out
@@ -376,7 +376,7 @@ def print_tables(results: list[dict]) -> None:
     if sp:
         print("\n### Sequence parallel: chatglm3-6b-32k shape, LoRA, 8055-token samples, batch 1\n")
         print("| gpus/sp | data-parallel width | optimizer steps/s | samples/s | tokens/s per GPU |"
-              " peak alloc GiB per GPU | peak reserved GiB per GPU | seed (A100) | status |")
+              " peak alloc GiB per GPU | peak reserved GiB per GPU | ms-swift (A100) | status |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in sp:
             print(f"| {r['label']} | {r['gpus'] // r['sp']} | {fmt(r.get('steps_per_s'), '.3f')} | "

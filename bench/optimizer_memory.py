@@ -1,7 +1,7 @@
 """Peak GPU memory and speed of the optimizer-side tuners (GaLore, Q-GaLore, LISA) against full AdamW.
 
 One process, one GPU, the qwen-7b-chat shape with random bf16 weights, gradient checkpointing
-on, batch 1, synthetic samples of at most 2048 tokens (the seed's cls-fudan-news-zh length
+on, batch 1, synthetic samples of at most 2048 tokens (ms-swift's cls-fudan-news-zh length
 distribution cut to 2048, mean ~1820, as in docs of the GPU host), no gradient accumulation (per-parameter GaLore frees gradients
 only on the last micro-batch of a window, so accumulation would hide what it saves), a handful
 of optimizer steps per row. Every row is a real tunerkit row (tunerkit.recipe.make_row) run
@@ -18,7 +18,7 @@ stdout and JSON in $OUT/optimizer_memory.json (when $OUT is set) or --json, rewr
 every row so an interrupted run keeps what it measured.
 
 Numbers to compare with (docs/tuners/galore.md, docs/tuners/lisa.md): per-parameter GaLore
-<= 24 GiB allocated, LISA-2 <= 31 GiB reserved (the seed's figure), quantized GaLore below
+<= 24 GiB allocated, LISA-2 <= 31 GiB reserved (ms-swift's figure), quantized GaLore below
 unquantized.
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-GALORE = {"rank": 128, "update_proj_gap": 200}  # the seed's benchmark settings
+GALORE = {"rank": 128, "update_proj_gap": 200}  # ms-swift's benchmark settings
 
 #: name -> (plugins, plugin option tables); the bench's tokenizer stub is added to every row
 ROWS = {
@@ -59,7 +59,7 @@ DEFAULT_ROWS = ["full", "full+lisa_2", "full+lisa_4", "full+galore128", "full+ga
 
 TARGETS = [  # (row, metric, limit, what the issue asks)
     ("full+galore_perparam", "peak_allocated_gib", 24.0, "per-parameter GaLore <= 24 GiB allocated"),
-    ("full+lisa_2", "peak_reserved_gib", 31.0, "LISA-2 <= 31 GiB reserved (the seed's 31.11)"),
+    ("full+lisa_2", "peak_reserved_gib", 31.0, "LISA-2 <= 31 GiB reserved (ms-swift's 31.11)"),
 ]
 
 
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per row (the first 2 are not timed)")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--lisa-interval", type=int, default=2,
-                        help="LISA step_interval: short so that switches happen inside the run (the seed: 20)")
+                        help="LISA step_interval: short so that switches happen inside the run (ms-swift: 20)")
     parser.add_argument("--json", default=None, help="where to write the JSON (default: $OUT/optimizer_memory.json)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.rows.split(",") if n.strip()]

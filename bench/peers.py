@@ -7,7 +7,7 @@
     python bench/peers.py --render peers.json                   # a results file as Markdown
 
 Every entry trains the qwen-7b-chat preset's shape (random bf16 weights) with LoRA r8 on
-q, k, v, on the samples of ``bench/fast_path.py``: the seed's cls-fudan-news-zh length
+q, k, v, on the samples of ``bench/fast_path.py``: ms-swift's cls-fudan-news-zh length
 statistics, each sample cut to its first 2048 tokens.
 
 Peers, as their users run them:

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="qwen-7b-chat")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rank", type=int, default=128, help="GaLore rank whose subspace is compared (the seed's 128)")
+    p.add_argument("--rank", type=int, default=128, help="GaLore rank whose subspace is compared (ms-swift's 128)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,4 +1,4 @@
-"""Registry names: hub ids, the seed's conversions, local copies, the offline message."""
+"""Registry names: hub ids, ms-swift's conversions, local copies, the offline message."""
 
 from __future__ import annotations
 

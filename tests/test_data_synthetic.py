@@ -1,4 +1,4 @@
-"""synthetic:lengths: the seed's published length statistics, deterministic by seed."""
+"""synthetic:lengths: ms-swift's published length statistics, deterministic by seed."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def test_analytic_param_count_matches_built_model(name):
 
 
 def test_qwen7b_preset_has_the_originals_size():
-    # Qwen-7B-Chat has 7.72 B parameters (the seed's "7721.3245 M" for full fine-tuning)
+    # Qwen-7B-Chat has 7.72 B parameters (ms-swift's "7721.3245 M" for full fine-tuning)
     assert abs(PRESETS["qwen-7b-chat"].num_params() / 1e6 - 7721.3245) / 7721.3245 < 0.001
 
 

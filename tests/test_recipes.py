@@ -1,4 +1,4 @@
-"""Every recipe of recipes/ loads and validates under every profile, and mirrors its seed table."""
+"""Every recipe of recipes/ loads and validates under every profile, and mirrors its ms-swift table."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tunerkit.report.reference import resolve_reference, unresolved_axes
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
-#: rows of each table of the seed's Benchmark.md (sweep points counted one by one)
+#: rows of each table of ms-swift's Benchmark.md (sweep points counted one by one)
 SEED_ROWS = {
     "quantization": 12,        # 3 models x bf16, gptq int4, gptq int8, bnb int4
     "max_length_lora": 50,     # 10 models x max_length 512 ... 8192
@@ -33,7 +33,7 @@ SEED_ROWS = {
     "sequence_parallel": 4,
 }
 
-#: what a reference may hold (the report's seed columns)
+#: what a reference may hold (the report's ms-swift columns)
 REFERENCE_KEYS = {"samples_per_s", "memory_gib", "infer_tokens_per_s", "train_loss", "eval_loss", "gsm8k_acc",
                   "arc_acc", "ceval_weighted_acc", "trainable_params_m", "trainable_pct", "iter_per_s",
                   "total_steps", "note"}
@@ -147,7 +147,7 @@ def test_every_row_carries_the_seeds_numbers(path):
 
 @pytest.mark.parametrize("path", recipe_files(), ids=lambda p: p.stem)
 def test_pending_rows_wait_for_a_missing_plugin(path):
-    """A pending row is one seed row whose plugin is not installed: un-pend it when the plugin lands."""
+    """A pending row is one ms-swift row whose plugin is not installed: un-pend it when the plugin lands."""
     installed = {name for name, cls in registry().items() if not getattr(cls, "load_error", None)}
     for entry in raw(path)["row"]:
         if "pending" not in entry:
@@ -168,7 +168,7 @@ def test_sweep_references_pick_each_points_numbers():
 
 
 def test_tuners_references_carry_the_true_loss_names():
-    # The seed printed eval loss under "train_loss" and train loss under "eval_loss".
+    # ms-swift printed eval loss under "train_loss" and train loss under "eval_loss".
     rows = {r.name: r for r in load_recipe(RECIPES / "tuners.toml", check_files=False).rows}
     assert rows["full+no_mix"].reference["train_loss"] == 0.44
     assert rows["full+no_mix"].reference["eval_loss"] == 0.57

@@ -89,7 +89,7 @@ def test_markdown_puts_the_seeds_numbers_beside_ours(db):
     assert SEED_NOTE in md
     assert "All rows: random weights" in md  # every ok row ran on a preset
     line = line_of(md, "qwen-7b-chat", "4096")
-    assert "| 2.05 |" in line and "| 35.31 |" in line  # the seed's numbers of this very sweep point
+    assert "| 2.05 |" in line and "| 35.31 |" in line  # ms-swift's numbers of this very sweep point
     line = line_of(md, "qwen-1_8b-chat", "512")
     assert "| 9.88 |" in line and "| 6.99 |" in line
 
@@ -99,7 +99,7 @@ def test_failed_rows_show_their_reason_and_multi_gpu_memory_per_device(db):
     oom = line_of(md, "qwen-72b-chat", "8192")
     assert "failed: OOM: CUDA out of memory" in oom and "OOM (2*A100)" in oom
     two_gpus = line_of(md, "qwen-72b-chat", "1024")
-    assert "70.25+77.11" in two_gpus  # the seed's per-device figures, never summed
+    assert "70.25+77.11" in two_gpus  # ms-swift's per-device figures, never summed
     assert "+" in two_gpus.split("|")[headers_index(md, "reserved GiB")]
 
 
@@ -111,7 +111,7 @@ def headers_index(md: str, header: str) -> int:
 def test_pending_rows_are_reported_not_implemented(db):
     md = render(records(db, "export"), "md")
     assert "not implemented: quantized export runs as" in md
-    assert "| 27.25 |" in md  # the seed's numbers still show: the table keeps the seed's shape
+    assert "| 27.25 |" in md  # ms-swift's numbers still show: the table keeps ms-swift's shape
 
 
 def test_cpu_runs_leave_the_seed_out_and_show_quality(db):
@@ -127,7 +127,7 @@ def test_csv_has_the_same_table_with_the_seed_columns_named(db):
     text = render(records(db, "max_length_lora"), "csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 15
-    seed_col = next(h for h in rows[0] if h.startswith("samples/s [seed"))
+    seed_col = next(h for h in rows[0] if h.startswith("samples/s [ms-swift"))
     assert "A100" in seed_col and "torch 2.1" in seed_col
     assert all(r["random_weights"] == "True" for r in rows if r["status"] == "ok")
 
@@ -253,7 +253,7 @@ def test_runs_record_how_many_rows_their_process_trained_before(tmp_path):
 
 
 def test_report_of_a_recipe_lists_its_rows_without_records_as_not_run(db):
-    """Rows the store has no record of are shown, not dropped: the seed's numbers stand beside "not run"."""
+    """Rows the store has no record of are shown, not dropped: ms-swift's numbers stand beside "not run"."""
     from tunerkit.cli import main
 
     runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Reports say how far each table's memory is from the seed's, per GPU, and why beyond 15 %."""
+"""Reports say how far each table's memory is from ms-swift's, per GPU, and why beyond 15 %."""
 
 from tunerkit.report.memory_vs_seed import gaps, memory_note
 
@@ -13,7 +13,7 @@ def _record(name, reserved, allocated, seed):
 def test_gap_per_gpu_and_reason_beyond_tolerance():
     records = [_record("close", [20.0], [18.0], 21.0),
                _record("cached", [50.0], [22.0], 35.0),      # reserved far above allocated
-               _record("smaller", [10.0], [9.5], 16.0),      # below the seed's
+               _record("smaller", [10.0], [9.5], 16.0),      # below ms-swift's
                _record("two-gpu", [30.0, 36.0], [28.0, 34.0], [35.0, 35.0]),  # largest GPU against largest
                {"row": "failed", "status": "failed", "config": {}, "reference": {"memory_gib": 9.0}, "metrics": {}}]
     found = {g["row"]: g for g in gaps(records)}

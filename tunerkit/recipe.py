@@ -45,7 +45,7 @@ class Row:
     note: str = ""
     recipe: str = ""
     profile: str | None = None
-    #: set for a row of the seed whose plugin does not exist yet: reported as "not implemented"
+    #: set for an ms-swift row whose plugin does not exist yet: reported as "not implemented"
     pending: str | None = None
     #: speed = "max": the switches added and the ones refused, with the reason (tunerkit.fast_mode)
     fast_mode: dict[str, Any] = field(default_factory=dict)

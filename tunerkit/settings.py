@@ -1,6 +1,6 @@
 """The core settings of one row: everything that is not a plugin option.
 
-Defaults follow the seed's benchmark page where it states one (batch 1, grad-accum 16,
+Defaults follow ms-swift's benchmark page where it states one (batch 1, grad-accum 16,
 max_length 2048, gradient checkpointing and flash attention on, samples over max_length
 deleted).
 """
@@ -58,11 +58,11 @@ class Settings:
     dataset: str = option("builtin:arithmetic", "a registry name, a local file, builtin:* or synthetic:*")
     mix: dict | None = option(None, "{ dataset = ..., ratio = r }: append int(len(train) * r) general rows")
     eval_dataset: str | None = option(None, "held-out data; default: val_size rows split off dataset")
-    val_size: int = option(0, "rows split off the training data for eval loss (the seed's Tuners table: 5000)", min=0)
+    val_size: int = option(0, "rows split off the training data for eval loss (ms-swift's Tuners table: 5000)", min=0)
     max_train_samples: int | None = option(None, "cap on training rows after splitting (None = all)", min=1)
     max_length: int = option(2048, "longest sample in tokens", min=1)
     truncation_strategy: Literal["delete", "truncation_left", "truncation_right"] = option(
-        "delete", "what happens to samples over max_length: the seed deleted them")
+        "delete", "what happens to samples over max_length: ms-swift deleted them")
     train_on_prompt: bool = option(False, "also compute loss on user/system tokens (default: assistant only)")
 
     # --- optimisation ------------------------------------------------------------
@@ -90,12 +90,12 @@ class Settings:
     eval_fewshot: int = option(0, "few-shot examples per accuracy prompt", min=0)
     max_new_tokens: int = option(16, "generation length for accuracy tasks", min=1)
     infer_backend: Literal["eager", "static", "compiled"] = option(
-        "eager", "generation backend for infer_speed: eager dynamic cache (the seed), static cache, compiled")
+        "eager", "generation backend for infer_speed: eager dynamic cache (ms-swift's), static cache, compiled")
     infer_prompts: int = option(4, "prompts timed for infer_speed (after one warm-up)", min=1)
     infer_new_tokens: int = option(64, "new tokens per infer_speed prompt", min=1)
 
     # --- run ---------------------------------------------------------------------
-    train: bool = option(True, "false = evaluate the loaded model only (a reference row like the seed's *-eval)")
+    train: bool = option(True, "false = evaluate the loaded model only (a reference row like ms-swift's *-eval)")
     gpus: int = option(1, "GPUs this row runs on (tunerkit launches itself when > 1)", min=1)
     repeats: int = option(1, "how many times the row is measured", min=1)
     save: bool = option(False, "write artifacts (adapters, checkpoints) under the run folder")

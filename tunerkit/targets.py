@@ -1,4 +1,4 @@
-"""Which modules a PEFT adapter wraps: the seed's ``DEFAULT`` / ``ALL`` keywords for any model.
+"""Which modules a PEFT adapter wraps: ms-swift's ``DEFAULT`` / ``ALL`` keywords for any model.
 
 Shared by every PEFT-based plugin, built-in or third-party::
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tunerkit.options import did_you_mean
 
-#: The seed's DEFAULT targets per model family (transformers model_type).
+#: ms-swift's DEFAULT targets per model family (transformers model_type).
 DEFAULT_TARGETS = {
     "qwen": ["c_attn"],
     "chatglm": ["query_key_value"],

@@ -26,7 +26,7 @@ def test_trainable_params_are_the_bottlenecks(tiny_row, tiny_context):
 def test_output_passes_through_the_adapter(tiny_row, tiny_context):
     ids, base = sample_ids(), logits(fresh_base(), sample_ids())
     seed_init = tiny_context(tiny_row("adapter", adapter={"dim": 16}))
-    assert not torch.allclose(logits(seed_init.model, ids), base)  # the seed's init moves the output
+    assert not torch.allclose(logits(seed_init.model, ids), base)  # ms-swift's init moves the output
     zero_up = tiny_context(tiny_row("adapter", adapter={"dim": 16, "zero_init_up": True}))
     torch.testing.assert_close(logits(zero_up.model, ids), base)  # up = 0: the base model's output
     assert zero_up.model.model.layers[0].mlp.adapter.down.weight.abs().sum() > 0  # still trainable

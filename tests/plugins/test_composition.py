@@ -11,7 +11,7 @@ TUNERS = ["lora", "rslora", "dora", "adalora", "loraplus", "adapter", "llamapro"
 def test_two_tuners_in_one_row_are_rejected():
     with pytest.raises(UserError, match="'lora' and 'full' both fill the 'tuner' role"):
         make_row("x", ["lora", "full"])
-    # A LoRA+ optimizer over DoRA adapters is no row of the seed: two tuners, rejected the same way.
+    # A LoRA+ optimizer over DoRA adapters is no ms-swift row: two tuners, rejected the same way.
     with pytest.raises(UserError, match="'loraplus' and 'dora' both fill the 'tuner' role"):
         make_row("x", ["loraplus", "dora"])
 

@@ -83,7 +83,7 @@ def test_qwen_7b_counts_and_the_seed(row, seed_m):
     # DoRA's magnitudes (12288 outputs either way) and full blocks are the same (docs/tuners/README.md).
     r = {"lora": 8, "dora": 8, "adalora": 12}.get(row, 0)
     split_qkv_extra = p.layers * (r * 2 * p.hidden + (2 * r if row == "adalora" else 0))
-    assert (got - split_qkv_extra) / 1e6 == pytest.approx(seed_m, abs=5e-5)  # the seed printed 4 decimals
+    assert (got - split_qkv_extra) / 1e6 == pytest.approx(seed_m, abs=5e-5)  # ms-swift printed 4 decimals
 
 
 def test_docs_table_shows_these_counts():

@@ -90,7 +90,7 @@ def from_alpaca(record: dict) -> dict:
 
 
 def from_query_response(record: dict) -> dict:
-    """The seed's own schema: query, response, optional history [[q, r], ...] and system."""
+    """ms-swift's own schema: query, response, optional history [[q, r], ...] and system."""
     msgs = []
     for pair in record.get("history") or []:
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
@@ -286,7 +286,7 @@ def convert_all(raw, source: str, convert: Callable[[dict], dict] | None = None)
             what = f"missing field {err}" if isinstance(err, KeyError) else str(err)
             raise UserError(f"{source}: record {index + 1}: {what}", key="dataset",
                             hint=f"accepted schemas: {SCHEMAS}") from None
-        if out is None:  # a dataset's own conversion left it out (the seed's filters)
+        if out is None:  # a dataset's own conversion left it out (ms-swift's filters)
             filtered += 1
         elif "messages" in out and not out["messages"]:
             empty += 1  # an empty conversation trains nothing

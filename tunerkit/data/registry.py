@@ -1,10 +1,10 @@
-"""The seed's dataset names, where they live on the public hubs, and how their rows become chats.
+"""ms-swift's dataset names, where they live on the public hubs, and how their rows become chats.
 
 A name resolves, in this order, to:
 1. a local copy ``$TUNERKIT_DATA_DIR/<name>.jsonl`` (or ``.json``/``.parquet``; the
    default folder is ``~/.cache/tunerkit/data``), converted like the hub rows;
 2. the Hugging Face hub through the ``datasets`` library, where a public copy exists;
-3. ModelScope through the ``modelscope`` library (where the seed's tool fetched from).
+3. ModelScope through the ``modelscope`` library (where ms-swift fetched from).
 Offline and without a local copy, one line says where to put the file.
 """
 
@@ -21,11 +21,11 @@ from tunerkit.errors import UserError
 from tunerkit.options import did_you_mean
 
 
-# -- the seed's preprocessing of each dataset --------------------------------------------
+# -- ms-swift's preprocessing of each dataset --------------------------------------------
 
 
 def _ms_bench(row: dict) -> dict | None:
-    """ms-bench: drop the default system prompt and the MOSS-style rows the seed skipped."""
+    """ms-bench: drop the default system prompt and the MOSS-style rows ms-swift skipped."""
     turns = formats._turns(row["conversations"])
     if turns and turns[0].get("from") == "system" and turns[0].get("value") == "You are a helpful assistant.":
         turns = turns[1:]
@@ -57,16 +57,16 @@ def _dureader(row: dict) -> dict:
 
 
 def _plain_text(row: dict) -> dict:
-    # The seed renamed pileval's text to a response with no query: all of it is trained/calibrated on.
+    # ms-swift renamed pileval's text to a response with no query: all of it is trained/calibrated on.
     return {"messages": [{"role": "assistant", "content": row["text"]}]}
 
 
 @dataclass(frozen=True)
 class Entry:
-    modelscope: str  # the id the seed's tool loaded
+    modelscope: str  # the id ms-swift loaded
     hf: str | None = None  # a public Hugging Face copy, where one exists
     convert: Callable[[dict], dict | None] = formats.from_sharegpt
-    sample: int | None = None  # the seed's fixed-size random subset (seed 42)
+    sample: int | None = None  # ms-swift's fixed-size random subset (seed 42)
     split: str = "train"
     note: str = field(default="", compare=False)
 
@@ -134,7 +134,7 @@ def _from_hub(name: str) -> tuple[list[dict] | None, str]:
             except Exception as err:  # offline, gated, renamed
                 reasons.append(f"HF {e.hf}: {str(err).splitlines()[0][:80]}")
     try:
-        from modelscope import MsDataset  # optional, as the seed's tool used
+        from modelscope import MsDataset  # optional, as ms-swift used it
     except ImportError:
         reasons.append("modelscope is not installed")
     else:

@@ -82,7 +82,7 @@ def split_off(records: list[dict], n: int, seed: int) -> tuple[list[dict], list[
 
 
 def mix_in(train: list[dict], general: list[dict], ratio: float, seed: int) -> list[dict]:
-    """Append int(len(train) * ratio) rows sampled from ``general`` (the seed's ms-bench mixing)."""
+    """Append int(len(train) * ratio) rows sampled from ``general`` (ms-swift's ms-bench mixing)."""
     k = int(len(train) * ratio)
     if k <= 0 or not general:
         return train

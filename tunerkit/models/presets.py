@@ -1,4 +1,4 @@
-"""Model presets: the architecture dimensions of every model in the seed's tables.
+"""Model presets: the architecture dimensions of every model in ms-swift's tables.
 
 A preset builds a randomly initialised model of a transformers-native architecture with
 the original's sizes. Random weights serve speed and memory measurements only; every
@@ -7,7 +7,7 @@ row that uses one is marked ``random_weights`` in the results and reports.
 What differs from the originals (see docs/models.md):
 - qwen-1 (qwen-*-chat) fuses q, k, v into one ``c_attn`` linear; the preset uses Qwen2's
   separate q_proj/k_proj/v_proj with biases. Same FLOPs and parameters, but LoRA on
-  "DEFAULT" targets three matrices instead of one (6.29 M vs the seed's 4.19 M at r=8).
+  "DEFAULT" targets three matrices instead of one (6.29 M vs ms-swift's 4.19 M at r=8).
 - chatglm3 and baichuan2 use fused QKV (``query_key_value``/``W_pack``), chatglm3
   rotates half of each head and baichuan2-13b uses ALiBi; their presets are Llama-shaped
   with the same widths, depth, heads, KV heads and vocabulary.
@@ -33,7 +33,7 @@ class Preset:
     qkv_bias: bool = False
     tie_embeddings: bool = False
     original: str = ""  # hub id of the model whose shape this is
-    #: LoRA "DEFAULT" targets of the original family, as the seed defined them.
+    #: LoRA "DEFAULT" targets of the original family, as ms-swift defined them.
     default_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
 
     def config(self):

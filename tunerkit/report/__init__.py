@@ -28,7 +28,7 @@ def recorded(db: Path, recipe_name: str | None, profile: str | None) -> list[dic
 def with_unrun_rows(records: list[dict], recipe_path: Path, profile: str | None) -> list[dict]:
     """``records`` plus a "not run" entry for every row of the recipe (under each profile the
     records have, or ``profile``) that has no record: a table with rows missing must say so,
-    and shows the seed's numbers for those rows all the same. A profile the recipe no longer
+    and shows ms-swift's numbers for those rows all the same. A profile the recipe no longer
     has adds nothing (its records still show)."""
     from tunerkit.recipe import load_recipe, profile_names, read_toml
     from tunerkit.report.tables import NOT_RUN

@@ -1,14 +1,14 @@
-"""How far a table's memory is from the seed's, per GPU, and where the gap comes from.
+"""How far a table's memory is from ms-swift's, per GPU, and where the gap comes from.
 
-The seed published peak *reserved* memory per GPU (torch's caching allocator on its stack);
+ms-swift published peak *reserved* memory per GPU (torch's caching allocator on its stack);
 ours records both reserved and allocated per device. A row whose reserved memory is more
-than ``TOLERANCE`` away from the seed's gets a reason the numbers themselves show:
+than ``TOLERANCE`` away from ms-swift's gets a reason the numbers themselves show:
 
-- ``allocator``: above the seed's, and our reserved memory exceeds our allocated memory by
+- ``allocator``: above ms-swift's, and our reserved memory exceeds our allocated memory by
   more than ``TOLERANCE``: blocks the caching allocator held without live tensors in them
   (fragmentation or cache), not memory the row needed;
-- ``allocation``: below the seed's, or reserved and allocated are close: the tensors
-  themselves differ from the seed's (another model implementation, kernels or accounting).
+- ``allocation``: below ms-swift's, or reserved and allocated are close: the tensors
+  themselves differ from ms-swift's (another model implementation, kernels or accounting).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _ours(record: dict, key: str) -> float | None:
 
 
 def gaps(records: list[dict]) -> list[dict]:
-    """Per ok row with both figures: ours and the seed's reserved GiB (largest GPU), allocated, gap."""
+    """Per ok row with both figures: ours and ms-swift's reserved GiB (largest GPU), allocated, gap."""
     out = []
     for r in records:
         if r.get("status") != "ok":
@@ -52,7 +52,7 @@ def memory_note(records: list[dict]) -> str | None:
     if not found:
         return None
     values = [g["gap"] for g in found]
-    text = (f"memory vs the seed's (peak reserved GiB of the largest GPU, ours / seed's - 1): median "
+    text = (f"memory vs ms-swift's (peak reserved GiB of the largest GPU, ours / ms-swift's - 1): median "
             f"{statistics.median(values):+.0%}, from {min(values):+.0%} to {max(values):+.0%} over {len(found)} rows")
     far = [g for g in found if abs(g["gap"]) > TOLERANCE]
     if not far:
@@ -62,5 +62,5 @@ def memory_note(records: list[dict]) -> str | None:
         held = g["reserved"] - g["allocated"]
         why = "allocator" if g["gap"] > 0 and held > TOLERANCE * g["reserved"] else "allocation"
         reasons.append(f"{g['row']} {g['gap']:+.0%} ({why}: {g['reserved']:.1f} reserved, "
-                       f"{g['allocated']:.1f} allocated, seed {g['seed']:.1f})")
+                       f"{g['allocated']:.1f} allocated, ms-swift {g['seed']:.1f})")
     return text + f"; beyond ±{TOLERANCE:.0%}: " + "; ".join(reasons)

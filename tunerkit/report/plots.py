@@ -5,7 +5,7 @@ Which figures a recipe gets depends on what its records hold:
 - ``memory_speed``: peak memory against training tokens/s, one labelled point per row,
   the Pareto front (no other row is both faster and smaller) drawn as a line;
 - ``max_length``: samples/s, tokens/s and memory against max_length, one line per model
-  (the seed's numbers dashed beside ours on GPU runs);
+  (ms-swift's numbers dashed beside ours on GPU runs);
 - ``metrics``: one bar panel per metric (losses, accuracies, speed, memory, trainable
   parameters), rows side by side: the Tuners table at a glance;
 - ``loss_curves``: the training loss of every row, step by step;
@@ -39,7 +39,7 @@ FORMATS = ("png", "svg")
 
 
 def memory_gib(m: dict) -> tuple[float | None, str]:
-    """(largest device's peak, what it is): reserved on GPUs (the seed's measure), else RSS."""
+    """(largest device's peak, what it is): reserved on GPUs (ms-swift's measure), else RSS."""
     for key, what in (("peak_reserved_gib", "peak reserved GiB (largest GPU)"),
                       ("peak_allocated_gib", "peak allocated GiB (largest GPU)"),
                       ("peak_rss_gib", "peak RSS GiB (CPU process)")):
@@ -244,7 +244,7 @@ def plot_max_length(records: list[dict]):
     for ax, (label, _, _) in zip(axes, panels):
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(lengths), [str(x) for x in sorted(lengths)])
-        ax.set_xlabel("max_length (tokens; longer samples deleted, as the seed)")
+        ax.set_xlabel("max_length (tokens; longer samples deleted, as ms-swift did)")
         ax.set_ylabel(label or mem_label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -256,7 +256,7 @@ def plot_max_length(records: list[dict]):
         from matplotlib.lines import Line2D
 
         handles += [Line2D([], [], color="0.3"), Line2D([], [], color="0.3", ls="--")]
-        labels += ["ours (solid)", "seed, A100 / torch 2.1 (dashed)"]
+        labels += ["ours (solid)", "ms-swift, A100 / torch 2.1 (dashed)"]
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(title_of("speed and memory against max_length", records), fontsize=10)
     return fig
@@ -331,7 +331,7 @@ def plot_metric_bars(records: list[dict]):
             if seeds:
                 any_seed = True
                 ax.scatter([s for _, s in seeds], [y for y, _ in seeds], marker="|", s=160, color="black", zorder=4,
-                           label="seed, A100 / torch 2.1")
+                           label="ms-swift, A100 / torch 2.1")
         ax.set_yticks(positions, labels if index % ncols == 0 else [""] * len(labels), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(title + (f"  ({better} is better)" if better else ""), fontsize=9)

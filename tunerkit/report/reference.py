@@ -1,7 +1,7 @@
-"""The seed's published numbers for one recorded row.
+"""ms-swift's published numbers for one recorded row.
 
 A row's ``reference`` table is either flat (``{ samples_per_s = 4.31, memory_gib = 27.74 }``)
-or keyed by a swept setting, so that one sweep row carries the seed's numbers for every
+or keyed by a swept setting, so that one sweep row carries ms-swift's numbers for every
 point::
 
     reference.max_length.512  = { samples_per_s = 9.88, memory_gib = 6.99 }

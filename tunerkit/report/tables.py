@@ -1,15 +1,15 @@
-"""Tables from the results database, shaped like the seed's, our numbers beside the seed's.
+"""Tables from the results database, shaped like ms-swift's, our numbers beside ms-swift's.
 
 One table per (recipe, profile). Columns, left to right:
 
-- what the row is: its name, the model (the seed's first column), every sweep axis and
-  every setting or plugin option that differs between the rows (the seed's "Max Length",
+- what the row is: its name, the model (ms-swift's first column), every sweep axis and
+  every setting or plugin option that differs between the rows (ms-swift's "Max Length",
   "Batch Size", "LoRA Rank" ... columns), the plugins when they differ;
 - the status: ok, ``failed: <reason>`` (OOM and others), ``not implemented: <reason>``,
   ``not run`` (a row of the recipe with no record in the store);
-- each metric as "ours" then, where the seed published it, "[seed†]". The seed's numbers
+- each metric as "ours" then, where ms-swift published it, "[ms-swift†]". ms-swift's numbers
   come from the recipe's ``reference`` tables (see :mod:`tunerkit.report.reference`) and
-  follow the seed's own accounting, so they are shown for GPU runs only.
+  follow ms-swift's own accounting, so they are shown for GPU runs only.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any, Callable
 from tunerkit.report.memory_vs_seed import memory_note
 from tunerkit.report.reference import axis_key, point_values, resolve_reference
 
-SEED_MARK = "[seed†]"
-SEED_NOTE = ("† seed: A100 / torch 2.1 / its accounting (samples/s incl. eval, reserved memory), "
-             "from the seed's Benchmark.md")
+SEED_MARK = "[ms-swift†]"
+SEED_NOTE = ("† ms-swift: A100 / torch 2.1 / its accounting (samples/s incl. eval, "
+             "reserved memory), from ms-swift 2.x's Benchmark.md")
 OURS_NOTE = ("ours: samples/s and tokens/s over timed optimizer steps (warm-up and evaluation excluded), "
              "original samples counted whatever the batching; memory = peak per device, never summed")
 #: status of a row the recipe has and the store does not (shown by reports, never stored)
@@ -43,7 +43,7 @@ MAX_OPTION_COLUMNS = 3
 
 
 # ---------------------------------------------------------------------------
-# metrics: what is shown, ours and the seed's
+# metrics: what is shown, ours and ms-swift's
 
 
 def flat_metrics(record: dict) -> dict:
@@ -57,7 +57,7 @@ def flat_metrics(record: dict) -> dict:
 
 
 def per_device(key: str) -> Callable[[dict], Any]:
-    """A memory figure of every device: one number, or a list (one per GPU) like the seed's 73.71+78.54."""
+    """A memory figure of every device: one number, or a list (one per GPU) like ms-swift's 73.71+78.54."""
     def get(m: dict):
         values = [e[key] for e in m.get("memory") or [] if key in e]
         if not values:
@@ -67,7 +67,7 @@ def per_device(key: str) -> Callable[[dict], Any]:
 
 
 def steps_per_s(m: dict) -> float | None:
-    """Optimizer steps per second over the timed steps (the seed's "iter/s")."""
+    """Optimizer steps per second over the timed steps (ms-swift's "iter/s")."""
     if "steps_per_s" in m:
         return m["steps_per_s"]
     if m.get("samples_per_s") and m.get("train_samples") and m.get("optimizer_steps"):
@@ -81,7 +81,7 @@ class Metric:
     ours: str | Callable[[dict], Any] | None  # a metrics key or a function of the flat metrics
     seed: str | None = None  # the reference key
     kind: str = "num"  # num | int | acc | pct
-    #: show our column only where the seed published this figure (context columns)
+    #: show our column only where ms-swift published this figure (context columns)
     only_with_seed: bool = False
     #: show our column only where rows differ in it (how long each row was timed)
     only_when_varies: bool = False
@@ -299,7 +299,7 @@ def label_columns(records: list[dict]) -> list[Column]:
 
 
 def show_seed(records: list[dict]) -> bool:
-    """The seed's numbers belong beside GPU runs; a CPU run of a small model is another experiment."""
+    """ms-swift's numbers belong beside GPU runs; a CPU run of a small model is another experiment."""
     where = [ran_on_gpu(r) for r in records]
     if any(w is True for w in where):
         return True
@@ -310,7 +310,7 @@ def show_seed(records: list[dict]) -> bool:
 
 def table_rows(records: list[dict], seed: bool | None = None, seed_header: str = SEED_MARK
                ) -> tuple[list[str], list[list[str]]]:
-    """(headers, lines) of one table; ``seed`` forces the seed's columns on or off."""
+    """(headers, lines) of one table; ``seed`` forces ms-swift's columns on or off."""
     records = order_by_row(combine_repeats(records))
     metrics = [flat_metrics(r) for r in records]
     with_seed = show_seed(records) if seed is None else seed
@@ -432,8 +432,8 @@ def render_markdown(records: list[dict]) -> str:
             notes.append(SEED_NOTE)
             notes.extend(filter(None, [memory_note(group)]))
         elif any(r.get("reference") for r in group):
-            notes.append("the seed's published numbers are not shown: this profile ran on CPU, not on the "
-                         "seed's hardware and models")
+            notes.append("ms-swift's published numbers are not shown: this profile ran on CPU, not on "
+                         "ms-swift's hardware and models")
         if any(first_in_process(r) for r in group):
             notes.append(FIRST_NOTE)
         if busy_note(group):
@@ -448,7 +448,7 @@ def render_csv(records: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     for i, group in enumerate(_groups(records)):
-        headers, body = table_rows(group, seed_header="[seed: A100 / torch 2.1 / its accounting]")
+        headers, body = table_rows(group, seed_header="[ms-swift: A100 / torch 2.1 / its accounting]")
         if i:
             writer.writerow([])
         writer.writerow(["recipe", "profile", "random_weights", *headers])

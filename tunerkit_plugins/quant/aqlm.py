@@ -1,6 +1,6 @@
 """aqlm: LoRA on a 2-bit AQLM checkpoint (additive quantization with learned codebooks).
 
-The seed's AQLM row: llama2-7b quantized to 2 bits with one 16-bit codebook per group of
+ms-swift's AQLM row: llama2-7b quantized to 2 bits with one 16-bit codebook per group of
 eight input weights ("1x16"), LoRA r8 on all linear layers. transformers loads AQLM
 checkpoints through the ``aqlm`` package, whose ``QuantizedLinear`` decodes codes against
 codebooks in its triton/CUDA kernels; PEFT's AQLM dispatch puts LoRA beside them. The

@@ -1,6 +1,6 @@
 """awq: LoRA on a pre-quantized AWQ 4-bit checkpoint, through GPT-QModel's AWQ kernels.
 
-The seed's AWQ row: qwen1.5-7b-chat-awq with LoRA r8 on all linear layers. transformers
+ms-swift's AWQ row: qwen1.5-7b-chat-awq with LoRA r8 on all linear layers. transformers
 loads AWQ checkpoints (GEMM layout) through GPT-QModel, which replaces each quantized
 ``nn.Linear`` by one of its AWQ layers; PEFT's AWQ dispatch puts LoRA beside them.
 ``backend = "auto_trainable"`` picks a kernel with a backward pass. A preset is written

@@ -1,6 +1,6 @@
 """gptq: LoRA on a pre-quantized GPTQ checkpoint (int4 or int8), through GPT-QModel.
 
-The seed's "GPTQ-int4/int8" rows: Qwen's published GPTQ checkpoints with LoRA r8 on top.
+ms-swift's "GPTQ-int4/int8" rows: Qwen's published GPTQ checkpoints with LoRA r8 on top.
 transformers loads a GPTQ checkpoint through GPT-QModel (its ``optimum`` quantizer), which
 replaces every quantized ``nn.Linear`` by one of its ``BaseQuantLinear`` kernels; PEFT's
 own GPTQ dispatch then puts the LoRA layers beside them. ``backend = "auto_trainable"``

@@ -4,7 +4,7 @@ unsloth replaces the architecture's attention, MLP and norm forwards with its ow
 kernels, fuses the LoRA matmuls into them (when dropout is 0 and adapters carry no bias)
 and checkpoints every layer with its own offloaded checkpointing (``"unsloth"``: each
 layer's input waits in host memory until the backward needs it). This plugin makes it a
-row beside ``lora`` in any recipe: the seed's "unsloth" row (4-bit base, ``bits = 4``) or
+row beside ``lora`` in any recipe: ms-swift's "unsloth" row (4-bit base, ``bits = 4``) or
 bf16 (``bits = 16``), counted by tunerkit's own loop and accounting like every other row.
 
 It is its own tuner (the ``tuner`` slot): the adapters come from unsloth's
@@ -38,7 +38,7 @@ class UnslothOptions:
     alpha: float = option(32.0, "LoRA alpha: the update is scaled by alpha / r", gt=0)
     dropout: float = option(0.05, "dropout on the adapter's input (unsloth fuses its LoRA kernels only at 0)")
     targets: str | list[str] = option("DEFAULT", "DEFAULT (the family's q,k,v), ALL (every linear but the head), or module names")
-    bits: int = option(4, "base weights: 4 (bitsandbytes NF4 through unsloth, the seed's row) or 16 (the row's dtype)")
+    bits: int = option(4, "base weights: 4 (bitsandbytes NF4 through unsloth, ms-swift's row) or 16 (the row's dtype)")
     offload_checkpointing: bool = option(
         True, "with gradient_checkpointing on: unsloth's offloaded checkpointing (layer inputs in host memory)")
 
@@ -55,7 +55,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 
 def unsloth_targets(targets, preset=None) -> list[str]:
-    """unsloth takes module names only: the seed's DEFAULT/ALL keywords spelled out."""
+    """unsloth takes module names only: ms-swift's DEFAULT/ALL keywords spelled out."""
     if isinstance(targets, list):
         return targets
     if targets == "ALL":

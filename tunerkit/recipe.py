@@ -187,23 +187,30 @@ def load_recipe(path: str | Path, profile: str | None = None, *, check_files: bo
                                 hint="give every row (and sweep point) a distinct name")
             rows.append(row)
     _check_unused(shared, used, file)
-    if only is not None:
-        missing = [n for n in only if not any(r.base_name == n for r in rows)]
-        if missing:
-            raise UserError(f"'only' names rows that do not exist: {', '.join(missing)}", file=file,
-                            table=f"profiles.{profile}", key="only")
-    if select is not None:
-        unknown = [n for n in select if not any(r.base_name == n or r.name == n for r in rows)]
-        if unknown:
-            raise UserError(f"--only names unknown rows: {', '.join(unknown)}", file=file,
-                            hint=f"rows: {', '.join(sorted({r.base_name for r in rows}))}")
-        rows = [r for r in rows if r.base_name in select or r.name in select]
+    rows = _selected(rows, only, select, file, profile)
     recipe = Recipe(path=path, name=meta.get("name", path.stem), title=meta.get("title", path.stem),
                     description=meta.get("description", ""), profile=profile, profiles=list(profiles),
                     rows=rows, meta=meta)
     if check_files:
         validate_rows(recipe)
     return recipe
+
+
+def _selected(rows: list[Row], only: list[str] | None, select: list[str] | None, file: str,
+              profile: str | None) -> list[Row]:
+    """The rows a profile's ``only`` and ``--only`` keep; a name that matches no row is an error."""
+    if only is not None:
+        missing = [n for n in only if not any(r.base_name == n for r in rows)]
+        if missing:
+            raise UserError(f"'only' names rows that do not exist: {', '.join(missing)}", file=file,
+                            table=f"profiles.{profile}", key="only")
+    if select is None:
+        return rows
+    unknown = [n for n in select if not any(r.base_name == n or r.name == n for r in rows)]
+    if unknown:
+        raise UserError(f"--only names unknown rows: {', '.join(unknown)}", file=file,
+                        hint=f"rows: {', '.join(sorted({r.base_name for r in rows}))}")
+    return [r for r in rows if r.base_name in select or r.name in select]
 
 
 def _read_header(data: dict, file: str) -> tuple[dict, dict]:

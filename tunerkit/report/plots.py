@@ -298,13 +298,7 @@ def plot_metric_bars(records: list[dict]):
     def seed_value(ref, key):
         return seed_memory(ref) if key == "memory" else ref.get(key)
 
-    memory_what = next((memory_gib(m)[1] for m in metrics if memory_gib(m)[0] is not None), "memory GiB")
-    built_in = {key for key, _, _ in BAR_METRICS}
-    declared = [(s.name, s.header, s.better) for s in declared_specs(records) if not s.series and s.name not in built_in]
-    panels = [p if p[0] != "memory" else (p[0], memory_what, p[2])
-              for p in BAR_METRICS + declared if any(_is_number(value(m, p[0])) for m in metrics)]
-    if all(m.get("random_weights") for m in metrics):  # losses and accuracies of random weights mean nothing
-        panels = [p for p in panels if p[0] not in QUALITY]
+    panels = _bar_panels(records, metrics, value)
     if not panels:
         return None
     ncols = min(3, len(panels))
@@ -344,6 +338,18 @@ def plot_metric_bars(records: list[dict]):
         fig.legend(*handles, loc="outside lower center", fontsize=8)
     fig.suptitle(title_of("every metric per row", records), fontsize=10)
     return fig
+
+
+def _bar_panels(records: list[dict], metrics: list[dict], value) -> list[tuple]:
+    """(key, title, better) of every metric some row has: the built-in ones, then the plugins' declared ones."""
+    memory_what = next((memory_gib(m)[1] for m in metrics if memory_gib(m)[0] is not None), "memory GiB")
+    built_in = {key for key, _, _ in BAR_METRICS}
+    declared = [(s.name, s.header, s.better) for s in declared_specs(records) if not s.series and s.name not in built_in]
+    panels = [p if p[0] != "memory" else (p[0], memory_what, p[2])
+              for p in BAR_METRICS + declared if any(_is_number(value(m, p[0])) for m in metrics)]
+    if all(m.get("random_weights") for m in metrics):  # losses and accuracies of random weights mean nothing
+        panels = [p for p in panels if p[0] not in QUALITY]
+    return panels
 
 
 def _is_number(v) -> bool:

@@ -37,6 +37,12 @@ def test_quantize_mistakes_are_one_line_errors(merged, tmp_path):
         ([*q, "gptq", "--calibration", "builtin:arithmetic", "--out", str(merged)], "not empty"),
         (["export", "tiny-llama", "--quantize", "gptq", "--calibration", "builtin:arithmetic", "--out",
           str(tmp_path / "a")], "random-weight preset"),
+        # refused before GPT-QModel starts: its AWQ would fail inside a worker thread, halfway through
+        ([*q, "awq", "--group-size", "48", "--calibration", "builtin:arithmetic", "--out", str(tmp_path / "a")],
+         "groups input features by 48"),
+        ([*q, "awq", "--calibration", "builtin:arithmetic", "--out", str(tmp_path / "a")], "--group-size 64"),
+        ([*q, "awq", "--group-size", "32", "--calibration", "builtin:arithmetic", "--out", str(tmp_path / "a")],
+         "multiples of 64"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(main, args)

@@ -66,6 +66,7 @@ def gpu_host(monkeypatch):
 #: recipes whose rows need an optional engine (import name) that may be missing, whether it trains
 #: on a CUDA GPU only, and the profiles holding such rows (None: every profile)
 ENGINES = {"aqlm": ("aqlm", True, None), "unsloth": ("unsloth", True, None), "awq": ("gptqmodel", False, None),
+           "export": ("gptqmodel", False, None),
            "quantization": ("gptqmodel", False, {"bench"})}  # its cpu profile keeps the bf16 and bnb rows
 
 

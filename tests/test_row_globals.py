@@ -79,6 +79,7 @@ STAND_INS = {"liger": "Triton kernels, CUDA only", "deepspeed": "a process group
              "gptq": "GPT-QModel's layers (the gptq extra): tests/plugins/test_gptq_awq.py trains it on a CPU where installed",
              "awq": "GPT-QModel's layers (the gptq extra): tests/plugins/test_gptq_awq.py trains it on a CPU where installed",
              "aqlm": "aqlm's kernels, CUDA only (its backward fails on a CPU)",
+             "export": "acts after training only (merge, GPT-QModel, decoding): tests/plugins/test_export_plugin.py",
              "unsloth": "CUDA only; importing unsloth patches transformers for the whole process, which no "
                         "teardown can undo (bench/peers.py runs its rows last)"}
 

@@ -58,6 +58,33 @@ def calibration_samples(dataset: str, tokenizer, samples: int, max_length: int, 
     return out
 
 
+#: GPT-QModel's AWQ searches clipping ranges over output features in blocks of this many
+AWQ_OUTPUT_BLOCK = 64
+
+
+def check_shapes(path: str, method: str, group_size: int) -> None:
+    """Refuse, before GPT-QModel starts, a model whose linear layers its AWQ cannot group: the
+    failure would otherwise come from one of its worker threads, halfway through."""
+    if method != "awq":
+        return
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    out_head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not out_head]
+    ins = sorted({m.in_features for m in linears if m.in_features % group_size})
+    outs = sorted({m.out_features for m in linears if m.out_features % AWQ_OUTPUT_BLOCK})
+    if ins:
+        fits = [g for g in (128, 64, 32) if all(m.in_features % g == 0 for m in linears)]
+        raise UserError(f"awq groups input features by {group_size}, and this model has linear layers of "
+                        f"{', '.join(map(str, ins))} inputs", key="--group-size",
+                        hint=f"--group-size {fits[0]}" if fits else "use gptq for this model")
+    if outs:
+        raise UserError(f"awq needs output features in multiples of {AWQ_OUTPUT_BLOCK}; this model has "
+                        f"{', '.join(map(str, outs))}", key="--quantize", hint="use gptq for this model")
+
+
 def quantize_config(method: str, bits: int, group_size: int):
     from gptqmodel import QuantizeConfig
     from gptqmodel.quantization import FORMAT, METHOD
@@ -106,6 +133,7 @@ def quantize(model: str, method: str, bits: int, calibration: str, out: str | Pa
     if out.exists() and any(out.iterdir()):
         raise UserError(f"'{out}' is not empty", key="--out", hint="choose a new folder; export never overwrites")
     path = model_directory(model)
+    check_shapes(path, method, group_size)
     try:
         import gptqmodel
     except ImportError:

@@ -9,7 +9,7 @@ from tunerkit.options import describe
 from tunerkit.plugins import get_plugin
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "tuners"
-PAGES = ["rslora", "dora", "adalora", "loraplus", "adapter", "llamapro", "neftune", "bnb", "gptq", "awq", "aqlm", "unsloth"]
+PAGES = ["rslora", "dora", "adalora", "loraplus", "adapter", "llamapro", "neftune", "bnb", "gptq", "awq", "aqlm", "unsloth", "export"]
 
 
 def documented_options(page: str) -> dict[str, str]:

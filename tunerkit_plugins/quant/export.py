@@ -1,0 +1,121 @@
+"""export: a trained adapter merged, quantized to 4 bits by GPTQ or AWQ, and its decoding timed.
+
+ms-swift's "Export" table: the Tuners table's LoRA model merged into qwen-7b-chat, quantized
+by AWQ or GPTQ calibrated on a dataset, then evaluated. As a row, after training: the
+adapter is saved, merged into a fresh copy of the row's base (``tunerkit export --merge``),
+the merged checkpoint is quantized by GPT-QModel's own algorithm (``tunerkit export
+--quantize``), loaded back through plain transformers, and its decoding timed like the
+``infer_speed`` evaluator (the row's ``infer_*`` settings). The quantized checkpoint is kept
+under the row's folder with ``save = true``, otherwise removed with the merged one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tunerkit import Plugin, hookimpl, option
+from tunerkit.errors import RowFailed, UserError
+
+
+@dataclass
+class ExportOptions:
+    method: Literal["awq", "gptq"] = option("awq", "quantization algorithm (GPT-QModel's): awq or gptq")
+    bits: int = option(4, "bits per weight: 4 (gptq also 8)")
+    calibration: str = option("ms-bench-mini", "calibration dataset: a registry name, a local file or builtin:*")
+    samples: int = option(256, "calibration samples (ms-swift: 256 for AWQ, 1024 for GPTQ)", min=1)
+    group_size: int = option(128, "input weights sharing one scale and zero point", min=1)
+
+    def __post_init__(self):
+        from tunerkit.quantize import BITS
+
+        if self.bits not in BITS[self.method]:
+            raise ValueError(f"{self.method} quantizes to {' or '.join(map(str, BITS[self.method]))} bits, "
+                             f"not {self.bits}")
+
+
+def gptqmodel_installed() -> bool:
+    return importlib.util.find_spec("gptqmodel") is not None
+
+
+def folder_gib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1024 ** 3
+
+
+class Export(Plugin):
+    name = "export"
+    summary = "after training: merge the adapter, quantize the merged model (GPTQ/AWQ), time its decoding"
+    Options = ExportOptions
+    # Only an adapter can be merged into a fresh copy of the base.
+    requires_any = ("lora", "rslora", "dora", "adalora", "loraplus")
+    conformance = {"companions": ["lora"]}
+    conflicts = ("deepspeed",)
+
+    @hookimpl
+    def validate(self, row):
+        if not gptqmodel_installed():
+            return "export needs gptqmodel, not installed (pip install 'tunerkit[gptq]')"
+        return None
+
+    @hookimpl
+    def evaluate(self, ctx):
+        if not ctx.is_main_process:
+            return None
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=ctx.out_dir, prefix=".export-"))
+        try:
+            metrics, quantized = self._export(ctx, work)
+            if ctx.settings.save:
+                target = ctx.out_dir / "quantized"
+                shutil.rmtree(target, ignore_errors=True)
+                quantized.rename(target)
+                metrics["export_path"] = str(target)
+            return metrics
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _export(self, ctx, work: Path) -> tuple[dict, Path]:
+        from tunerkit import quantize as quantizing
+        from tunerkit.export import merge_adapter
+        from tunerkit.metrics import Timer
+
+        o, s = self.options, ctx.settings
+        ctx.unwrapped_model().save_pretrained(work / "adapter")
+        if ctx.tokenizer is not None:
+            ctx.tokenizer.save_pretrained(work / "adapter")
+        try:
+            with Timer(ctx.device) as merging:
+                merged = merge_adapter(work / "adapter", s.model, work / "merged", dtype="bf16")
+            with Timer(ctx.device) as quantizing_time:
+                quantized = quantizing.quantize(str(merged), o.method, o.bits, o.calibration, work / "quantized",
+                                                samples=o.samples, max_length=s.max_length, group_size=o.group_size)
+        except UserError as err:
+            raise RowFailed(f"export: {err}") from None
+        shutil.rmtree(merged)
+        metrics = {"export_method": o.method, "export_bits": o.bits, "export_calibration": o.calibration,
+                   "export_samples": o.samples, "export_merge_seconds": merging.seconds,
+                   "export_quantize_seconds": quantizing_time.seconds, "export_gib": folder_gib(quantized)}
+        metrics.update(self._decoding(ctx, quantized))
+        return metrics, quantized
+
+    def _decoding(self, ctx, quantized: Path) -> dict:
+        """The quantized checkpoint loaded by plain transformers, timed like ``infer_speed``."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from tunerkit.eval.infer import speed_metrics
+
+        s = ctx.settings
+        model = AutoModelForCausalLM.from_pretrained(str(quantized), device_map=str(ctx.device))
+        model.eval()
+        try:
+            return speed_metrics(model, ctx.tokenizer, ctx.device, s.infer_backend, s.infer_prompts,
+                                 s.infer_new_tokens)
+        finally:
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

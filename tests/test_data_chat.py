@@ -65,6 +65,7 @@ def test_system_prompt_and_records(smollm2):
     ("qwen", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"),
     ("plain", "User: What is 2+2?\nAssistant: 4<|im_end|>\n"),
     ("llama3", "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"),
+    ("gemma", "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n"),
 ])
 def test_named_fallback_templates(smollm2, name, expected):
     tok = copy.deepcopy(smollm2)
@@ -83,3 +84,12 @@ def test_tokenizer_without_template_gets_chatml_and_unknown_names_fail(smollm2):
     assert tok.chat_template == TEMPLATES["chatml"]
     with pytest.raises(UserError, match="unknown chat template 'chatlm'"):
         ensure_template(tok, "chatlm")
+
+
+def test_gemma_template_opens_the_first_user_turn_with_the_system_message(smollm2):
+    tok = copy.deepcopy(smollm2)
+    ensure_template(tok, "gemma")
+    text = tok.apply_chat_template([{"role": "system", "content": "Be terse."}, *CONVERSATION[1:3]],
+                                   tokenize=False, add_generation_prompt=False)
+    assert "<start_of_turn>user\nBe terse.\n\nWhat is 2+2?<end_of_turn>" in text
+    assert "<start_of_turn>system" not in text

@@ -106,7 +106,7 @@ def conversation(turns: int, system: bool = True) -> list[dict]:
     return msgs
 
 
-@pytest.mark.parametrize("template", ["chatml", "qwen", "llama3", "plain", None])
+@pytest.mark.parametrize("template", ["chatml", "qwen", "llama3", "gemma", "plain", None])
 @pytest.mark.parametrize("system", [True, False])
 def test_offset_masking_equals_the_per_turn_renderings(smollm2, template, system):
     import copy

@@ -138,6 +138,7 @@ def list_cmd():
     """Installed plugins with their options, model presets and datasets."""
     from tunerkit.data.registry import DATASETS
     from tunerkit.data.synthetic import DISTRIBUTIONS
+    from tunerkit.models.bundled import BUNDLED
     from tunerkit.models.presets import PRESETS
     from tunerkit.options import describe
     from tunerkit.plugins import registry
@@ -152,7 +153,8 @@ def list_cmd():
     for name, p in PRESETS.items():
         click.echo(f"  {name}: {p.arch} hidden={p.hidden} layers={p.layers} heads={p.heads}/{p.kv_heads}"
                    f" ffn={p.ffn} vocab={p.vocab} params={p.num_params() / 1e9:.2f}B  shape of {p.original}")
-    click.echo("  smollm2-135m-instruct: the real SmolLM2-135M-Instruct (bundled, offline)")
+    for name, bundled in BUNDLED.items():
+        click.echo(f"  {name}: {bundled.title} (real weights, offline; {bundled.install})")
     click.echo("\ndatasets:")
     for name, hub in DATASETS.items():
         click.echo(f"  {name}: {hub} (hub; or a local file)")

@@ -37,7 +37,7 @@ def check_request(method: str, bits: int, samples: int, max_length: int) -> None
 
 
 def model_directory(spec: str) -> str:
-    """Where GPT-QModel reads the model: a local directory, the bundled SmolLM2 or a hub id."""
+    """Where GPT-QModel reads the model: a local directory, a bundled real model or a hub id."""
     from tunerkit.models import loading
 
     source = loading.resolve_model(spec)

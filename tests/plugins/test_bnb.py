@@ -98,3 +98,61 @@ def test_combinations_without_an_adapter_are_refused(tiny_row, plugins, expect):
 def test_options_are_checked(tiny_row):
     with pytest.raises(UserError, match="bits must be 4 or 8"):
         tiny_row("lora", "bnb", bnb={"bits": 3})
+
+
+def _quantized_layers(model):
+    return {n.removeprefix("base_model.model.").removesuffix(".base_layer"): m for n, m in model.named_modules()
+            if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+
+
+def test_in_memory_preset_has_the_layers_and_storage_of_transformers_quantizer(tiny_row, tiny_context, monkeypatch):
+    from tunerkit.models import loading
+
+    ctx_disk = tiny_context(tiny_row("lora", "bnb", lora={"targets": "ALL"}, bnb={"preset_weights": "checkpoint"}))
+
+    def no_checkpoint(*args, **kwargs):
+        raise AssertionError("the in-memory path wrote or read a bf16 checkpoint")
+
+    monkeypatch.setattr(loading, "preset_checkpoint", no_checkpoint)
+    ctx_mem = tiny_context(tiny_row("lora", "bnb", lora={"targets": "ALL"}, bnb={"preset_weights": "in_memory"}))
+    disk, mem = _quantized_layers(ctx_disk.unwrapped_model()), _quantized_layers(ctx_mem.unwrapped_model())
+    assert sorted(disk) == sorted(mem) and disk
+    for name, layer in mem.items():
+        ref = disk[name]
+        assert layer.weight.dtype == ref.weight.dtype == torch.uint8
+        assert layer.weight.shape == ref.weight.shape
+        assert layer.weight.quant_state.quant_type == ref.weight.quant_state.quant_type == "nf4"
+        assert (layer.weight.quant_state.nested is True) == (ref.weight.quant_state.nested is True)
+    assert type(ctx_mem.unwrapped_model().get_output_embeddings()) is torch.nn.Linear
+    assert getattr(ctx_mem.unwrapped_model(), "is_loaded_in_4bit", False)
+    mem_bytes = ctx_mem.unwrapped_model().get_memory_footprint()
+    assert mem_bytes == ctx_disk.unwrapped_model().get_memory_footprint()
+
+
+def test_in_memory_preset_trains_adapters_only_and_keeps_its_quantized_bytes(tiny_row, tiny_context):
+    ctx = tiny_context(tiny_row("lora", "bnb", lora={"targets": "ALL"}, bnb={"preset_weights": "in_memory"}))
+    model = ctx.model
+    frozen = {n: m.weight.detach().clone() for n, m in _quantized_layers(model).items()}
+    trainable = [p for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(trainable, lr=1e-2)
+    model.train()
+    ids = sample_ids()
+    loss = model(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(m.weight, frozen[n]) for n, m in _quantized_layers(model).items())
+
+
+def test_auto_draws_in_memory_when_the_bf16_checkpoint_would_not_fit(tiny_row, run_tiny, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from tunerkit.models import loading
+
+    monkeypatch.setattr(loading, "preset_checkpoint_exists", lambda preset, dtype: False)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    m = run_tiny(tiny_row("lora", "bnb", max_steps=1))
+    assert m["bnb_preset_weights"] == "in_memory" and m["quantized_linears"] > 0

@@ -127,6 +127,14 @@ def attn_implementation(choice: str, device: torch.device) -> tuple[str, str]:
     return "sdpa", "sdpa"
 
 
+def _preset_checkpoint_dir(preset: Preset, dtype: torch.dtype) -> Path:
+    return cache_dir() / "models" / f"preset-{preset.name}-{str(dtype).removeprefix('torch.')}"
+
+
+def preset_checkpoint_exists(preset: Preset, dtype: torch.dtype) -> bool:
+    return (_preset_checkpoint_dir(preset, dtype) / "config.json").exists()
+
+
 def preset_checkpoint(preset: Preset, dtype: torch.dtype) -> Path:
     """The preset's random weights (seed 0, as :func:`load_pretrained` draws them) written once
     as a checkpoint in the cache, for loaders that only read checkpoints (quantizing ones).
@@ -139,7 +147,7 @@ def preset_checkpoint(preset: Preset, dtype: torch.dtype) -> Path:
     """
     from transformers import AutoModelForCausalLM
 
-    target = cache_dir() / "models" / f"preset-{preset.name}-{str(dtype).removeprefix('torch.')}"
+    target = _preset_checkpoint_dir(preset, dtype)
     if (target / "config.json").exists():
         return target
     print(f"tunerkit: writing the random weights of preset {preset.name} to {target} (once)", flush=True)

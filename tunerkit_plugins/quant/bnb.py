@@ -16,6 +16,7 @@ the core still switches gradient checkpointing on and off as the row says.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ import torch
 from tunerkit import Plugin, hookimpl, option
 from tunerkit.core import load_base_model
 from tunerkit.errors import RowFailed
+from tunerkit.models import loading
 from tunerkit_plugins.quant.prequantized import ADAPTER_TUNERS
 
 INSTALL_HINT = "pip install bitsandbytes"
@@ -35,6 +37,10 @@ class BnbOptions:
     quant_type: Literal["nf4", "fp4"] = option("nf4", "4-bit data type: NormalFloat4 (QLoRA's) or FP4")
     double_quant: bool = option(True, "quantize the 4-bit blocks' scales too (QLoRA's double quantization)")
     prepare: bool = option(True, "peft.prepare_model_for_kbit_training: freeze, upcast norms/embeddings/head to fp32")
+    preset_weights: Literal["auto", "checkpoint", "in_memory"] = option(
+        "auto", "a preset's random weights: 'checkpoint' writes them in bf16 and loads through transformers' "
+                "quantizer; 'in_memory' draws and quantizes them layer by layer (no disk); 'auto' writes the "
+                "checkpoint when it fits the cache's disk twice over")
 
     def __post_init__(self):
         if self.bits not in (4, 8):
@@ -83,9 +89,33 @@ class Bnb(Plugin):
     @hookimpl
     def load_model(self, ctx):
         try:
+            if self._in_memory(ctx):
+                return self._random_in_memory(ctx)
             return load_base_model(ctx, quantization_config(self.options, ctx.dtype))
         except ImportError as err:
             raise RowFailed(f"bnb: {err}") from None
+
+    def _in_memory(self, ctx) -> bool:
+        source = ctx.model_source
+        if source.kind != "preset" or self.options.preset_weights == "checkpoint":
+            return False
+        if self.options.preset_weights == "in_memory":
+            return True
+        # The 72b shape's bf16 checkpoint (145 GB) would fill a 64 GiB disk before a step runs.
+        cache = loading.cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        if loading.preset_checkpoint_exists(source.preset, ctx.dtype):
+            return False
+        needed = source.preset.num_params() * ctx.dtype.itemsize
+        return 2 * needed > shutil.disk_usage(cache).free
+
+    def _random_in_memory(self, ctx):
+        from tunerkit_plugins.quant.random_bnb import random_bnb_model
+
+        impl, label = loading.attn_implementation(ctx.settings.attention, ctx.device)
+        ctx.attention_used = label
+        ctx.state["bnb:preset_weights"] = "in_memory"
+        return random_bnb_model(ctx.model_source.preset, self.options, ctx.dtype, ctx.device, impl)
 
     @hookimpl
     def modify_model(self, ctx):
@@ -99,7 +129,8 @@ class Bnb(Plugin):
     @hookimpl
     def collect_metrics(self, ctx):
         model = ctx.unwrapped_model()
-        out = {"quantized_bits": self.options.bits, "quantized_linears": quantized_linears(model)}
+        out = {"quantized_bits": self.options.bits, "quantized_linears": quantized_linears(model),
+               "bnb_preset_weights": ctx.state.get("bnb:preset_weights", "checkpoint")}
         if hasattr(model, "get_memory_footprint"):
             out["weights_gib"] = model.get_memory_footprint() / 1024 ** 3
         return out

@@ -33,6 +33,20 @@ def test_ratio_is_taken_against_the_fastest_peer_using_as_much_memory_or_more(pe
     assert vs_fastest15["x"] == pytest.approx(9600 / 8000) and vs_fastest15["met"]
 
 
+def test_memory_an_earlier_entry_left_allocated_is_not_counted_against_a_later_one(peers):
+    # The second peer began with 14.4 GiB of the first entry still allocated (one H200, 2026-12-06).
+    leaky = {**ok("peer/b", True, 9000.0, 29.4), "held_before_gib": 14.4}
+    ours = {**ok("tunerkit/x", False, 9600.0, 29.3), "held_before_gib": 14.4}
+    for r in (leaky, ours):
+        r.update(peers.own_memory(r))
+    assert leaky["own_peak_alloc_gib"] == pytest.approx(15.0)
+    v = peers.verdicts([ok("peer/a", True, 4500.0, 19.1), leaky, ours])
+    # Own peaks: tunerkit/x needs 14.9 GiB, peer/b 15.0, so x is under both the peer's memory and 15 GiB.
+    assert v["fastest_peer"]["own_peak_alloc_gib"] == pytest.approx(15.0)
+    assert v["targets"][1]["best"] == "tunerkit/x" and v["targets"][1]["met"]
+    assert peers.own_memory({"peak_alloc_gib": None, "held_before_gib": 1.0}) == {}
+
+
 def test_a_target_is_not_met_when_nothing_fits_under_the_peers_memory(peers):
     v = peers.verdicts([ok("peer/a", True, 8000.0, 15.0), ok("tunerkit/z", False, 16000.0, 39.0)])
     assert not v["targets"][0]["met"] and v["targets"][0]["best"] is None

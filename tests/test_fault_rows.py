@@ -124,7 +124,10 @@ def test_ctrl_c_is_one_line_and_exit_130_and_resume_goes_on(tmp_path, when):
     recipe.write_text(RECIPE.replace('dataset = "{bad}"', "max_steps = 100000\ntoken_budget = 100000000"))
     db = tmp_path / "t.db"
     cmd = [tunerkit_exe(), "run", str(recipe), "--db", str(db), "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    # A suite started in the background by a non-interactive shell (`cmd &`) passes SIGINT on
+    # as ignored, and Python then installs no KeyboardInterrupt handler: give the child Ctrl-C's default.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if when == "training":
         for line in proc.stdout:
             if "[2/2]" in line:

@@ -156,3 +156,20 @@ def test_auto_draws_in_memory_when_the_bf16_checkpoint_would_not_fit(tiny_row, r
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
     m = run_tiny(tiny_row("lora", "bnb", max_steps=1))
     assert m["bnb_preset_weights"] == "in_memory" and m["quantized_linears"] > 0
+
+
+@pytest.mark.parametrize("bits, stored", [(4, torch.uint8), (8, torch.int8)])
+def test_each_in_memory_layer_leaves_bitsandbytes_quantized(bits, stored):
+    # Int8Params quantizes only on a move from the CPU; the helper must end with packed integers either way.
+    from types import SimpleNamespace
+
+    from tunerkit_plugins.quant.random_bnb import _quantize_in_place
+
+    options = SimpleNamespace(bits=bits, double_quant=True, quant_type="nf4")
+    if bits == 8:
+        layer = bnb.nn.Linear8bitLt(64, 32, bias=True, has_fp16_weights=False, threshold=6.0, device="meta")
+    else:
+        layer = bnb.nn.Linear4bit(64, 32, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4", device="meta")
+    _quantize_in_place(layer, options, torch.bfloat16, torch.device("cpu"))
+    assert layer.weight.dtype == stored and not layer.weight.requires_grad
+    assert layer.bias.shape == (32,) and not layer.bias.is_meta

@@ -43,13 +43,18 @@ def _replace_linears(model, options, compute_dtype: torch.dtype) -> int:
 def _quantize_in_place(layer, options, dtype: torch.dtype, device: torch.device) -> None:
     import bitsandbytes as bnb
 
-    weight = torch.randn(layer.out_features, layer.in_features, dtype=dtype, device=device).mul_(STD)
     if options.bits == 8:
+        # Int8Params quantizes only on a move from the CPU, so its draw starts there.
+        weight = torch.randn(layer.out_features, layer.in_features, dtype=dtype).mul_(STD)
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
     else:
+        weight = torch.randn(layer.out_features, layer.in_features, dtype=dtype, device=device).mul_(STD)
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, blocksize=64,
                                          compress_statistics=options.double_quant, quant_type=options.quant_type,
                                          module=layer).to(device)
+    if layer.weight.dtype not in (torch.int8, torch.uint8):
+        # A full-precision weight here would measure the wrong model without a word.
+        raise RuntimeError(f"bitsandbytes left a {layer.weight.dtype} weight unquantized")
     if layer.bias is not None:
         layer.bias = torch.nn.Parameter(torch.zeros(layer.out_features, dtype=dtype, device=device),
                                         requires_grad=False)

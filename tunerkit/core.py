@@ -17,13 +17,18 @@ from tunerkit.models import loading
 from tunerkit.optimizer import groups_by_decay, make_schedule
 from tunerkit.precision import resolve_dtype, row_dtype  # noqa: F401  (resolve_dtype: eval/cli.py imports it from here)
 
-def load_base_model(ctx, quantization_config=None):
-    """The row's model (``ctx.model_source``) in the row's dtype, attention and device; the
-    attention actually used goes to ``ctx.attention_used``. Loader plugins (quantization)
-    call this with their transformers quantization config."""
+def row_attention(ctx) -> str:
+    """The transformers attention implementation for the row's choice on its device; the
+    attention actually used goes to ``ctx.attention_used``. Every loader asks here."""
     impl, label = loading.attn_implementation(ctx.settings.attention, ctx.device)
     ctx.attention_used = label
-    return loading.load_pretrained(ctx.model_source, ctx.dtype, ctx.device, impl, quantization_config)
+    return impl
+
+
+def load_base_model(ctx, quantization_config=None):
+    """The row's model (``ctx.model_source``) in the row's dtype, attention and device. Loader
+    plugins (quantization) call this with their transformers quantization config."""
+    return loading.load_pretrained(ctx.model_source, ctx.dtype, ctx.device, row_attention(ctx), quantization_config)
 
 
 class CoreDefaults:

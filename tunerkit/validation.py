@@ -20,6 +20,7 @@ from tunerkit.data.chat import TEMPLATES
 from tunerkit.data.sources import check_source, kind_of
 from tunerkit.errors import UserError
 from tunerkit.launch import inside_launch, visible_gpus
+from tunerkit.models.bundled import converted_dir
 from tunerkit.models.loading import ModelSource, cache_dir, resolve_model
 from tunerkit.options import did_you_mean
 from tunerkit.plugins import get_plugin, make_manager
@@ -71,7 +72,7 @@ def _model_config(source: ModelSource):
         return AutoConfig.from_pretrained(source.path)
     if source.kind == "bundled":
         # The converted copy's config, where one exists: converting only to validate would take a while.
-        folder = cache_dir() / "models" / source.spec
+        folder = converted_dir(source.spec, cache_dir())
         return AutoConfig.from_pretrained(folder) if (folder / "config.json").exists() else None
     try:
         return AutoConfig.from_pretrained(source.spec, local_files_only=True)

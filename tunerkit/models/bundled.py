@@ -76,12 +76,17 @@ BUNDLED = {
 }
 
 
+def converted_dir(name: str, cache: Path) -> Path:
+    """Where the converted copy of ``name`` lives (it may not exist yet)."""
+    return cache / "models" / name
+
+
 def bundled_dir(name: str, cache: Path) -> Path:
     """The bundled model ``name`` as safetensors under ``cache``, converted on first use."""
     from tunerkit.models.loading import publish
 
     model = BUNDLED[name]
-    target = cache / "models" / name
+    target = converted_dir(name, cache)
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
         return target
     with tempfile.TemporaryDirectory(prefix="tunerkit-gguf-") as scratch:

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from tunerkit import Plugin, hookimpl, option
-from tunerkit.core import load_base_model
+from tunerkit.core import load_base_model, row_attention
 from tunerkit.errors import RowFailed
 from tunerkit.models import loading
 from tunerkit_plugins.quant.prequantized import ADAPTER_TUNERS
@@ -112,10 +112,8 @@ class Bnb(Plugin):
     def _random_in_memory(self, ctx):
         from tunerkit_plugins.quant.random_bnb import random_bnb_model
 
-        impl, label = loading.attn_implementation(ctx.settings.attention, ctx.device)
-        ctx.attention_used = label
         ctx.state["bnb:preset_weights"] = "in_memory"
-        return random_bnb_model(ctx.model_source.preset, self.options, ctx.dtype, ctx.device, impl)
+        return random_bnb_model(ctx.model_source.preset, self.options, ctx.dtype, ctx.device, row_attention(ctx))
 
     @hookimpl
     def modify_model(self, ctx):

@@ -15,17 +15,16 @@ from __future__ import annotations
 import torch
 
 from tunerkit.models.presets import Preset
+from tunerkit_plugins.quant.random_quantized import _plain_tensor, _quantized_names
 
 STD = 0.02  # the presets' initializer_range
 
 
-def _replace_linears(model, options, compute_dtype: torch.dtype) -> int:
+def _replace_linears(model, options, compute_dtype: torch.dtype) -> None:
     """Every nn.Linear but the output head becomes a bitsandbytes layer on the meta device."""
     import bitsandbytes as bnb
 
-    head = model.get_output_embeddings()
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
-    for name, linear in targets:
+    for name, linear in _quantized_names(model).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         bias = linear.bias is not None
@@ -37,7 +36,6 @@ def _replace_linears(model, options, compute_dtype: torch.dtype) -> int:
                                       compress_statistics=options.double_quant, quant_type=options.quant_type,
                                       device="meta")
         setattr(parent, child, layer)
-    return len(targets)
 
 
 def _quantize_in_place(layer, options, dtype: torch.dtype, device: torch.device) -> None:
@@ -64,16 +62,10 @@ def _materialize_plain(model, dtype: torch.dtype, device: torch.device) -> None:
     """Embeddings, norms and the head (still on meta): drawn like the preset's initialisation."""
     for name, module in model.named_modules():
         for pname, param in list(module.named_parameters(recurse=False)):
-            if not param.is_meta:
-                continue
-            full = f"{name}.{pname}" if name else pname
-            if "norm" in full:
-                value = torch.ones(param.shape, dtype=dtype, device=device)
-            elif pname == "bias":
-                value = torch.zeros(param.shape, dtype=dtype, device=device)
-            else:
-                value = torch.randn(param.shape, dtype=dtype, device=device).mul_(STD)
-            setattr(module, pname, torch.nn.Parameter(value, requires_grad=False))
+            if param.is_meta:
+                full = f"{name}.{pname}" if name else pname
+                setattr(module, pname, torch.nn.Parameter(_plain_tensor(full, param.shape, dtype, device),
+                                                          requires_grad=False))
 
 
 def random_bnb_model(preset: Preset, options, dtype: torch.dtype, device: torch.device, attn: str):

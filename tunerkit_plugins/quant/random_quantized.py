@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from tunerkit.models.loading import ModelSource, attn_implementation, cache_dir, load_pretrained
+from tunerkit.core import row_attention
+from tunerkit.models.loading import ModelSource, cache_dir, load_pretrained
 from tunerkit.models.presets import Preset
 
 SHARD_BYTES = 4 << 30
@@ -51,12 +52,13 @@ def scales(rows: int, cols: int, bits: int) -> torch.Tensor:
     return torch.full((rows, cols), step, dtype=torch.float16)
 
 
-def _plain_tensor(name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+def _plain_tensor(name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A tensor that is not quantized (norms, biases, embeddings, head), as the presets initialise it."""
     if name.endswith("norm.weight"):
-        return torch.ones(shape, dtype=dtype)
+        return torch.ones(shape, dtype=dtype, device=device)
     if name.endswith(".bias"):
-        return torch.zeros(shape, dtype=dtype)
-    return (torch.randn(shape) * 0.02).to(dtype)
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return (torch.randn(shape, device=device) * 0.02).to(dtype)
 
 
 def _quantized_names(model) -> dict[str, torch.nn.Linear]:
@@ -136,6 +138,4 @@ def load_quantized(ctx, fmt: Format, quantization_config):
     if source.kind == "preset":
         path = checkpoint(source.preset, fmt, ctx.dtype)
         source = ModelSource("local", str(path), path=path)
-    impl, label = attn_implementation(ctx.settings.attention, ctx.device)
-    ctx.attention_used = label
-    return load_pretrained(source, ctx.dtype, ctx.device, impl, quantization_config)
+    return load_pretrained(source, ctx.dtype, ctx.device, row_attention(ctx), quantization_config)

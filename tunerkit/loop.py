@@ -24,7 +24,8 @@ from tunerkit.distributed import count_label_tokens, data_parallel_size, global_
 from tunerkit.errors import RowFailed
 from tunerkit.allocator import cuda_allocator
 from tunerkit.guards import check_losses, nothing_left
-from tunerkit.metrics import StepClock, Throughput, Timer, count_parameters, peak_memory, reset_peak_memory
+from tunerkit.metrics import (StepClock, Throughput, Timer, count_parameters, held_memory_gib, peak_memory,
+                              reset_peak_memory)
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
 from tunerkit.precision import autocast_dtype, forward_autocast, resolve_dtype, tf32_matmuls
@@ -133,6 +134,11 @@ def load_model_side(ctx: RunContext) -> None:
     ctx.dtype = resolve_dtype(s.dtype, ctx.device)
     ctx.model_source = resolve_model(s.model)
     reset_peak_memory(ctx.device)
+    held = held_memory_gib(ctx.device)
+    if held is not None:
+        # Memory an earlier row of this process still holds is in this row's peak too: recorded,
+        # so a report can tell (isolation = "process" leaves nothing held).
+        ctx.metrics["held_before_gib"] = held
     ctx.model = hook.load_model(ctx=ctx)
     ctx.tokenizer = hook.load_tokenizer(ctx=ctx)
     hook.modify_model(ctx=ctx)

@@ -15,6 +15,13 @@ import torch
 GIB = 1024 ** 3
 
 
+def held_memory_gib(device: torch.device) -> float | None:
+    """GiB the device's allocator holds for live tensors now (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.memory_allocated(device) / 2**30, 3)
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from tunerkit.errors import MissingPackage, RowFailed, UserError
+from tunerkit.isolation import ChildFailed, run_in_process, wanted
 from tunerkit.metrics import environment
 from tunerkit.paths import inside
 from tunerkit.progress import EvaluationProgress, RowProgress
@@ -42,6 +43,16 @@ def missing_package(err: BaseException) -> str | None:
         top = err.name.split(".")[0]
         return f"needs {top} (pip install {top.replace('_', '-')})"
     return None
+
+
+def classify_failure(err: BaseException) -> tuple[str, str, str | None, bool]:
+    """How the store records a row that raised ``err``: (status, reason, missing package or
+    None, whether a traceback helps the reader: not for a reason that already says it all)."""
+    needs = missing_package(err)
+    if needs is not None:
+        return "skipped", f"skipped: {needs}", needs, False
+    expected = isinstance(err, (RowFailed, UserError, torch.OutOfMemoryError))
+    return "failed", failure_reason(err), None, not expected
 
 
 def load_average() -> float | None:
@@ -98,24 +109,32 @@ def _one_row(recipe, row, repeat, store, runs_dir, progress, is_main, trained_he
     bar = RowProgress(row.name, enabled=progress and is_main)
     started, load_start = time.time(), load_average()
     out_dir = inside(runs_dir, recipe.name, row.name)
+    env = None
     try:
-        metrics = run_row(row, out_dir, progress=bar, extra_plugins=[EvaluationProgress(bar)])
-        metrics["rows_before_in_process"] = trained_here
+        if wanted(row.settings.isolation):
+            metrics, env = run_in_process(row, out_dir, progress and is_main)
+            metrics["isolation"] = "process"
+        else:
+            metrics = run_row(row, out_dir, progress=bar, extra_plugins=[EvaluationProgress(bar)])
+            metrics["rows_before_in_process"] = trained_here
         status, reason = "ok", None
+    except ChildFailed as err:  # the child printed what it had to say
+        metrics, status, reason, env = {}, err.status, err.reason, err.environment
+        if is_main:
+            echo(f"    {reason if err.needs else 'failed: ' + reason}")
     except Exception as err:  # one row's failure is a cell, not a crash
-        metrics, status, reason = {}, "failed", failure_reason(err)
-        needs = missing_package(err)
-        if needs is not None:
-            status, reason = "skipped", f"skipped: {needs}"
+        status, reason, needs, show_traceback = classify_failure(err)
+        metrics = {}
         if is_main:
             echo(f"    {reason if needs else 'failed: ' + reason}")
-            if needs is None and not isinstance(err, (RowFailed, UserError, torch.OutOfMemoryError)):
+            if show_traceback:
                 traceback.print_exc()
     finally:
         bar.close()
     if status == "ok":
         metrics["wall_seconds"] = time.time() - started  # load + train + evaluate
-    env = environment(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if env is None:
+        env = environment(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     env["load_average"] = {"start": load_start, "end": load_average(), "cpu_count": os.cpu_count()}
     if is_main:
         store.record(recipe=recipe.name, row=row, repeat=repeat, status=status, reason=reason,

@@ -50,6 +50,10 @@ class Settings:
         "default", "CUDA caching allocator: default, or expandable (segments grow in place, as "
                    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; less reserved beyond allocated)",
         added_later=True)
+    isolation: Literal["auto", "process", "none"] = option(
+        "auto", "process = train the row in a fresh process, so it carries no memory, compiled code or kernel "
+                "plans from the rows before it; none = in the runner's process; auto = process on a CUDA device "
+                "in a single-process run, none elsewhere", added_later=True)
     chat_template: str | None = option(
         None, "named fallback template when the tokenizer has none: chatml, llama3, plain")
     system: str | None = option(None, "system prompt put before every conversation")

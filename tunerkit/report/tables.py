@@ -183,6 +183,14 @@ FIRST_NOTE = (f"{FIRST_MARK} the first row its process trained, with torch's cuD
               "each sequence length it meets first (docs/benchmarks.md); compare it with care")
 
 
+ISOLATED_NOTE = ("{which} trained in a process of its own (isolation): no such row carries memory, compiled "
+                 "code or kernel plans from the row before it, and each pays its own warm-up")
+
+
+def isolated(record: dict) -> bool:
+    return (record.get("metrics") or {}).get("isolation") == "process"
+
+
 def first_in_process(record: dict) -> bool:
     """A GPU row that was the first its process trained and let SDPA choose cuDNN attention,
     whose plans per new length are what slows such a row (CPU rows and older records are
@@ -436,6 +444,10 @@ def render_markdown(records: list[dict]) -> str:
                          "ms-swift's hardware and models")
         if any(first_in_process(r) for r in group):
             notes.append(FIRST_NOTE)
+        apart = [r["row"] for r in group if isolated(r)]
+        if apart:
+            notes.append(ISOLATED_NOTE.format(which="every row" if len(apart) == len(group)
+                                              else "of these rows, " + ", ".join(apart) + " each"))
         if busy_note(group):
             notes.append(busy_note(group))
         if any("(random weights)" in line[headers.index("status")] for line in body):

@@ -1,0 +1,55 @@
+"""bench/fast_mode_table.py: rows paired across the plain and fast profiles of one store.
+
+The speeds and memory written below are made up to check the pairing and the arithmetic.
+"""
+
+import time
+from dataclasses import replace
+
+import pytest
+
+from tunerkit.store import Store
+
+
+@pytest.fixture(scope="module")
+def table(bench_script):
+    return bench_script("fast_mode_table")
+
+
+def put(store, row, profile, status="ok", tokens=None, alloc=None, fast_mode=None, reason=None, **extra):
+    row = replace(row, profile=profile)
+    row.fast_mode = fast_mode or {}
+    metrics = {} if status != "ok" else {
+        "tokens_per_s": tokens, "memory": [{"device": "cuda", "peak_allocated_gib": alloc}], **extra}
+    store.record(recipe="tuners", row=row, repeat=0, status=status, reason=reason, metrics=metrics,
+                 environment={"device_name": "GPU X"}, started=time.time())
+
+
+def test_rows_pair_by_name_with_speedup_memory_verdict_and_switches(table, tiny_row, tmp_path):
+    store = Store(tmp_path / "t.db")
+    lora, dora, full = (tiny_row("lora", name=n) for n in ("lora", "dora", "full"))
+    put(store, lora, "bench", tokens=1000.0, alloc=20.0, isolation="process")
+    put(store, lora, "fast", tokens=1500.0, alloc=18.0, isolation="process",
+        fast_mode={"added": ["packing", "compile"], "refused": {"liger": "no GPU"}})
+    put(store, dora, "bench", tokens=400.0, alloc=20.0, isolation="process")
+    put(store, dora, "fast", tokens=600.0, alloc=25.0, isolation="process", fast_mode={"added": ["compile"]})
+    put(store, full, "bench", tokens=900.0, alloc=50.0)
+    put(store, full, "fast", status="failed", reason="OOM: out of memory")
+    entries = {e["row"]: e for e in table.pairs(tmp_path / "t.db")}
+    assert entries["lora"]["speedup"] == pytest.approx(1.5) and entries["lora"]["at_most_memory"] is True
+    assert entries["dora"]["speedup"] == pytest.approx(1.5) and entries["dora"]["at_most_memory"] is False
+    assert entries["lora"]["switches"] == ["packing", "compile"] and entries["lora"]["refused"] == {"liger": "no GPU"}
+    assert "speedup" not in entries["full"]
+    text = table.render(list(entries.values()))
+    assert "| lora | 1,000 | 1,500 | 1.50× | 20.00 | 18.00 | yes | packing+compile | liger: no GPU |" in text
+    assert "fast: failed OOM: out of memory" in text
+    assert "1 fast at no more allocated memory" in text and "every row in a process of its own" in text
+
+
+def test_memory_an_earlier_row_left_is_named(table, tiny_row, tmp_path):
+    store = Store(tmp_path / "t.db")
+    lora = tiny_row("lora", name="lora")
+    put(store, lora, "bench", tokens=1000.0, alloc=33.0, held_before_gib=14.4)
+    put(store, lora, "fast", tokens=1500.0, alloc=18.0)
+    text = table.render(table.pairs(tmp_path / "t.db"))
+    assert "memory an earlier row left allocated is in the peaks of: lora" in text

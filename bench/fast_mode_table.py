@@ -4,10 +4,14 @@
     python bench/fast_mode_table.py bench/results/2026-12-06-h200/tuners_fast_plain.db
     python bench/fast_mode_table.py STORE --recipe tuners --plain bench --fast fast
 
-A row is paired by name across the two profiles (the newest record of each). The speed-up is
-fast tokens/s over plain tokens/s, both over timed optimizer steps; "at ≤ memory" says whether
-the fast row peaked at no more allocated memory than the plain one. Each fast row's switches
-(and the ones it refused, with the reason) come from its recorded config.
+A row is paired by name across the two profiles. A row measured more than once in a profile
+(a later call repeating the plain rows with decoding speed, say) keeps every measurement:
+the speed-up is taken against the plain row's fastest run and the fast row's slowest, so a
+spread between runs can only lower it, and the table shows the spread. Both speeds are over
+timed optimizer steps; "at ≤ memory" says whether the fast row peaked at no more allocated
+memory than the plain one. Each fast row's switches (and the ones it refused, with the
+reason) come from its newest recorded config. A row measured in one profile only is listed
+with the other side "not run".
 """
 
 from __future__ import annotations
@@ -18,16 +22,17 @@ import sqlite3
 from pathlib import Path
 
 
-def newest(db: Path, recipe: str, profile: str) -> dict[str, dict]:
-    """{row name: record} of the newest record of each row of ``recipe`` under ``profile``."""
+def records(db: Path, recipe: str, profile: str) -> dict[str, list[dict]]:
+    """{row name: its records under ``profile``, oldest first}, rows in order of first record."""
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM runs WHERE id IN (SELECT MAX(id) FROM runs WHERE recipe = ? AND profile = ?"
-                            " GROUP BY row)", (recipe, profile)).fetchall()
-    out = {}
+        rows = conn.execute("SELECT * FROM runs WHERE recipe = ? AND profile = ? ORDER BY id",
+                            (recipe, profile)).fetchall()
+    out: dict[str, list[dict]] = {}
     for r in rows:
-        out[r["row"]] = {"status": r["status"], "reason": r["reason"], "metrics": json.loads(r["metrics"] or "{}"),
-                         "config": json.loads(r["config"] or "{}"), "environment": json.loads(r["environment"] or "{}")}
+        out.setdefault(r["row"], []).append({
+            "status": r["status"], "reason": r["reason"], "metrics": json.loads(r["metrics"] or "{}"),
+            "config": json.loads(r["config"] or "{}"), "environment": json.loads(r["environment"] or "{}")})
     return out
 
 
@@ -37,23 +42,40 @@ def peak_allocated(metrics: dict) -> float | None:
     return max(values) if values else None
 
 
+def _side(recs: list[dict] | None, pick) -> dict:
+    """One profile's view of a row: status and reason of the newest record, speeds of every ok one."""
+    if not recs:
+        return {"status": "not run", "reason": None, "config": {}, "environment": {}}
+    ok = [r for r in recs if r["status"] == "ok" and r["metrics"].get("tokens_per_s")]
+    chosen = pick(ok, key=lambda r: r["metrics"]["tokens_per_s"]) if ok else recs[-1]
+    side = {"status": chosen["status"], "reason": chosen["reason"], "config": recs[-1]["config"],
+            "environment": chosen["environment"]}
+    if ok:
+        m = chosen["metrics"]
+        side.update(tokens_s=m["tokens_per_s"], runs=[r["metrics"]["tokens_per_s"] for r in ok],
+                    alloc=max((a for a in (peak_allocated(r["metrics"]) for r in ok) if a is not None), default=None),
+                    held=max((r["metrics"].get("held_before_gib") or 0) for r in ok),
+                    isolated=all(r["metrics"].get("isolation") == "process" for r in ok))
+    return side
+
+
 def pairs(db: Path, recipe: str = "tuners", plain: str = "bench", fast: str = "fast") -> list[dict]:
-    """One entry per row present in both profiles, in the fast profile's order of rows."""
-    a, b = newest(db, recipe, plain), newest(db, recipe, fast)
+    """One entry per row measured in either profile: the fast profile's rows first, in its order."""
+    a, b = records(db, recipe, plain), records(db, recipe, fast)
     entries = []
-    for name in [n for n in b if n in a]:
-        p, f = a[name], b[name]
+    for name in [*b, *(n for n in a if n not in b)]:
+        p, f = _side(a.get(name), max), _side(b.get(name), min)
         entry = {"row": name, "plain_status": p["status"], "fast_status": f["status"],
                  "plain_reason": p["reason"], "fast_reason": f["reason"],
                  "switches": (f["config"].get("fast_mode") or {}).get("added", []),
                  "refused": (f["config"].get("fast_mode") or {}).get("refused", {}),
                  "device": f["environment"].get("device_name") or p["environment"].get("device_name")}
-        if p["status"] == "ok" and f["status"] == "ok":
-            pm, fm = p["metrics"], f["metrics"]
-            entry.update(plain_tokens_s=pm["tokens_per_s"], fast_tokens_s=fm["tokens_per_s"],
-                         plain_alloc=peak_allocated(pm), fast_alloc=peak_allocated(fm),
-                         plain_held=pm.get("held_before_gib"), fast_held=fm.get("held_before_gib"),
-                         isolated=pm.get("isolation") == "process" and fm.get("isolation") == "process")
+        if "tokens_s" in p and "tokens_s" in f:
+            entry.update(plain_tokens_s=p["tokens_s"], fast_tokens_s=f["tokens_s"],
+                         plain_runs=p["runs"], fast_runs=f["runs"],
+                         plain_alloc=p["alloc"], fast_alloc=f["alloc"],
+                         plain_held=p["held"], fast_held=f["held"],
+                         isolated=p["isolated"] and f["isolated"])
             entry["speedup"] = entry["fast_tokens_s"] / entry["plain_tokens_s"]
             if entry["plain_alloc"] is not None and entry["fast_alloc"] is not None:
                 entry["at_most_memory"] = entry["fast_alloc"] <= entry["plain_alloc"]
@@ -61,21 +83,35 @@ def pairs(db: Path, recipe: str = "tuners", plain: str = "bench", fast: str = "f
     return entries
 
 
+def _speed(value: float, runs: list[float]) -> str:
+    if len(runs) < 2:
+        return f"{value:,.0f}"
+    return f"{value:,.0f} ({len(runs)} runs: {min(runs):,.0f}–{max(runs):,.0f})"
+
+
+def _why(status: str, reason: str | None) -> str:
+    reason = (reason or "").strip()
+    if reason.startswith(status):  # the store's reasons often begin with their status
+        return reason
+    return f"{status} {reason}".strip()
+
+
 def render(entries: list[dict]) -> str:
-    lines = ["| row | plain tokens/s | fast tokens/s | speed-up | plain allocated GiB | fast allocated GiB "
+    lines = ["| row | plain tokens/s (fastest run) | fast tokens/s (slowest run) | speed-up | plain allocated GiB | fast allocated GiB "
              "| at ≤ memory | switches the fast row took | refused |",
              "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for e in entries:
         refused = "; ".join(f"{k}: {v}" for k, v in e["refused"].items()) or "-"
         switches = "+".join(e["switches"]) or "-"
         if "speedup" not in e:
-            why = "; ".join(f"{side}: {e[side + '_status']} {e[side + '_reason'] or ''}".strip()
+            why = "; ".join(f"{side}: {_why(e[side + '_status'], e[side + '_reason'])}"
                             for side in ("plain", "fast") if e[side + "_status"] != "ok")
             lines.append(f"| {e['row']} | | | {why} | | | | {switches} | {refused} |")
             continue
         alloc = [f"{e[k]:.2f}" if e.get(k) is not None else "-" for k in ("plain_alloc", "fast_alloc")]
         at_most = {True: "yes", False: "no"}.get(e.get("at_most_memory"), "-")
-        lines.append(f"| {e['row']} | {e['plain_tokens_s']:,.0f} | {e['fast_tokens_s']:,.0f} | "
+        lines.append(f"| {e['row']} | {_speed(e['plain_tokens_s'], e['plain_runs'])} | "
+                     f"{_speed(e['fast_tokens_s'], e['fast_runs'])} | "
                      f"{e['speedup']:.2f}× | {alloc[0]} | {alloc[1]} | {at_most} | {switches} | {refused} |")
     ok = [e for e in entries if "speedup" in e]
     if ok:
@@ -85,6 +121,7 @@ def render(entries: list[dict]) -> str:
         lines.append(f"_{len(ok)} rows on {', '.join(devices) or 'an unnamed device'}; "
                      f"{sum(e.get('at_most_memory') is True for e in ok)} fast at no more allocated memory; "
                      f"speed-up from {min(e['speedup'] for e in ok):.2f}× to {max(e['speedup'] for e in ok):.2f}×"
+                     " (fast's slowest run over plain's fastest)"
                      + ("; every row in a process of its own" if all(e["isolated"] for e in ok) else "")
                      + (f"; memory an earlier row left allocated is in the peaks of: {', '.join(held)}" if held else "")
                      + "._")

@@ -53,3 +53,22 @@ def test_memory_an_earlier_row_left_is_named(table, tiny_row, tmp_path):
     put(store, lora, "fast", tokens=1500.0, alloc=18.0)
     text = table.render(table.pairs(tmp_path / "t.db"))
     assert "memory an earlier row left allocated is in the peaks of: lora" in text
+
+
+def test_repeated_runs_count_against_the_fast_mode_and_missing_sides_are_named(table, tiny_row, tmp_path):
+    store = Store(tmp_path / "t.db")
+    lora, neft, galore = (tiny_row("lora", name=n) for n in ("lora", "lora+neftune", "galore"))
+    put(store, lora, "bench", tokens=800.0, alloc=20.0)
+    put(store, lora, "bench", tokens=1000.0, alloc=20.0)   # a later plain run, faster
+    put(store, lora, "fast", tokens=1500.0, alloc=18.0)
+    put(store, lora, "fast", tokens=1200.0, alloc=18.0)    # a later fast run, slower
+    put(store, neft, "bench", tokens=900.0, alloc=20.0)    # its fast row never ran
+    put(store, galore, "bench", status="skipped", reason="skipped: needs bitsandbytes")
+    put(store, galore, "fast", status="skipped", reason="skipped: needs bitsandbytes")
+    entries = {e["row"]: e for e in table.pairs(tmp_path / "t.db")}
+    # the plain row's fastest run against the fast row's slowest: a spread can only lower it
+    assert entries["lora"]["speedup"] == pytest.approx(1.2)
+    text = table.render(list(entries.values()))
+    assert "| lora | 1,000 (2 runs: 800–1,000) | 1,200 (2 runs: 1,200–1,500) | 1.20× |" in text
+    assert "| lora+neftune | | | fast: not run |" in text
+    assert "plain: skipped: needs bitsandbytes; fast: skipped: needs bitsandbytes" in text

@@ -198,3 +198,37 @@ def test_cli_refuses_a_bad_recipe_in_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "batch_sizes" in lines[0] and "recipe.toml" in lines[0], result.output
+
+
+def test_a_stores_rows_are_predicted_for_the_device_they_ran_on_beside_their_measurement(tiny_row, tmp_path):
+    """``tunerkit estimate --db``: each stored row is predicted from its recorded config for the
+    device its record names (a GPU row checked on a CPU-only machine), and the errors are
+    prediction over measurement; a store with one row under two profiles names the profile.
+    The measurements are written by hand: this checks the comparison, not a GPU."""
+    from dataclasses import replace
+
+    from tunerkit.estimate import device_tflops
+    from tunerkit.estimate_cli import compare, render, stored_rows
+    from tunerkit.store import Store
+
+    db = tmp_path / "t.db"
+    store = Store(db)
+    row = tiny_row("lora", name="lora", **SMALL)
+    for profile, gib, speed in (("bench", 2.0, 1000.0), ("fast", 1.5, 3000.0)):
+        store.record(recipe="tuners", row=replace(row, profile=profile), repeat=0, status="ok", reason=None,
+                     metrics={"tokens_per_s": speed, "memory": [{"device": "cuda", "peak_allocated_gib": gib}]},
+                     environment={"device_name": "NVIDIA H200"}, started=0.0)
+    records = stored_rows(db)
+    assert [(r["profile"], r["on_gpu"], r["device"]) for r in records] == [
+        ("bench", True, "NVIDIA H200"), ("fast", True, "NVIDIA H200")]
+    entries = compare(records)
+    expected = estimate_row(row, device_tflops("NVIDIA H200")[1], gpu=True)
+    for entry, gib, speed in zip(entries, (2.0, 1.5), (1000.0, 3000.0)):
+        assert entry["predicted_gib"] == pytest.approx(expected["peak_alloc_gib"])
+        assert entry["memory_error"] == pytest.approx(expected["peak_alloc_gib"] / gib - 1)
+        assert entry["speed_error"] == pytest.approx(expected["tokens_per_s"] / speed - 1)
+    text = render(entries)
+    assert "| tuners | lora (bench) |" in text and "| tuners | lora (fast) |" in text
+    result = cli("--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert "lora (fast)" in result.output

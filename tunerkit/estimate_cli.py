@@ -47,7 +47,7 @@ def compare(records: list[dict]) -> list[dict]:
 
     out = []
     for rec in records:
-        entry = {"recipe": rec["recipe"], "row": rec["row"], "device": rec["device"],
+        entry = {"recipe": rec["recipe"], "row": rec["row"], "profile": rec.get("profile"), "device": rec["device"],
                  "measured_gib": rec["peak_alloc_gib"], "measured_tokens_per_s": rec["tokens_per_s"]}
         try:
             pred = estimate_row(row_of(rec["config"]), device_tflops(rec["device"])[1], gpu=rec["on_gpu"])
@@ -73,11 +73,14 @@ def num(v, spec) -> str:
 def render(entries: list[dict]) -> str:
     lines = ["| recipe | row | predicted GiB | measured GiB | error | predicted tokens/s | measured tokens/s | error |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    # a store holding one row under several profiles (plain beside fast) names the profile
+    several = len({(e["recipe"], e.get("profile")) for e in entries}) > len({e["recipe"] for e in entries})
     for e in entries:
+        label = f"{e['row']} ({e.get('profile')})" if several else e["row"]
         if "error" in e:
-            lines.append(f"| {e['recipe']} | {e['row']} | {e['error']} | | | | | |")
+            lines.append(f"| {e['recipe']} | {label} | {e['error']} | | | | | |")
             continue
-        lines.append(f"| {e['recipe']} | {e['row']} | {num(e['predicted_gib'], '.2f')} | {num(e['measured_gib'], '.2f')} | "
+        lines.append(f"| {e['recipe']} | {label} | {num(e['predicted_gib'], '.2f')} | {num(e['measured_gib'], '.2f')} | "
                      f"{pct(e['memory_error'])} | {num(e['predicted_tokens_per_s'], ',.0f')} | "
                      f"{num(e['measured_tokens_per_s'], ',.0f')} | {pct(e['speed_error'])} |")
     return "\n".join(lines)

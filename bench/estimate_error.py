@@ -3,14 +3,23 @@ committed stores: the error table of docs/performance.md ("Predicting memory and
 
     python bench/estimate_error.py                      # every bench/results/*/*.db
     python bench/estimate_error.py path/to/tunerkit.db  # one store
+    python bench/estimate_error.py --spread             # the same row measured more than once
 
 Each row is predicted for the device its record names (``tunerkit estimate --db`` does
-the same for one store); rows measured on a CPU are left out.
+the same for one store); rows measured on a CPU are left out. ``--spread`` sets the error
+beside the measurement's own reproducibility: every GPU configuration recorded more than
+once across the stores (settings that do not change a micro-batch's work, such as the
+accumulation, the token budget or the evaluations, left out of the comparison) with the
+range of its tokens/s.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import sys
+from collections import defaultdict
+from contextlib import closing
 from pathlib import Path
 
 from tunerkit.estimate import fit_note
@@ -23,7 +32,50 @@ def gpu_rows(db: Path) -> list[dict]:
     return [r for r in stored_rows(db) if r["on_gpu"]]
 
 
+#: settings that change how long a row runs or what it does after training, not the work of
+#: one micro-batch: records differing only in these measured the same configuration
+NOT_THE_WORK = ("evaluate", "gradient_accumulation_steps", "token_budget", "max_steps", "timing_warmup_steps",
+                "sdpa_kernels", "repeats", "isolation", "infer_backend", "infer_prompts", "infer_new_tokens")
+
+
+def spread(stores: list[Path]) -> list[dict]:
+    """Every GPU configuration measured more than once: its tokens/s, lowest to highest, and where."""
+    groups: dict[tuple, dict[float, tuple[float, str]]] = defaultdict(dict)
+    for db in stores:
+        with closing(sqlite3.connect(db)) as conn:
+            rows = conn.execute("SELECT recipe, row, config, metrics, started FROM runs WHERE status = 'ok'"
+                                " ORDER BY id").fetchall()
+        for recipe, row, config, metrics, started in rows:
+            m, cfg = json.loads(metrics or "{}"), json.loads(config or "{}")
+            if ((m.get("memory") or [{}])[0].get("device") != "cuda") or not m.get("tokens_per_s"):
+                continue
+            settings = {k: v for k, v in (cfg.get("settings") or {}).items() if k not in NOT_THE_WORK}
+            key = (recipe, row, json.dumps([cfg.get("plugins"), cfg.get("options"), settings], sort_keys=True, default=str))
+            # a store started from another holds that one's records again: one run, one start time
+            groups[key].setdefault(started, (m["tokens_per_s"], f"{db.parent.name}/{db.name}"))
+    out = []
+    for (recipe, row, _), by_start in groups.items():
+        runs = list(by_start.values())
+        speeds = sorted(t for t, _ in runs)
+        if len(runs) > 1 and speeds[-1] > speeds[0]:
+            out.append({"recipe": recipe, "row": row, "tokens_per_s": speeds, "ratio": speeds[-1] / speeds[0],
+                        "stores": sorted({where for _, where in runs})})
+    return sorted(out, key=lambda e: -e["ratio"])
+
+
+def render_spread(entries: list[dict]) -> str:
+    lines = ["| recipe | row | tokens/s, each run | highest / lowest | stores |", "|---|---|---|---:|---|"]
+    for e in entries:
+        lines.append(f"| {e['recipe']} | {e['row']} | {', '.join(f'{t:,.0f}' for t in e['tokens_per_s'])} | "
+                     f"{e['ratio']:.2f} | {', '.join(e['stores'])} |")
+    return "\n".join(lines)
+
+
 def main(paths: list[str]) -> None:
+    if "--spread" in paths:
+        named = [Path(p) for p in paths if p != "--spread"]
+        print(render_spread(spread(named or sorted(RESULTS.glob("*/*.db")))))
+        return
     stores = [Path(p) for p in paths] or sorted(RESULTS.glob("*/*.db"))
     memory, speed = [], []
     for db in stores:

@@ -264,15 +264,13 @@ def base_estimate(row, shape: ModelShape, weight_bits: float, gpu: bool) -> Esti
     return est
 
 
-def estimate_row(row, tflops: float | None = None, gpu: bool | None = None) -> dict:
-    """The prediction for one resolved row: peak allocated GiB (with its parts) and tokens/s,
-    on a GPU (``gpu``; default: whether this machine has one) of ``tflops`` (default: this machine's)."""
+def build_estimate(row, gpu: bool) -> Estimate:
+    """The row's :class:`Estimate`: the core's part, then every plugin's ``estimate_memory``."""
     from tunerkit.core import CoreDefaults
     from tunerkit.plugins import get_plugin, make_manager
 
     pm = make_manager([CoreDefaults()], [get_plugin(n)(row.options[n]) for n in row.plugins])
     shape = shape_of(row.settings.model)
-    gpu = torch.cuda.is_available() if gpu is None else gpu
     bits = pm.hook.weight_bits(row=row)
     if not gpu and row.settings.dtype == "auto":  # weight_bits answered for this machine's dtype
         bits = 32 if bits == 16 else bits
@@ -280,6 +278,14 @@ def estimate_row(row, tflops: float | None = None, gpu: bool | None = None) -> d
         bits = 16
     est = base_estimate(row, shape, bits, gpu)
     pm.hook.estimate_memory(row=row, shape=shape, estimate=est)
+    return est
+
+
+def estimate_row(row, tflops: float | None = None, gpu: bool | None = None) -> dict:
+    """The prediction for one resolved row: peak allocated GiB (with its parts) and tokens/s,
+    on a GPU (``gpu``; default: whether this machine has one) of ``tflops`` (default: this machine's)."""
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    est = build_estimate(row, gpu)
     if tflops is None:
         tflops = device_tflops()[1]
     parts = {k: v / GIB for k, v in est.memory_parts().items()}

@@ -43,31 +43,34 @@ def spread(stores: list[Path]) -> list[dict]:
     groups: dict[tuple, dict[float, tuple[float, str]]] = defaultdict(dict)
     for db in stores:
         with closing(sqlite3.connect(db)) as conn:
-            rows = conn.execute("SELECT recipe, row, config, metrics, started FROM runs WHERE status = 'ok'"
-                                " ORDER BY id").fetchall()
-        for recipe, row, config, metrics, started in rows:
+            rows = conn.execute("SELECT recipe, row, config, metrics, started, environment FROM runs"
+                                " WHERE status = 'ok' ORDER BY id").fetchall()
+        for recipe, row, config, metrics, started, environment in rows:
             m, cfg = json.loads(metrics or "{}"), json.loads(config or "{}")
             if ((m.get("memory") or [{}])[0].get("device") != "cuda") or not m.get("tokens_per_s"):
                 continue
             settings = {k: v for k, v in (cfg.get("settings") or {}).items() if k not in NOT_THE_WORK}
             key = (recipe, row, json.dumps([cfg.get("plugins"), cfg.get("options"), settings], sort_keys=True, default=str))
             # a store started from another holds that one's records again: one run, one start time
-            groups[key].setdefault(started, (m["tokens_per_s"], f"{db.parent.name}/{db.name}"))
+            host = json.loads(environment or "{}").get("host_op_us")  # recorded since 2026-12-06
+            groups[key].setdefault(started, (m["tokens_per_s"], f"{db.parent.name}/{db.name}", host))
     out = []
     for (recipe, row, _), by_start in groups.items():
-        runs = list(by_start.values())
-        speeds = sorted(t for t, _ in runs)
+        runs = sorted(by_start.values(), key=lambda r: r[0])
+        speeds = [t for t, _, _ in runs]
         if len(runs) > 1 and speeds[-1] > speeds[0]:
             out.append({"recipe": recipe, "row": row, "tokens_per_s": speeds, "ratio": speeds[-1] / speeds[0],
-                        "stores": sorted({where for _, where in runs})})
+                        "host_op_us": [h for _, _, h in runs], "stores": sorted({where for _, where, _ in runs})})
     return sorted(out, key=lambda e: -e["ratio"])
 
 
 def render_spread(entries: list[dict]) -> str:
-    lines = ["| recipe | row | tokens/s, each run | highest / lowest | stores |", "|---|---|---|---:|---|"]
+    lines = ["| recipe | row | tokens/s, each run | highest / lowest | host µs per op, each run | stores |",
+             "|---|---|---|---:|---|---|"]
     for e in entries:
+        host = ", ".join("-" if h is None else f"{h:.1f}" for h in e["host_op_us"])
         lines.append(f"| {e['recipe']} | {e['row']} | {', '.join(f'{t:,.0f}' for t in e['tokens_per_s'])} | "
-                     f"{e['ratio']:.2f} | {', '.join(e['stores'])} |")
+                     f"{e['ratio']:.2f} | {host} | {', '.join(e['stores'])} |")
     return "\n".join(lines)
 
 

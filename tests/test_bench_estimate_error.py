@@ -15,10 +15,10 @@ def script(bench_script):
     return bench_script("estimate_error")
 
 
-def put(store, row, tokens, started, device="cuda"):
+def put(store, row, tokens, started, device="cuda", host=None):
     store.record(recipe="tuners", row=row, repeat=0, status="ok", reason=None,
                  metrics={"tokens_per_s": tokens, "memory": [{"device": device, "peak_allocated_gib": 1.0}]},
-                 environment={}, started=started)
+                 environment={} if host is None else {"host_op_us": host}, started=started)
 
 
 def test_runs_of_one_configuration_group_across_stores_and_a_copied_record_counts_once(script, tiny_row, tmp_path):
@@ -30,11 +30,12 @@ def test_runs_of_one_configuration_group_across_stores_and_a_copied_record_count
     put(Store(first), tiny_row("lora", name="lora", lora={"rank": 16}), 9000.0, started=3.0)  # another config
     shutil.copy(first, second)                                                          # a store started from the first
     longer = tiny_row("lora", name="lora", gradient_accumulation_steps=8, evaluate=["infer_speed"])
-    put(Store(second), longer, 1500.0, started=time.time())          # same work per micro-batch, run again
+    put(Store(second), longer, 1500.0, started=time.time(), host=4.25)  # same work per micro-batch, run again
     put(Store(second), lora, 800.0, started=5.0, device="cpu")       # a CPU row is not compared
     entries = script.spread([first, second])
     assert len(entries) == 1
     (e,) = entries
     assert e["row"] == "lora" and e["tokens_per_s"] == [1000.0, 1500.0] and e["ratio"] == pytest.approx(1.5)
     assert e["stores"] == ["a/t.db", "b/t.db"]
-    assert "| tuners | lora | 1,000, 1,500 | 1.50 | a/t.db, b/t.db |" in script.render_spread(entries)
+    assert e["host_op_us"] == [None, 4.25]
+    assert "| tuners | lora | 1,000, 1,500 | 1.50 | -, 4.2 | a/t.db, b/t.db |" in script.render_spread(entries)

@@ -174,15 +174,22 @@ def test_rows_on_a_shared_cpu_are_footnoted():
     assert "b (5.5 on 2 cores)" in note and "a (" not in note
 
 
-def test_every_row_records_its_load_average(tmp_path, tiny_row):
+def test_every_row_records_its_load_average_and_host(tmp_path, tiny_row):
     from tunerkit.runner import run_recipe
     from tunerkit.store import Store
 
     store = Store(tmp_path / "t.db")
     run_recipe(recipe_of([tiny_row("lora", max_steps=1, evaluate=[])]), store, runs_dir=tmp_path,
                progress=False, echo=lambda *_: None)
-    load = store.latest()[0]["environment"]["load_average"]
+    env = store.latest()[0]["environment"]
+    load = env["load_average"]
     assert load["cpu_count"] == os.cpu_count() and load["start"] >= 0 and load["end"] >= 0
+    # the host's side of a step, which batch-1 GPU rows wait on: its CPU and the time to issue an op
+    assert env["host_op_us"] > 0
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+        assert env["cpu_model"] in names
 
 
 def test_evaluation_after_the_last_step_shows_on_the_bar(tiny_row, tmp_path):

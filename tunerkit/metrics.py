@@ -178,6 +178,39 @@ def _git_revision() -> str | None:
         return None
 
 
+def cpu_model() -> str | None:
+    """The host CPU's model name (Linux), which ``platform`` leaves empty on most machines."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def host_op_us(device: torch.device, ops: int = 2000) -> float:
+    """Microseconds the host takes to issue one tiny tensor operation on ``device``.
+
+    A batch-1 row on a large GPU waits on the host's launches, so two machines with one GPU
+    model but different host CPUs time the same row differently (docs/performance.md has
+    repeats 1.9x apart). Issuing a stream of one-element adds and waiting for the last
+    measures that cost directly: the kernels are too small for the GPU to be the limit.
+    """
+    x = torch.zeros(1, device=device)
+    for _ in range(50):  # warm the allocator and the kernel cache
+        x.add_(1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(ops):
+        x.add_(1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / ops * 1e6
+
+
 def environment(device: torch.device) -> dict:
     import importlib.metadata as md
 
@@ -189,7 +222,8 @@ def environment(device: torch.device) -> dict:
         except md.PackageNotFoundError:
             pass
     env = {"python": platform.python_version(), "platform": platform.platform(), "versions": versions,
-           "git_revision": _git_revision(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+           "git_revision": _git_revision(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "cpu_model": cpu_model(), "host_op_us": round(host_op_us(device), 3)}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

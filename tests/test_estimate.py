@@ -117,6 +117,48 @@ def test_activation_peak_is_within_tolerance_of_the_profiled_step(tiny_row, tmp_
         assert abs(probe.peak / predicted - 1) <= ACTIVATION_TOLERANCE, (batch, probe.peak, predicted)
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_eager_attention_keeps_its_probabilities_as_profiled(tiny_row, tmp_path, dtype):
+    """Eager attention keeps heads x length probabilities per token and layer: the fp32 softmax
+    output and, in bf16, its bf16 cast as well. The profiled difference between an eager and
+    an SDPA row (no checkpointing: every layer's probabilities are alive at the peak) must
+    match the predicted difference."""
+    data = "synthetic:lengths?mean=256&sd=0&min=256&max=256&rows=4"
+    common = dict(SMALL, dataset=data, max_length=256, batch_size=1, max_train_samples=4, dtype=dtype,
+                  gradient_checkpointing=False)
+    measured, predicted = {}, {}
+    for attention in ("sdpa", "eager"):
+        row = tiny_row("lora", **common, attention=attention)
+        probe = ActivationPeak(tmp_path)
+        run_row(row, tmp_path / attention, extra_plugins=[probe])
+        p = parts(row)
+        measured[attention], predicted[attention] = probe.peak, p["activations"] + p["gradients"]
+    got, want = measured["eager"] - measured["sdpa"], predicted["eager"] - predicted["sdpa"]
+    assert abs(want / got - 1) <= 0.05, (dtype, got, want)
+
+
+def test_a_flattened_batch_peaks_at_its_real_tokens_not_batch_times_the_longest(tiny_row):
+    """Padding-free rows hold only their samples' tokens: on varied lengths their predicted peak
+    is the largest sum of batch_size lengths a run meets, below the padded batch's, and the
+    same at batch 1. (On one H200 the 8,192-token padding-free row peaked at 47.3 GiB, which
+    batch x longest had put at 72.0; docs/performance.md.)"""
+    from tunerkit.estimate import build_estimate, sample_lengths
+
+    varied = dict(SMALL, dataset="synthetic:lengths?mean=64&sd=40&min=8&max=128&rows=64", max_length=128,
+                  max_train_samples=None, token_budget=4096)
+    for batch in (1, 4):
+        padded = build_estimate(tiny_row("lora", **{**varied, "batch_size": batch}), gpu=False)
+        flat_row = tiny_row("lora", "padding_free", **{**varied, "batch_size": batch})
+        flat = build_estimate(flat_row, gpu=False)
+        lengths = sorted(sample_lengths(flat_row))
+        if batch == 1:
+            assert flat.peak_tokens == padded.peak_tokens
+            continue
+        assert sum(lengths[-batch:]) >= flat.peak_tokens > lengths[-1]
+        assert flat.peak_tokens < 0.9 * padded.peak_tokens
+        assert flat.memory_parts()["activations"] < padded.memory_parts()["activations"]
+
+
 def test_activations_scale_with_tokens_and_tuners_differ_by_training_state(tiny_row):
     one = parts(tiny_row("lora", **SMALL))
     two = parts(tiny_row("lora", **{**SMALL, "batch_size": 4}))

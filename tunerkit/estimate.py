@@ -137,6 +137,7 @@ class Estimate:
     micro_batches: int  # per optimizer step
     checkpointed_layers: int
     padded_tokens: float | None = None  # tokens a padded micro-batch computes (None: mean_tokens, no padding)
+    real_peak_tokens: float | None = None  # the largest micro-batch's tokens without padding (None: peak_tokens)
     trainable_params: int = 0
     added_params: int = 0  # parameters a tuner adds beside the base (adapters, blocks)
     added_param_bytes: int = 4
@@ -222,26 +223,31 @@ def sample_lengths(row) -> list[int] | None:
     return [len(r["input_ids"]) for r in kept] or None
 
 
-def token_plan(row, lengths: list[int] | None) -> tuple[float, float, float, float]:
-    """(peak tokens, mean real tokens, mean samples, mean padded tokens) of one micro-batch,
-    before packing changes them.
+def token_plan(row, lengths: list[int] | None) -> tuple[float, float, float, float, float]:
+    """(peak tokens, mean real tokens, mean samples, mean padded tokens, peak real tokens) of
+    one micro-batch, before packing changes them.
 
     Padded batches: ``batch_size`` samples padded to the longest (the peak is a batch of
-    ``max_length``-long samples when any sample is that long). Unknown data: ``max_length``."""
+    ``max_length``-long samples when any sample is that long). The peak of real tokens is what
+    a flattened batch without padding holds at most: the expected largest sum of
+    ``batch_size`` lengths over the run's micro-batches. Unknown data: ``max_length``."""
     s = row.settings
     if not lengths:
         full = float(s.batch_size * s.max_length)
-        return full, full, float(s.batch_size), full
+        return full, full, float(s.batch_size), full, full
     trained = max(1, min(len(lengths), int((s.token_budget or sum(lengths)) / (sum(lengths) / len(lengths)))))
     top = sorted(lengths)[-max(1, len(lengths) // trained):]  # the longest sample a run of that size meets
     mean = sum(lengths) / len(lengths)
-    padded = mean
-    if s.batch_size > 1:  # the expected longest of batch_size samples, drawn from these lengths
+    padded, peak = mean, float(s.batch_size * top[0])
+    real_peak = peak
+    if s.batch_size > 1:  # batches of batch_size samples drawn from these lengths
         gen = torch.Generator().manual_seed(s.seed)
         lens = torch.tensor(lengths, dtype=torch.float64)
         draws = lens[torch.randint(len(lengths), (256, s.batch_size), generator=gen)]
-        padded = float(draws.max(dim=1).values.mean())
-    return float(s.batch_size * top[0]), float(s.batch_size * mean), float(s.batch_size), float(s.batch_size * padded)
+        padded = float(draws.max(dim=1).values.mean())  # the expected longest of a batch
+        runs = lens[torch.randint(len(lengths), (64, max(1, trained // s.batch_size), s.batch_size), generator=gen)]
+        real_peak = min(peak, float(runs.sum(dim=-1).max(dim=1).values.mean()))
+    return peak, float(s.batch_size * mean), float(s.batch_size), float(s.batch_size * padded), real_peak
 
 
 def base_estimate(row, shape: ModelShape, weight_bits: float, gpu: bool) -> Estimate:
@@ -250,17 +256,21 @@ def base_estimate(row, shape: ModelShape, weight_bits: float, gpu: bool) -> Esti
     s = row.settings
     device = torch.device("cuda" if gpu else "cpu")
     item = resolve_dtype(s.dtype, device).itemsize
-    peak, mean, samples, padded = token_plan(row, sample_lengths(row))
+    peak, mean, samples, padded, real_peak = token_plan(row, sample_lengths(row))
     checkpointed = (shape.layers - (s.uncheckpointed_layers or 0)) if s.gradient_checkpointing else 0
     est = Estimate(shape=shape, weight_bytes=shape.params * weight_bits / 8, param_bytes=item, peak_tokens=peak,
                    mean_tokens=mean, mean_samples=samples, micro_batches=s.gradient_accumulation_steps,
-                   checkpointed_layers=checkpointed, padded_tokens=padded)
+                   checkpointed_layers=checkpointed, padded_tokens=padded, real_peak_tokens=real_peak)
     est.layer_input_bytes = shape.hidden * item
     est.layer_bytes = LAYER_FACTOR * item * (6 * shape.hidden + 2 * shape.kv_width + 4 * shape.ffn)
     # the logits are in the row's dtype; the rest (log-softmax, its gradient) is fp32 in any dtype
     est.logit_bytes = (LOGIT_BYTES - 2 + item) * shape.vocab
-    if s.attention == "eager":  # the attention probabilities are materialised: heads x length per token
-        est.layer_bytes += 2 * item * shape.heads * peak / max(s.batch_size, 1)
+    if s.attention == "eager":
+        # the attention probabilities are materialised, heads x length per token, and kept twice:
+        # the fp32 softmax output (its backward needs it) and its cast to the row's dtype (for
+        # the product with v); in fp32 the cast is the same tensor
+        kept = 4 + (item if item < 4 else 0)
+        est.layer_bytes += kept * shape.heads * peak / max(s.batch_size, 1)
     return est
 
 

@@ -117,5 +117,8 @@ def packed_rows(est, tokens: int, fill: float = 0.97) -> None:
 
 
 def flattened(est) -> None:
-    """Micro-batches flattened into one row: no padding is computed."""
+    """Micro-batches flattened into one row: no padding is computed or kept, so the largest
+    micro-batch holds its samples' real tokens, not batch_size times the longest."""
     est.padded_tokens = None
+    if est.real_peak_tokens is not None:
+        est.peak_tokens = est.real_peak_tokens

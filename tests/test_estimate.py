@@ -274,3 +274,36 @@ def test_a_stores_rows_are_predicted_for_the_device_they_ran_on_beside_their_mea
     result = cli("--db", str(db))
     assert result.exit_code == 0, result.output
     assert "lora (fast)" in result.output
+
+
+def test_cli_predicts_for_a_named_device_and_plans_a_gpu_run_on_a_smaller_machine(tmp_path):
+    """--device: the prediction for that device (bf16 weights and its matmul rate on a GPU),
+    without this machine's checks; without it, a preset larger than this machine is refused
+    in one line that names --device; an unknown device is refused in one line."""
+    from tunerkit.estimate import DEVICE_TFLOPS
+    from tunerkit.recipe import load_recipe
+
+    path = tmp_path / "recipe.toml"
+    path.write_text(RECIPE)
+    here = {e["row"]: e for e in json.loads(cli(str(path), "--json").output)}
+    result = cli(str(path), "--json", "--device", "NVIDIA H200")
+    assert result.exit_code == 0, result.output
+    on_gpu = {e["row"]: e for e in json.loads(result.output)}
+    row = load_recipe(path).rows[0]
+    assert on_gpu[row.name]["peak_alloc_gib"] == pytest.approx(
+        estimate_row(row, DEVICE_TFLOPS["H200"], gpu=True)["peak_alloc_gib"])
+    # the base weights in bf16 on the GPU, fp32 on this CPU
+    assert on_gpu["full"]["parts_gib"]["weights"] == pytest.approx(here["full"]["parts_gib"]["weights"] / 2)
+
+    big = tmp_path / "big.toml"
+    big.write_text(RECIPE.replace('model = "tiny-llama"', 'model = "qwen-72b-chat"'))
+    refused = cli(str(big))
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert refused.exit_code == 2 and len(lines) == 1 and "--device" in lines[0], refused.output
+    planned = cli(str(big), "--device", "H100", "--only", "lora")
+    assert planned.exit_code == 0, planned.output
+    assert "lora: predicted peak" in planned.output
+
+    unknown = cli(str(path), "--device", "V100")
+    lines = [line for line in unknown.output.splitlines() if line.strip()]
+    assert unknown.exit_code == 2 and len(lines) == 1 and "V100" in lines[0] and "H100" in lines[0]

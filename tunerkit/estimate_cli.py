@@ -86,14 +86,16 @@ def render(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def fitting(rows, budget_gib: float) -> list[str]:
+def fitting(rows, budget_gib: float, target: tuple[bool, float] | None = None) -> list[str]:
     """For each row over ``budget_gib``: the first of (checkpointing on, offloaded checkpoints,
-    shorter packed rows) that brings its prediction under the budget."""
+    shorter packed rows) that brings its prediction under the budget (on ``target``, see
+    :func:`target_device`; this machine when None)."""
     from tunerkit.recipe import make_row
 
+    gpu, tflops = target if target is not None else (None, None)
     advice = []
     for row in rows:
-        pred = estimate_row(row)
+        pred = estimate_row(row, tflops, gpu=gpu)
         if pred["peak_alloc_gib"] <= budget_gib:
             advice.append(f"{row.name}: fits ({pred['peak_alloc_gib']:.1f} GiB)")
             continue
@@ -109,7 +111,7 @@ def fitting(rows, budget_gib: float) -> list[str]:
                               [*config["plugins"], *(["offload"] if "offload" not in config["plugins"] else [])]))
         found = None
         for label, s, plugins in tries:
-            trial = estimate_row(make_row(row.name, plugins, **s, **tables))
+            trial = estimate_row(make_row(row.name, plugins, **s, **tables), tflops, gpu=gpu)
             if trial["peak_alloc_gib"] <= budget_gib:
                 found = f"{row.name}: {label} -> {trial['peak_alloc_gib']:.1f} GiB, {trial['tokens_per_s']:,.0f} tokens/s"
                 break
@@ -124,8 +126,10 @@ def fitting(rows, budget_gib: float) -> list[str]:
 @click.option("--only", help="comma-separated row names")
 @click.option("--db", type=click.Path(path_type=Path), help="a store: rows it recorded are shown beside their prediction")
 @click.option("--memory-budget", type=float, help="GiB: for rows predicted over it, what fits (checkpointing, offload, row length)")
+@click.option("--device", help="predict for this device instead of this machine: cpu or a GPU "
+                               "(H100, H200, A100, L40, A10, 4090); checks of this machine are skipped")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def command(recipe, profile, only, db, memory_budget, as_json):
+def command(recipe, profile, only, db, memory_budget, device, as_json):
     """Predicted peak allocated memory and tokens/s of every row of RECIPE (or of every row a --db recorded)."""
     if recipe is None and db is None:
         raise UserError("give a RECIPE, or --db to check a store's rows", key="estimate", hint="tunerkit estimate recipes/tuners.toml")
@@ -136,21 +140,46 @@ def command(recipe, profile, only, db, memory_budget, as_json):
     from tunerkit.cli import pick_profile, row_names
     from tunerkit.recipe import load_recipe
 
+    target = target_device(device)
     profile = pick_profile(recipe, profile)
-    rec = load_recipe(recipe, profile, select=row_names(only))
-    echo_estimates(rec, db, as_json)
+    try:
+        # for another device, this machine's files, memory and packages do not matter
+        rec = load_recipe(recipe, profile, select=row_names(only), check_files=target is None)
+    except UserError as err:
+        if err.key == "model" and "weights alone" in err.message:  # planning a GPU run on a smaller machine
+            raise UserError(err.message, file=err.file, table=err.table, key=err.key,
+                            hint="predict it for the GPU it will run on: --device H100 (or H200, A100, ...)") from None
+        raise
+    echo_estimates(rec, db, as_json, target)
     if memory_budget is not None:
-        for line in fitting(rec.rows, memory_budget):
+        for line in fitting(rec.rows, memory_budget, target):
             click.echo(line)
 
 
-def echo_estimates(rec, db: Path | None = None, as_json: bool = False) -> None:
+def target_device(name: str | None) -> tuple[bool, float] | None:
+    """(on a GPU, matmul TFLOP/s) of a named device; None: this machine."""
+    if name is None:
+        return None
+    from tunerkit.estimate import DEVICE_TFLOPS, device_tflops
+
+    if name.lower() == "cpu":
+        return False, device_tflops("cpu")[1]
+    for key, tflops in DEVICE_TFLOPS.items():
+        if key.lower() in name.lower():
+            return True, tflops
+    raise UserError(f"unknown device '{name}'", key="--device",
+                    hint=f"one of: cpu, {', '.join(DEVICE_TFLOPS)}")
+
+
+def echo_estimates(rec, db: Path | None = None, as_json: bool = False,
+                   target: tuple[bool, float] | None = None) -> None:
     """Each row's prediction (``run --check`` prints these too), and the measurement where ``db`` has one."""
     measured = {(r["row"], r["profile"]): r for r in stored_rows(db, rec.name)} if db else {}
+    gpu, tflops = target if target is not None else (None, None)
     out = []
     for row in rec.rows:
         try:
-            pred = estimate_row(row)
+            pred = estimate_row(row, tflops, gpu=gpu)
         except Exception as err:  # noqa: BLE001 - a model whose config cannot be read: say so per row
             out.append({"row": row.name, "error": f"{type(err).__name__}: {err}"})
             continue

@@ -42,6 +42,25 @@ def peak_allocated(metrics: dict) -> float | None:
     return max(values) if values else None
 
 
+def mfu_pct(record: dict) -> float | None:
+    """MFU of a GPU record against its device's practical matmul rate: recorded by rows since
+    2026-12-06, worked out from the record's config for earlier ones (tunerkit.estimate)."""
+    m = record["metrics"]
+    if m.get("mfu_pct") is not None:
+        return m["mfu_pct"]
+    device = record["environment"].get("device_name") or ""
+    if (m.get("memory") or [{}])[0].get("device") != "cuda" or not device:
+        return None
+    from tunerkit.estimate import utilisation
+    from tunerkit.estimate_cli import row_of
+
+    try:
+        return utilisation(row_of(record["config"]), m.get("tokens_per_s_per_gpu") or m["tokens_per_s"],
+                           device).get("mfu_pct")
+    except Exception:  # noqa: BLE001 - a config the estimate cannot read leaves the cell empty
+        return None
+
+
 def _side(recs: list[dict] | None, pick) -> dict:
     """One profile's view of a row: status and reason of the newest record, speeds of every ok one."""
     if not recs:
@@ -53,6 +72,7 @@ def _side(recs: list[dict] | None, pick) -> dict:
     if ok:
         m = chosen["metrics"]
         side.update(tokens_s=m["tokens_per_s"], runs=[r["metrics"]["tokens_per_s"] for r in ok],
+                    mfu=mfu_pct(chosen),
                     alloc=max((a for a in (peak_allocated(r["metrics"]) for r in ok) if a is not None), default=None),
                     held=max((r["metrics"].get("held_before_gib") or 0) for r in ok),
                     isolated=all(r["metrics"].get("isolation") == "process" for r in ok))
@@ -73,7 +93,7 @@ def pairs(db: Path, recipe: str = "tuners", plain: str = "bench", fast: str = "f
         if "tokens_s" in p and "tokens_s" in f:
             entry.update(plain_tokens_s=p["tokens_s"], fast_tokens_s=f["tokens_s"],
                          plain_runs=p["runs"], fast_runs=f["runs"],
-                         plain_alloc=p["alloc"], fast_alloc=f["alloc"],
+                         plain_alloc=p["alloc"], fast_alloc=f["alloc"], plain_mfu=p["mfu"], fast_mfu=f["mfu"],
                          plain_held=p["held"], fast_held=f["held"],
                          isolated=p["isolated"] and f["isolated"])
             entry["speedup"] = entry["fast_tokens_s"] / entry["plain_tokens_s"]
@@ -98,21 +118,22 @@ def _why(status: str, reason: str | None) -> str:
 
 def render(entries: list[dict]) -> str:
     lines = ["| row | plain tokens/s (fastest run) | fast tokens/s (slowest run) | speed-up | plain allocated GiB | fast allocated GiB "
-             "| at ≤ memory | switches the fast row took | refused |",
-             "|---|---:|---:|---:|---:|---:|---|---|---|"]
+             "| at ≤ memory | MFU % plain → fast | switches the fast row took | refused |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---|---|"]
     for e in entries:
         refused = "; ".join(f"{k}: {v}" for k, v in e["refused"].items()) or "-"
         switches = "+".join(e["switches"]) or "-"
         if "speedup" not in e:
             why = "; ".join(f"{side}: {_why(e[side + '_status'], e[side + '_reason'])}"
                             for side in ("plain", "fast") if e[side + "_status"] != "ok")
-            lines.append(f"| {e['row']} | | | {why} | | | | {switches} | {refused} |")
+            lines.append(f"| {e['row']} | | | {why} | | | | | {switches} | {refused} |")
             continue
         alloc = [f"{e[k]:.2f}" if e.get(k) is not None else "-" for k in ("plain_alloc", "fast_alloc")]
         at_most = {True: "yes", False: "no"}.get(e.get("at_most_memory"), "-")
+        mfu = " → ".join("-" if e.get(k) is None else f"{e[k]:.1f}" for k in ("plain_mfu", "fast_mfu"))
         lines.append(f"| {e['row']} | {_speed(e['plain_tokens_s'], e['plain_runs'])} | "
                      f"{_speed(e['fast_tokens_s'], e['fast_runs'])} | "
-                     f"{e['speedup']:.2f}× | {alloc[0]} | {alloc[1]} | {at_most} | {switches} | {refused} |")
+                     f"{e['speedup']:.2f}× | {alloc[0]} | {alloc[1]} | {at_most} | {mfu} | {switches} | {refused} |")
     ok = [e for e in entries if "speedup" in e]
     if ok:
         held = [e["row"] for e in ok if max(e.get("plain_held") or 0, e.get("fast_held") or 0) > 0.1]

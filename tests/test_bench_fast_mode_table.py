@@ -29,7 +29,7 @@ def test_rows_pair_by_name_with_speedup_memory_verdict_and_switches(table, tiny_
     store = Store(tmp_path / "t.db")
     lora, dora, full = (tiny_row("lora", name=n) for n in ("lora", "dora", "full"))
     put(store, lora, "bench", tokens=1000.0, alloc=20.0, isolation="process")
-    put(store, lora, "fast", tokens=1500.0, alloc=18.0, isolation="process",
+    put(store, lora, "fast", tokens=1500.0, alloc=18.0, isolation="process", mfu_pct=30.0,
         fast_mode={"added": ["packing", "compile"], "refused": {"liger": "no GPU"}})
     put(store, dora, "bench", tokens=400.0, alloc=20.0, isolation="process")
     put(store, dora, "fast", tokens=600.0, alloc=25.0, isolation="process", fast_mode={"added": ["compile"]})
@@ -41,7 +41,8 @@ def test_rows_pair_by_name_with_speedup_memory_verdict_and_switches(table, tiny_
     assert entries["lora"]["switches"] == ["packing", "compile"] and entries["lora"]["refused"] == {"liger": "no GPU"}
     assert "speedup" not in entries["full"]
     text = table.render(list(entries.values()))
-    assert "| lora | 1,000 | 1,500 | 1.50× | 20.00 | 18.00 | yes | packing+compile | liger: no GPU |" in text
+    # MFU as the fast row recorded it; the plain row's device ("GPU X") has no stated ceiling
+    assert "| lora | 1,000 | 1,500 | 1.50× | 20.00 | 18.00 | yes | - → 30.0 | packing+compile | liger: no GPU |" in text
     assert "fast: failed OOM: out of memory" in text
     assert "1 fast at no more allocated memory" in text and "every row in a process of its own" in text
 
@@ -72,3 +73,16 @@ def test_repeated_runs_count_against_the_fast_mode_and_missing_sides_are_named(t
     assert "| lora | 1,000 (2 runs: 800–1,000) | 1,200 (2 runs: 1,200–1,500) | 1.20× |" in text
     assert "| lora+neftune | | | fast: not run |" in text
     assert "plain: skipped: needs bitsandbytes; fast: skipped: needs bitsandbytes" in text
+
+
+def test_mfu_of_an_earlier_record_is_worked_out_from_its_config(table, tiny_row):
+    from tunerkit.estimate import utilisation
+
+    row = tiny_row("lora", name="lora")
+    record = {"metrics": {"tokens_per_s": 1000.0, "memory": [{"device": "cuda"}]},
+              "environment": {"device_name": "NVIDIA H200"}, "config": row.config()}
+    assert table.mfu_pct(record) == pytest.approx(utilisation(row, 1000.0, "NVIDIA H200")["mfu_pct"])
+    record["metrics"]["mfu_pct"] = 12.5  # recorded by the row itself: taken as it is
+    assert table.mfu_pct(record) == 12.5
+    record["metrics"] = {"tokens_per_s": 1000.0, "memory": [{"device": "cpu"}]}
+    assert table.mfu_pct(record) is None

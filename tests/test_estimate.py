@@ -307,3 +307,34 @@ def test_cli_predicts_for_a_named_device_and_plans_a_gpu_run_on_a_smaller_machin
     unknown = cli(str(path), "--device", "V100")
     lines = [line for line in unknown.output.splitlines() if line.strip()]
     assert unknown.exit_code == 2 and len(lines) == 1 and "V100" in lines[0] and "H100" in lines[0]
+
+
+def test_mfu_counts_the_model_flops_of_real_tokens_against_named_ceilings(tiny_row):
+    """Model FLOPs per token: 4N for every weight plus 2N for trained ones, adapters at 6N, and
+    causal attention; MFU divides the sustained rate by the practical matmul rate and by the
+    datasheet peak of the device named, and an unknown device gets the rate without MFU."""
+    from tunerkit.estimate import build_estimate, model_flops_per_token, utilisation
+
+    lora, full = (tiny_row(t, **SMALL) for t in ("lora", "full"))
+    e_lora, e_full = build_estimate(lora, gpu=True), build_estimate(full, gpu=True)
+    s = e_full.shape
+    attention = 6 * 32 * s.hidden * s.layers  # 32-token samples
+    assert model_flops_per_token(e_full) == pytest.approx(6 * s.dense_params + attention)
+    assert model_flops_per_token(e_lora) == pytest.approx(4 * s.dense_params + 6 * e_lora.added_params + attention)
+
+    rate = model_flops_per_token(e_lora) * 1e6 / 1e12  # a million tokens/s
+    h200 = utilisation(lora, 1e6, "NVIDIA H200")
+    assert h200["model_tflops_per_s"] == pytest.approx(rate)
+    assert h200["mfu_pct"] == pytest.approx(100 * rate / 790) and h200["mfu_ceiling_tflops"] == 790
+    assert h200["mfu_datasheet_pct"] == pytest.approx(100 * rate / 989)
+    assert utilisation(lora, 1e6, "Some GPU") == {"model_tflops_per_s": pytest.approx(rate)}
+
+
+def test_a_cpu_row_records_no_mfu_and_the_report_explains_the_gpu_column(tiny_row, tmp_path):
+    from tunerkit.report.tables import mfu_note
+
+    metrics = run_row(tiny_row("lora", **SMALL), tmp_path)
+    assert "mfu_pct" not in metrics and "model_tflops_per_s" not in metrics
+    note = mfu_note([{"metrics": {"mfu_pct": 40.0, "mfu_ceiling_tflops": 790.0, "mfu_datasheet_tflops": 989.0}}])
+    assert "790 TFLOP/s" in note and "989 TFLOP/s" in note
+    assert mfu_note([{"metrics": metrics}]) is None

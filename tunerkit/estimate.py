@@ -50,6 +50,8 @@ EFFICIENCY = 0.58
 HOST_SECONDS = 0.25
 #: practical dense bf16 matmul rates (an 8192^3 matmul), TFLOP/s
 DEVICE_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 250.0, "L40": 180.0, "A10": 100.0, "4090": 150.0}
+#: datasheet dense bf16 peaks (no sparsity), TFLOP/s, for the GPUs whose sheet states one plainly
+DATASHEET_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 
 
 @dataclass
@@ -302,6 +304,33 @@ def estimate_row(row, tflops: float | None = None, gpu: bool | None = None) -> d
     return {"row": row.name, "peak_alloc_gib": sum(parts.values()), "parts_gib": parts,
             "tokens_per_s": est.tokens_per_s(tflops), "trainable_params": est.trainable_params,
             "peak_tokens": est.peak_tokens, "notes": list(est.notes)}
+
+
+def model_flops_per_token(est: Estimate) -> float:
+    """Matmul FLOPs a step must do per real token (MFU's numerator): forward and input
+    gradients of every weight (4N), weight gradients of trained weights (2N), adapters at 6N,
+    causal attention; the recompute of checkpointed layers and padding are not counted."""
+    s = est.shape
+    seq = est.mean_tokens / max(est.mean_samples, 1e-9)
+    return (4 * s.dense_params + 2 * est.trained_weight_params + 6 * est.added_params
+            + 6 * seq * s.hidden * s.layers)
+
+
+def _rate(table: dict, device_name: str) -> float | None:
+    return next((tf for key, tf in table.items() if key.lower() in device_name.lower()), None)
+
+
+def utilisation(row, tokens_per_s_per_gpu: float, device_name: str) -> dict:
+    """Model TFLOP/s a GPU sustained, and MFU against two named ceilings: the practical dense
+    bf16 matmul rate (``DEVICE_TFLOPS``) and the datasheet's peak (``DATASHEET_TFLOPS``)."""
+    tflops = model_flops_per_token(build_estimate(row, gpu=True)) * tokens_per_s_per_gpu / 1e12
+    out = {"model_tflops_per_s": tflops}
+    practical, sheet = _rate(DEVICE_TFLOPS, device_name), _rate(DATASHEET_TFLOPS, device_name)
+    if practical:
+        out.update(mfu_pct=100 * tflops / practical, mfu_ceiling_tflops=practical)
+    if sheet:
+        out.update(mfu_datasheet_pct=100 * tflops / sheet, mfu_datasheet_tflops=sheet)
+    return out
 
 
 def relative_error(predicted: float | None, measured: float | None) -> float | None:

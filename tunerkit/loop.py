@@ -268,6 +268,14 @@ def record_training(ctx: RunContext, losses: list[float], timed_steps, eval_curv
     ctx.metrics["memory"] = gather_memory(ctx)
     ctx.metrics["attention"] = ctx.attention_used
     ctx.metrics["world_size"] = ctx.world_size
+    per_gpu = ctx.metrics.get("tokens_per_s_per_gpu")
+    if ctx.device.type == "cuda" and per_gpu:
+        from tunerkit.estimate import utilisation
+
+        try:
+            ctx.metrics.update(utilisation(ctx.row, per_gpu, torch.cuda.get_device_name(ctx.device)))
+        except Exception as err:  # noqa: BLE001 - a shape the estimate cannot read costs the MFU cell only
+            ctx.log(f"no MFU for this row: {type(err).__name__}: {err}")
 
 
 def _finish(ctx: RunContext) -> dict:

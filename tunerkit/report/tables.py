@@ -106,6 +106,9 @@ METRICS = [
     Metric("train loss", "train_loss", "train_loss", kind="loss"),
     Metric("eval loss", "eval_loss", "eval_loss", kind="loss"),
     Metric("accuracy", "accuracy", kind="acc"),
+    Metric("model TFLOP/s", "model_tflops_per_s", kind=".0f"),
+    Metric("MFU %", "mfu_pct", kind=".1f"),
+    Metric("MFU % of datasheet", "mfu_datasheet_pct", kind=".1f"),
     Metric("infer tokens/s", "infer_tokens_per_s", "infer_tokens_per_s"),
     Metric("gsm8k acc", "gsm8k_acc", "gsm8k_acc", kind="acc"),
     Metric("arc acc", "arc_acc", "arc_acc", kind="acc"),
@@ -183,8 +186,24 @@ FIRST_NOTE = (f"{FIRST_MARK} the first row its process trained, with torch's cuD
               "each sequence length it meets first (docs/benchmarks.md); compare it with care")
 
 
+MFU_NOTE = ("MFU: model FLOPs per real token (4N for every weight's forward and input gradient, 2N more for "
+            "trained weights, adapters at 6N, causal attention; no recompute, no padding) times tokens/s per GPU, "
+            "over the device's practical dense bf16 matmul rate ({practical}) and, for the datasheet column, its "
+            "datasheet peak ({sheet})")
 ISOLATED_NOTE = ("{which} trained in a process of its own (isolation): no such row carries memory, compiled "
                  "code or kernel plans from the row before it, and each pays its own warm-up")
+
+
+def mfu_note(records: list[dict]) -> str | None:
+    """What the MFU columns divide by, with the ceilings the rows' devices used; None without MFU."""
+    mfu = [r.get("metrics") or {} for r in records if (r.get("metrics") or {}).get("mfu_pct") is not None]
+    if not mfu:
+        return None
+
+    def rates(key: str) -> str:
+        return ", ".join(f"{v:g} TFLOP/s" for v in sorted({m[key] for m in mfu if m.get(key)})) or "none stated"
+
+    return MFU_NOTE.format(practical=rates("mfu_ceiling_tflops"), sheet=rates("mfu_datasheet_tflops"))
 
 
 def isolated(record: dict) -> bool:
@@ -444,6 +463,9 @@ def render_markdown(records: list[dict]) -> str:
                          "ms-swift's hardware and models")
         if any(first_in_process(r) for r in group):
             notes.append(FIRST_NOTE)
+        mfu = mfu_note(group)
+        if mfu:
+            notes.append(mfu)
         apart = [r["row"] for r in group if isolated(r)]
         if apart:
             notes.append(ISOLATED_NOTE.format(which="every row" if len(apart) == len(group)

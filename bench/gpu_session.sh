@@ -159,7 +159,8 @@ from tunerkit.recipe import make_row; from tunerkit.loop import run_row
 row = make_row('bnb', ['lora', 'bnb'], model='tiny-llama', dataset='synthetic:lengths?mean=200&sd=50&min=20&max=400&rows=64',
                max_length=256, max_steps=3, evaluate=[], val_size=0)
 m = run_row(row, Path(tempfile.mkdtemp()))
-print('bnb smoke:', m['quantized_linears'], 'quantized linears,', m['weights_gib'], 'GiB, loss', m['train_loss'], m['memory'])
+print('bnb smoke:', m['quantized_linears'], 'quantized linears,', m['weights_gib'], 'GiB, loss', m['train_loss'], m['memory'],
+      'MFU %', m.get('mfu_pct'))
 " 2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
     ;;
   *) echo "unknown part $part" >&2; exit 2 ;;

@@ -189,14 +189,16 @@ class Estimate:
         return self.mean_tokens * self.micro_batches / (seconds / self.speed_factor)
 
 
+def rate_of(table: dict[str, float], device_name: str) -> float | None:
+    """The rate ``table`` gives the device whose name contains one of its keys ("NVIDIA H200")."""
+    return next((tf for key, tf in table.items() if key.lower() in device_name.lower()), None)
+
+
 def device_tflops(name: str | None = None) -> tuple[str, float]:
     """(device name, matmul TFLOP/s): a known GPU's rate, else a short matmul on this host."""
     if name is None:
         name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    for key, tf in DEVICE_TFLOPS.items():
-        if key.lower() in name.lower():
-            return name, tf
-    return name, measured_tflops()
+    return name, rate_of(DEVICE_TFLOPS, name) or measured_tflops()
 
 
 def measured_tflops(n: int = 512, repeats: int = 4) -> float:
@@ -316,16 +318,12 @@ def model_flops_per_token(est: Estimate) -> float:
             + 6 * seq * s.hidden * s.layers)
 
 
-def _rate(table: dict, device_name: str) -> float | None:
-    return next((tf for key, tf in table.items() if key.lower() in device_name.lower()), None)
-
-
 def utilisation(row, tokens_per_s_per_gpu: float, device_name: str) -> dict:
     """Model TFLOP/s a GPU sustained, and MFU against two named ceilings: the practical dense
     bf16 matmul rate (``DEVICE_TFLOPS``) and the datasheet's peak (``DATASHEET_TFLOPS``)."""
     tflops = model_flops_per_token(build_estimate(row, gpu=True)) * tokens_per_s_per_gpu / 1e12
     out = {"model_tflops_per_s": tflops}
-    practical, sheet = _rate(DEVICE_TFLOPS, device_name), _rate(DATASHEET_TFLOPS, device_name)
+    practical, sheet = rate_of(DEVICE_TFLOPS, device_name), rate_of(DATASHEET_TFLOPS, device_name)
     if practical:
         out.update(mfu_pct=100 * tflops / practical, mfu_ceiling_tflops=practical)
     if sheet:

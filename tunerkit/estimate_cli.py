@@ -160,13 +160,13 @@ def target_device(name: str | None) -> tuple[bool, float] | None:
     """(on a GPU, matmul TFLOP/s) of a named device; None: this machine."""
     if name is None:
         return None
-    from tunerkit.estimate import DEVICE_TFLOPS, device_tflops
+    from tunerkit.estimate import DEVICE_TFLOPS, device_tflops, rate_of
 
     if name.lower() == "cpu":
         return False, device_tflops("cpu")[1]
-    for key, tflops in DEVICE_TFLOPS.items():
-        if key.lower() in name.lower():
-            return True, tflops
+    tflops = rate_of(DEVICE_TFLOPS, name)
+    if tflops is not None:
+        return True, tflops
     raise UserError(f"unknown device '{name}'", key="--device",
                     hint=f"one of: cpu, {', '.join(DEVICE_TFLOPS)}")
 

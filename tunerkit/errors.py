@@ -32,6 +32,11 @@ class UserError(Exception):
                          key=self.key or key, hint=self.hint)
 
 
+class ModelTooLarge(UserError):
+    """A preset whose weights alone exceed this machine's memory (``tunerkit estimate`` offers
+    to predict it for another device instead)."""
+
+
 class RowFailed(Exception):
     """A row could not finish; recorded as a failed cell with ``reason``, the run goes on."""
 

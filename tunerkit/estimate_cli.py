@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from tunerkit.errors import UserError
+from tunerkit.errors import ModelTooLarge, UserError
 from tunerkit.estimate import GIB, estimate_row, relative_error
 
 
@@ -145,11 +145,9 @@ def command(recipe, profile, only, db, memory_budget, device, as_json):
     try:
         # for another device, this machine's files, memory and packages do not matter
         rec = load_recipe(recipe, profile, select=row_names(only), check_files=target is None)
-    except UserError as err:
-        if err.key == "model" and "weights alone" in err.message:  # planning a GPU run on a smaller machine
-            raise UserError(err.message, file=err.file, table=err.table, key=err.key,
-                            hint="predict it for the GPU it will run on: --device H100 (or H200, A100, ...)") from None
-        raise
+    except ModelTooLarge as err:  # planning a GPU run on a smaller machine
+        raise UserError(err.message, file=err.file, table=err.table, key=err.key,
+                        hint="predict it for the GPU it will run on: --device H100 (or H200, A100, ...)") from None
     echo_estimates(rec, db, as_json, target)
     if memory_budget is not None:
         for line in fitting(rec.rows, memory_budget, target):

@@ -18,7 +18,7 @@ import torch
 from tunerkit.core import CoreDefaults
 from tunerkit.data.chat import TEMPLATES
 from tunerkit.data.sources import check_source, kind_of
-from tunerkit.errors import UserError
+from tunerkit.errors import ModelTooLarge, UserError
 from tunerkit.launch import inside_launch, visible_gpus
 from tunerkit.models.bundled import converted_dir
 from tunerkit.models.loading import ModelSource, cache_dir, resolve_model
@@ -40,7 +40,7 @@ def check_fits(row, table: str, file: str, bits: float) -> None:
     need = source.preset.num_params() * bits / 8
     have, where = available_memory_bytes()
     if need > have * row.settings.gpus:
-        raise UserError(f"model '{row.settings.model}' needs {need / 2**30:.1f} GiB for its {bits:g}-bit weights alone;"
+        raise ModelTooLarge(f"model '{row.settings.model}' needs {need / 2**30:.1f} GiB for its {bits:g}-bit weights alone;"
                         f" {where} has {have / 2**30:.1f} GiB", file=file, table=table, key="model",
                         hint="pick a smaller preset, a profile for this machine (--profile), or more GPUs")
 

@@ -245,8 +245,35 @@ def logical_numel(p) -> int:
     return p.numel()
 
 
+def packed_linear_numel(module) -> int | None:
+    """The weights a quantized linear layer stands for (``in_features x out_features``, plus
+    its bias), or None for any other module.
+
+    GPTQ and AWQ layers keep their packed integers, scales and zero points as buffers, and
+    AQLM layers keep codes and codebooks as parameters of other shapes, so counting their
+    tensors reports the storage (a 7.7 B model read as 1.25 B parameters). A layer is taken
+    for a quantized linear when it is a leaf that names ``in_features`` and ``out_features``
+    but holds no floating-point weight of that many elements (a plain ``nn.Linear`` does)."""
+    n_in, n_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
+    if not (isinstance(n_in, int) and isinstance(n_out, int)) or next(module.children(), None) is not None:
+        return None
+    own = list(module.parameters(recurse=False))
+    if any(p.is_floating_point() and logical_numel(p) == n_in * n_out for p in own):
+        return None
+    bias = getattr(module, "bias", None)
+    return n_in * n_out + (logical_numel(bias) if isinstance(bias, torch.Tensor) else 0)
+
+
 def count_parameters(model) -> dict:
+    """Trainable and total parameters as the model's weights count them, whatever their storage
+    (ZeRO-3 partitions, bitsandbytes' packed bytes, GPTQ/AWQ/AQLM packed layers)."""
     trainable = sum(logical_numel(p) for p in model.parameters() if p.requires_grad)
-    total = sum(logical_numel(p) for p in model.parameters())
+    total, packed = 0, set()
+    for module in model.modules():
+        n = packed_linear_numel(module)
+        if n is not None:
+            total += n
+            packed.update(id(p) for p in module.parameters(recurse=False))
+    total += sum(logical_numel(p) for p in model.parameters() if id(p) not in packed)
     return {"trainable_params": trainable, "total_params": total,
             "trainable_params_m": trainable / 1e6, "trainable_pct": 100.0 * trainable / max(total, 1)}

@@ -32,3 +32,18 @@ def test_row_is_refused_without_cuda_in_one_line(monkeypatch):
     assert reason and ("CUDA GPU" in reason or "not installed" in reason) and "\n" not in reason
     with pytest.raises(UserError, match="needs one of lora"):
         make_row("a", ["aqlm"], model="tiny-llama")
+
+
+def test_the_loading_config_keeps_the_head_and_embeddings_unquantized_under_transformers_rule():
+    # transformers decides which linears become AQLM layers by matching module names against
+    # linear_weights_not_to_quantize; AQLM checkpoints list weights ("lm_head.weight"), which
+    # under transformers 5 left the head to be swapped for a 2-bit layer with no codes stored.
+    pytest.importorskip("transformers.quantizers.quantizers_utils")
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    row = make_row("a", ["lora", "aqlm"], model="tiny-llama")
+    kept = aqlm.Aqlm(row.options["aqlm"]).quantization_config(None).linear_weights_not_to_quantize
+    assert not should_convert_module("lm_head", kept)
+    assert not should_convert_module("model.embed_tokens", kept)
+    assert should_convert_module("model.layers.0.self_attn.q_proj", kept)
+    assert "lm_head.weight" in kept  # the checkpoint's own spelling stays for older transformers

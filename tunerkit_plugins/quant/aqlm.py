@@ -59,6 +59,14 @@ def aqlm_format(o: AqlmOptions) -> Format:
     return Format(f"aqlm{o.codebooks}g{g}", config, tensors)
 
 
+def kept_in_full(weights: list[str]) -> list[str]:
+    """AQLM checkpoints name the layers they keep unquantized by weight ("lm_head.weight");
+    transformers 5 matches that list against module names ("lm_head"), so the weight names
+    alone let it swap the output head for a 2-bit layer with no codes in the checkpoint. Both
+    spellings keep the head (and embeddings) as the checkpoint stores them, under either rule."""
+    return list(dict.fromkeys([*weights, *(w.removesuffix(".weight") for w in weights)]))
+
+
 class Aqlm(PreQuantized):
     name = "aqlm"
     summary = "LoRA on a 2-bit AQLM checkpoint (learned codebooks), GPU only"
@@ -81,7 +89,7 @@ class Aqlm(PreQuantized):
         fmt = self.format().config
         return AqlmConfig(in_group_size=fmt["in_group_size"], out_group_size=1, num_codebooks=fmt["num_codebooks"],
                           nbits_per_codebook=fmt["nbits_per_codebook"],
-                          linear_weights_not_to_quantize=fmt["linear_weights_not_to_quantize"])
+                          linear_weights_not_to_quantize=kept_in_full(fmt["linear_weights_not_to_quantize"]))
 
     @hookimpl
     def weight_bits(self, row):

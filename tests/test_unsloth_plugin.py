@@ -2,6 +2,7 @@
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,45 @@ def test_the_row_reaches_unsloth_as_written(monkeypatch, tmp_path):
     assert wrap["use_gradient_checkpointing"] == "unsloth"
     ctx.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={})  # the core's call afterwards
     assert all(name != "transformers_checkpointing" for name, _ in StandIn.calls)  # unsloth's stays in place
+
+
+def four_bit_context(monkeypatch, tmp_path, loaded):
+    from tunerkit.models.loading import resolve_model
+
+    class Loader(StandIn):
+        @classmethod
+        def from_pretrained(cls, **kwargs):
+            cls.calls.append(("from_pretrained", kwargs))
+            return loaded, "tokenizer"
+
+    monkeypatch.setenv("TUNERKIT_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=Loader))
+    StandIn.calls.clear()
+    row = make_row("u", ["unsloth"], model="tiny-llama", max_length=256, unsloth={"bits": 4})
+    ctx = types.SimpleNamespace(settings=row.settings, device=torch.device("cuda"), dtype=torch.bfloat16,
+                                model_source=resolve_model("tiny-llama"), state={}, attention_used=None)
+    return plugin.Unsloth(row.options["unsloth"]), ctx
+
+
+def test_a_4bit_preset_row_reads_the_full_random_checkpoint(monkeypatch, tmp_path):
+    # bitsandbytes quantizes only the weights a checkpoint stores: the 4-bit row must read them all.
+    linear = torch.nn.Linear(2, 2)
+    linear.weight.quant_state = object()  # what a bitsandbytes 4-bit weight carries
+    p, ctx = four_bit_context(monkeypatch, tmp_path, torch.nn.Sequential(linear))
+    p.load_model(ctx)
+    (_, load), = StandIn.calls
+    path = Path(load["model_name"])
+    assert load["load_in_4bit"] is True
+    assert any(path.glob("*.safetensors")) and (path / "tokenizer_config.json").exists()
+    from safetensors import safe_open
+    with safe_open(str(next(path.glob("*.safetensors"))), "pt") as f:
+        assert any(k.endswith("q_proj.weight") for k in f.keys())  # every weight stored, not only the norm
+    assert ctx.state["unsloth:quantized_linears"] == 1
+
+
+def test_a_4bit_row_whose_weights_stayed_bf16_fails_instead_of_measuring_them(monkeypatch, tmp_path):
+    from tunerkit.errors import RowFailed
+
+    p, ctx = four_bit_context(monkeypatch, tmp_path, torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.raises(RowFailed, match="no layer of the loaded model holds bitsandbytes 4-bit weights"):
+        p.load_model(ctx)

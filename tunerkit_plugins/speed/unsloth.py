@@ -13,9 +13,12 @@ checkpointing follows the row's ``gradient_checkpointing``: on, unsloth's own (o
 when ``offload_checkpointing``) takes the place of the core's. unsloth needs a CUDA GPU;
 :meth:`Unsloth.validate` refuses the row on any other machine.
 
-A preset (random weights) is handed to unsloth as a checkpoint directory holding the
+A bf16 preset (random weights) is handed to unsloth as a checkpoint directory holding the
 preset's config, a small token-id tokenizer and one stored tensor: transformers draws the
-missing weights itself on the GPU, so the row never writes or reads the full model.
+missing weights itself on the GPU, so the row never writes or reads the full model. A 4-bit
+preset row reads the preset's full random checkpoint (written once to the cache), because
+bitsandbytes quantizes only the weights a checkpoint stores; a 4-bit row whose loaded model
+holds no 4-bit layer fails instead of measuring bf16 weights.
 """
 
 from __future__ import annotations
@@ -100,6 +103,11 @@ def preset_directory(preset, target: Path) -> Path:
     return target
 
 
+def quantized_linears(model) -> int:
+    """Layers whose weight bitsandbytes holds in 4 bits (a ``quant_state`` beside the packed bytes)."""
+    return sum(getattr(getattr(m, "weight", None), "quant_state", None) is not None for m in model.modules())
+
+
 class Unsloth(Plugin):
     name = "unsloth"
     summary = "unsloth's FastLanguageModel: its kernels, fused LoRA and offloaded checkpointing (CUDA; 4-bit or bf16)"
@@ -132,12 +140,20 @@ class Unsloth(Plugin):
             estimates.offloaded_checkpoints(estimate, in_flight=1)
 
     def source_path(self, ctx) -> str:
-        from tunerkit.models.loading import cache_dir, model_path
+        from tunerkit.models.loading import cache_dir, model_path, preset_checkpoint
 
         source = ctx.model_source
-        if source.kind == "preset":
-            return str(preset_directory(source.preset, cache_dir() / "models" / f"unsloth-{source.preset.name}"))
-        return model_path(source)
+        if source.kind != "preset":
+            return model_path(source)
+        if self.options.bits == 4:
+            # bitsandbytes quantizes the weights it reads from the checkpoint; weights that
+            # transformers draws for a missing tensor stay bf16 (a 4-bit row of the 8B preset
+            # so ran at bf16 memory). A 4-bit preset row reads the preset's full checkpoint.
+            target = preset_checkpoint(source.preset, ctx.dtype)
+            if not (target / "tokenizer_config.json").exists():
+                token_id_tokenizer(source.preset.vocab).save_pretrained(target)
+            return str(target)
+        return str(preset_directory(source.preset, cache_dir() / "models" / f"unsloth-{source.preset.name}"))
 
     @hookimpl
     def load_model(self, ctx):
@@ -150,6 +166,11 @@ class Unsloth(Plugin):
             load_in_4bit=self.options.bits == 4, local_files_only=ctx.model_source.kind != "hub")
         ctx.state["unsloth:tokenizer"] = tokenizer
         ctx.attention_used = "unsloth"
+        quantized = quantized_linears(model)
+        if self.options.bits == 4 and quantized == 0:
+            raise RowFailed("unsloth: 4-bit weights asked for, but no layer of the loaded model holds "
+                            "bitsandbytes 4-bit weights (the row would measure bf16 weights)")
+        ctx.state["unsloth:quantized_linears"] = quantized
         return model
 
     @hookimpl
@@ -172,5 +193,6 @@ class Unsloth(Plugin):
     @hookimpl
     def collect_metrics(self, ctx):
         return {"unsloth_bits": self.options.bits, "unsloth_checkpointing": ctx.state.get("unsloth:checkpointing"),
+                "quantized_linears": ctx.state.get("unsloth:quantized_linears"),
                 "unsloth_targets": str(unsloth_targets(self.options.targets,
                                                        getattr(ctx.model_source, "preset", None)))}

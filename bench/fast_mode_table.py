@@ -4,7 +4,8 @@
     python bench/fast_mode_table.py bench/results/2026-12-06-h200/tuners_fast_plain.db
     python bench/fast_mode_table.py STORE --recipe tuners --plain bench --fast fast
 
-A row is paired by name across the two profiles. A row measured more than once in a profile
+A row is paired by name and card across the two profiles (a row run plain on one card and
+fast on another is listed once per card, never paired). A row measured more than once in a profile
 (a later call repeating the plain rows with decoding speed, say) keeps every measurement:
 the speed-up is taken against the plain row's fastest run and the fast row's slowest, so a
 spread between runs can only lower it, and the table shows the spread. Both speeds are over
@@ -79,17 +80,30 @@ def _side(recs: list[dict] | None, pick) -> dict:
     return side
 
 
+def card(record: dict) -> str:
+    return record["environment"].get("device_name") or "an unnamed device"
+
+
 def pairs(db: Path, recipe: str = "tuners", plain: str = "bench", fast: str = "fast") -> list[dict]:
-    """One entry per row measured in either profile: the fast profile's rows first, in its order."""
+    """One entry per row and card measured in either profile: the fast profile's rows first, in
+    its order. Runs on different cards are never paired: a row whose plain run was on one card
+    and fast run on another gives two entries, each with its other side "not run"."""
     a, b = records(db, recipe, plain), records(db, recipe, fast)
+    keys = []
+    for recs in (b, a):
+        for name, rs in recs.items():
+            for r in rs:
+                if (name, card(r)) not in keys:
+                    keys.append((name, card(r)))
     entries = []
-    for name in [*b, *(n for n in a if n not in b)]:
-        p, f = _side(a.get(name), max), _side(b.get(name), min)
+    for name, device in keys:
+        on_card = lambda recs: [r for r in recs.get(name, []) if card(r) == device]  # noqa: E731
+        p, f = _side(on_card(a), max), _side(on_card(b), min)
         entry = {"row": name, "plain_status": p["status"], "fast_status": f["status"],
                  "plain_reason": p["reason"], "fast_reason": f["reason"],
                  "switches": (f["config"].get("fast_mode") or {}).get("added", []),
                  "refused": (f["config"].get("fast_mode") or {}).get("refused", {}),
-                 "device": f["environment"].get("device_name") or p["environment"].get("device_name")}
+                 "device": device}
         if "tokens_s" in p and "tokens_s" in f:
             entry.update(plain_tokens_s=p["tokens_s"], fast_tokens_s=f["tokens_s"],
                          plain_runs=p["runs"], fast_runs=f["runs"],
@@ -101,6 +115,12 @@ def pairs(db: Path, recipe: str = "tuners", plain: str = "bench", fast: str = "f
                 entry["at_most_memory"] = entry["fast_alloc"] <= entry["plain_alloc"]
         entries.append(entry)
     return entries
+
+
+def short_card(device: str) -> str:
+    """"NVIDIA H100 80GB HBM3" -> "H100": the card's model, enough to tell the rows apart."""
+    words = [w for w in device.split() if w.upper() != "NVIDIA"]
+    return words[0] if words else device
 
 
 def _speed(value: float, runs: list[float]) -> str:
@@ -117,21 +137,21 @@ def _why(status: str, reason: str | None) -> str:
 
 
 def render(entries: list[dict]) -> str:
-    lines = ["| row | plain tokens/s (fastest run) | fast tokens/s (slowest run) | speed-up | plain allocated GiB | fast allocated GiB "
-             "| at ≤ memory | MFU % plain → fast | switches the fast row took | refused |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---|---|"]
+    lines = ["| row | card | plain tokens/s (fastest run) | fast tokens/s (slowest run) | speed-up | plain allocated GiB "
+             "| fast allocated GiB | at ≤ memory | MFU % plain → fast | switches the fast row took | refused |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---|---|"]
     for e in entries:
         refused = "; ".join(f"{k}: {v}" for k, v in e["refused"].items()) or "-"
         switches = "+".join(e["switches"]) or "-"
         if "speedup" not in e:
             why = "; ".join(f"{side}: {_why(e[side + '_status'], e[side + '_reason'])}"
                             for side in ("plain", "fast") if e[side + "_status"] != "ok")
-            lines.append(f"| {e['row']} | | | {why} | | | | | {switches} | {refused} |")
+            lines.append(f"| {e['row']} | {short_card(e['device'])} | | | {why} | | | | | {switches} | {refused} |")
             continue
         alloc = [f"{e[k]:.2f}" if e.get(k) is not None else "-" for k in ("plain_alloc", "fast_alloc")]
         at_most = {True: "yes", False: "no"}.get(e.get("at_most_memory"), "-")
         mfu = " → ".join("-" if e.get(k) is None else f"{e[k]:.1f}" for k in ("plain_mfu", "fast_mfu"))
-        lines.append(f"| {e['row']} | {_speed(e['plain_tokens_s'], e['plain_runs'])} | "
+        lines.append(f"| {e['row']} | {short_card(e['device'])} | {_speed(e['plain_tokens_s'], e['plain_runs'])} | "
                      f"{_speed(e['fast_tokens_s'], e['fast_runs'])} | "
                      f"{e['speedup']:.2f}× | {alloc[0]} | {alloc[1]} | {at_most} | {mfu} | {switches} | {refused} |")
     ok = [e for e in entries if "speedup" in e]

@@ -16,13 +16,14 @@ def table(bench_script):
     return bench_script("fast_mode_table")
 
 
-def put(store, row, profile, status="ok", tokens=None, alloc=None, fast_mode=None, reason=None, **extra):
+def put(store, row, profile, status="ok", tokens=None, alloc=None, fast_mode=None, reason=None, device="GPU X",
+        **extra):
     row = replace(row, profile=profile)
     row.fast_mode = fast_mode or {}
     metrics = {} if status != "ok" else {
         "tokens_per_s": tokens, "memory": [{"device": "cuda", "peak_allocated_gib": alloc}], **extra}
     store.record(recipe="tuners", row=row, repeat=0, status=status, reason=reason, metrics=metrics,
-                 environment={"device_name": "GPU X"}, started=time.time())
+                 environment={"device_name": device}, started=time.time())
 
 
 def test_rows_pair_by_name_with_speedup_memory_verdict_and_switches(table, tiny_row, tmp_path):
@@ -42,7 +43,7 @@ def test_rows_pair_by_name_with_speedup_memory_verdict_and_switches(table, tiny_
     assert "speedup" not in entries["full"]
     text = table.render(list(entries.values()))
     # MFU as the fast row recorded it; the plain row's device ("GPU X") has no stated ceiling
-    assert "| lora | 1,000 | 1,500 | 1.50× | 20.00 | 18.00 | yes | - → 30.0 | packing+compile | liger: no GPU |" in text
+    assert "| lora | GPU | 1,000 | 1,500 | 1.50× | 20.00 | 18.00 | yes | - → 30.0 | packing+compile | liger: no GPU |" in text
     assert "fast: failed OOM: out of memory" in text
     assert "1 fast at no more allocated memory" in text and "every row in a process of its own" in text
 
@@ -70,9 +71,23 @@ def test_repeated_runs_count_against_the_fast_mode_and_missing_sides_are_named(t
     # the plain row's fastest run against the fast row's slowest: a spread can only lower it
     assert entries["lora"]["speedup"] == pytest.approx(1.2)
     text = table.render(list(entries.values()))
-    assert "| lora | 1,000 (2 runs: 800–1,000) | 1,200 (2 runs: 1,200–1,500) | 1.20× |" in text
-    assert "| lora+neftune | | | fast: not run |" in text
+    assert "| lora | GPU | 1,000 (2 runs: 800–1,000) | 1,200 (2 runs: 1,200–1,500) | 1.20× |" in text
+    assert "| lora+neftune | GPU | | | fast: not run |" in text
     assert "plain: skipped: needs bitsandbytes; fast: skipped: needs bitsandbytes" in text
+
+
+def test_runs_on_different_cards_are_never_paired(table, tiny_row, tmp_path):
+    store = Store(tmp_path / "t.db")
+    lora = tiny_row("lora", name="lora")
+    put(store, lora, "bench", tokens=1000.0, alloc=20.0, device="NVIDIA H200")
+    put(store, lora, "bench", tokens=700.0, alloc=20.0, device="NVIDIA H100 80GB HBM3")
+    put(store, lora, "fast", tokens=1500.0, alloc=18.0, device="NVIDIA H100 80GB HBM3")
+    entries = {(e["row"], e["device"]): e for e in table.pairs(tmp_path / "t.db")}
+    # the H100's fast run against the H100's plain run only, though the H200's plain run was faster
+    assert entries["lora", "NVIDIA H100 80GB HBM3"]["speedup"] == pytest.approx(1500 / 700)
+    assert "speedup" not in entries["lora", "NVIDIA H200"]
+    text = table.render(list(entries.values()))
+    assert "| lora | H200 | | | fast: not run |" in text and "| lora | H100 | 700 | 1,500 | 2.14× |" in text
 
 
 def test_mfu_of_an_earlier_record_is_worked_out_from_its_config(table, tiny_row):

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from tunerkit.core import row_attention
+from tunerkit.errors import RowFailed
 from tunerkit.models.loading import ModelSource, cache_dir, load_pretrained
 from tunerkit.models.presets import Preset
 
@@ -66,22 +67,42 @@ def _quantized_names(model) -> dict[str, torch.nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
 
 
-def _state_dict(preset: Preset, fmt: Format, dtype: torch.dtype):
-    """Yield (name, tensor) for the whole checkpoint, built on the meta device then drawn tensor by tensor."""
+def _state_dict(preset: Preset, fmt: Format, dtype: torch.dtype, device: str = "cpu"):
+    """Yield (name, tensor) for the whole checkpoint, built on the meta device then drawn tensor
+    by tensor on ``device`` (``"meta"``: shapes and dtypes only, to size the checkpoint)."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(preset.config(), dtype=dtype)
     linears = _quantized_names(model)
     for name, module in linears.items():
-        for key, t in fmt.tensors(module.in_features, module.out_features).items():
+        with torch.device(device):
+            stored = fmt.tensors(module.in_features, module.out_features)
+        for key, t in stored.items():
             yield f"{name}.{key}", t
         if module.bias is not None:
-            yield f"{name}.bias", torch.zeros(module.out_features, dtype=torch.float16)
+            yield f"{name}.bias", torch.zeros(module.out_features, dtype=torch.float16, device=device)
     quantized_weights = {f"{n}.weight" for n in linears} | {f"{n}.bias" for n in linears}
     for name, p in model.named_parameters():
         if name not in quantized_weights:
-            yield name, _plain_tensor(name, p.shape, dtype)
+            yield name, _plain_tensor(name, p.shape, dtype, device)
+
+
+def checkpoint_bytes(preset: Preset, fmt: Format, dtype: torch.dtype) -> int:
+    """What the preset's ``fmt`` checkpoint takes on disk (its tensors' bytes), counted on the meta device."""
+    return sum(t.numel() * t.element_size() for _, t in _state_dict(preset, fmt, dtype, device="meta"))
+
+
+def check_disk(preset: Preset, fmt: Format, dtype: torch.dtype, folder: Path) -> None:
+    """Refuse, before writing a byte, a checkpoint the cache's disk cannot hold: qwen-72b's int8
+    GPTQ preset is about 77 GB, and a 64 GiB disk would fill minutes into the row."""
+    need = checkpoint_bytes(preset, fmt, dtype)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise RowFailed(f"the random {fmt.tag} checkpoint of preset {preset.name} needs {need / 2 ** 30:.1f} GiB "
+                        f"of disk and the cache ({folder}) has {free / 2 ** 30:.1f} GiB free; "
+                        f"point TUNERKIT_CACHE at a larger disk")
 
 
 def _write_shards(target: Path, tensors) -> None:
@@ -112,9 +133,9 @@ def checkpoint(preset: Preset, fmt: Format, dtype: torch.dtype) -> Path:
     target = cache_dir() / "models" / f"preset-{preset.name}-{fmt.tag}-{str(dtype).removeprefix('torch.')}"
     if (target / "config.json").exists():
         return target
+    check_disk(preset, fmt, dtype, target.parent)
     print(f"tunerkit: writing random {fmt.tag} weights of preset {preset.name} to {target} (once)", flush=True)
     torch.manual_seed(0)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".preset-"))
     try:
         _write_shards(tmp, _state_dict(preset, fmt, dtype))

@@ -11,24 +11,43 @@ allocator's snapshot, so a mode that did not take effect shows in the metrics.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
 EXPANDABLE = "expandable_segments:True"
 
 
+#: the variables the caching allocator reads its configuration from (torch's old and new names)
+CONF_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+def record_state(metrics: dict) -> None:
+    """What the row's memory lived in, whatever asked for it: a library can set the allocator's
+    variable on import (GPT-QModel 7.6 sets ``PYTORCH_ALLOC_CONF=expandable_segments:True,...``),
+    which changes reserved memory without the row asking."""
+    metrics["expandable_segments"] = expandable_in_use()
+    conf = {v: os.environ[v] for v in CONF_VARIABLES if os.environ.get(v)}
+    if conf:
+        metrics["alloc_conf"] = conf
+
+
 @contextlib.contextmanager
 def cuda_allocator(mode: str, metrics: dict):
     """Run the row under ``mode`` ("default" or "expandable"); record what the segments were."""
-    if mode == "default" or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         yield
+        return
+    if mode == "default":
+        yield
+        record_state(metrics)
         return
     torch.cuda.empty_cache()
     torch.cuda.memory._set_allocator_settings(EXPANDABLE)
     try:
         yield
         metrics["allocator"] = mode
-        metrics["expandable_segments"] = expandable_in_use()
+        record_state(metrics)
     finally:
         torch.cuda.empty_cache()
         torch.cuda.memory._set_allocator_settings("expandable_segments:False")

@@ -48,7 +48,9 @@ class Settings:
                                  added_later=True)
     allocator: Literal["default", "expandable"] = option(
         "default", "CUDA caching allocator: default, or expandable (segments grow in place, as "
-                   "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; less reserved beyond allocated)",
+                   "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; less reserved beyond allocated). Every CUDA "
+                   "row records whether its segments were expandable and any allocator variable in effect "
+                   "(a library can set one on import)",
         added_later=True)
     isolation: Literal["auto", "process", "none"] = option(
         "auto", "process = train the row in a fresh process, so it carries no memory, compiled code or kernel "

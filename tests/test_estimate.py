@@ -107,6 +107,30 @@ def test_parameters_gradients_and_optimizer_state_match_the_trained_row(tiny_row
     assert p["optimizer"] == got["optimizer"]
 
 
+class GradientsBetweenMicroBatches:
+    """The gradient bytes a row holds when each micro-batch's loss is computed: under
+    accumulation, what the earlier micro-batches of the window left in ``.grad``."""
+
+    def __init__(self):
+        self.held = 0
+
+    @hookimpl(hookwrapper=True)
+    def compute_loss(self, ctx, model, batch):
+        self.held = max(self.held, nbytes(p.grad for p in ctx.model.parameters() if p.grad is not None))
+        yield
+
+
+def test_per_parameter_galore_holds_whole_gradients_under_accumulation(tiny_row, tmp_path):
+    galore = {"galore": {"rank": 16, "per_parameter": True}}
+    alone = parts(tiny_row("full", "galore", **{**SMALL, **galore}))
+    row = tiny_row("full", "galore", **{**SMALL, **galore, "gradient_accumulation_steps": 2})
+    probe = GradientsBetweenMicroBatches()
+    run_row(row, tmp_path, extra_plugins=[probe])
+    # stepping inside the backward frees gradients only in a window's last micro-batch: before
+    # it, every trained weight's gradient accumulates whole, as the estimate now counts
+    assert probe.held == parts(row)["gradients"] > alone["gradients"]
+
+
 def test_activation_peak_is_within_tolerance_of_the_profiled_step(tiny_row, tmp_path):
     for batch in (2, 4):
         row = tiny_row("lora", **{**SMALL, "batch_size": batch})

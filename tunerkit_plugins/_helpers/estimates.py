@@ -83,16 +83,18 @@ def some_layers(est, shape, layers: int, embeddings: bool, head: bool) -> None:
     est.notes.append(f"{live / 1e6:.0f} M parameters train at a time")
 
 
-def projected_state(est, shape, rank: int, per_parameter: bool) -> None:
+def projected_state(est, shape, rank: int, per_parameter: bool, accumulation: int = 1) -> None:
     """GaLore: AdamW's states for each layer linear live in a rank-``rank`` projection
     (rank x the longer side) plus the projector; other weights keep full states. Per-parameter
-    stepping frees each gradient as soon as it is used."""
+    stepping frees each gradient as soon as it is used, but only in the last micro-batch of
+    an accumulation window: before it, every gradient accumulates whole as usual (on one
+    H100 the qwen-7b row at accumulation 4 peaked 14.3 GiB above the same row at 1)."""
     linear = shape.layers * shape.layer_params
     dims = [(min(rank, i, o), i, o) for i, o in shape.layer_linear.values()]  # the SVD has min(i, o) vectors
     projected = shape.layers * sum(r * max(i, o) for r, i, o in dims)
     projector = shape.layers * sum(r * min(i, o) for r, i, o in dims)
     est.optimizer_params = shape.params - linear + projected + projector // 2
-    if per_parameter:
+    if per_parameter and accumulation == 1:
         est.live_grad_params = max(shape.head_params, shape.embed_params, max(
             (i * o for i, o in shape.layer_linear.values()), default=0))
 

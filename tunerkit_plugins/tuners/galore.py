@@ -264,7 +264,8 @@ class GaLore(Plugin):
 
     @hookimpl
     def estimate_memory(self, row, shape, estimate):
-        estimates.projected_state(estimate, shape, self.options.rank, self.options.per_parameter)
+        estimates.projected_state(estimate, shape, self.options.rank, self.options.per_parameter,
+                                  row.settings.gradient_accumulation_steps)
 
     @hookimpl
     def validate(self, row):

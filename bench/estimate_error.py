@@ -1,12 +1,13 @@
 """Predicted against measured peak allocated memory and tokens/s for every GPU row of the
 committed stores: the error table of docs/performance.md ("Predicting memory and speed").
 
-    python bench/estimate_error.py                      # every bench/results/*/*.db
+    python bench/estimate_error.py                      # every store under bench/results/
     python bench/estimate_error.py path/to/tunerkit.db  # one store
     python bench/estimate_error.py --spread             # the same row measured more than once
 
 Each row is predicted for the device its record names (``tunerkit estimate --db`` does
-the same for one store); rows measured on a CPU are left out. ``--spread`` sets the error
+the same for one store); rows measured on a CPU are left out, and a record that a store
+started from another (``TABLES_SEED``) holds again is listed once, under the first store. ``--spread`` sets the error
 beside the measurement's own reproducibility: every GPU configuration recorded more than
 once across the stores (settings that do not change a micro-batch's work, such as the
 accumulation, the token budget or the evaluations, left out of the comparison) with the
@@ -26,6 +27,18 @@ from tunerkit.estimate import fit_note
 from tunerkit.estimate_cli import compare, render, stored_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def newest_record(db: Path) -> float:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT COALESCE(MAX(started), 0) FROM runs").fetchone()[0]
+
+
+def committed_stores() -> list[Path]:
+    """Every store under bench/results/, a call's sub-folders included, in the order their last
+    records were made: a store started from another comes after it, so a record both hold is
+    listed under the store that measured it."""
+    return sorted(RESULTS.rglob("*.db"), key=lambda db: (newest_record(db), str(db)))
 
 
 def gpu_rows(db: Path) -> list[dict]:
@@ -77,12 +90,14 @@ def render_spread(entries: list[dict]) -> str:
 def main(paths: list[str]) -> None:
     if "--spread" in paths:
         named = [Path(p) for p in paths if p != "--spread"]
-        print(render_spread(spread(named or sorted(RESULTS.glob("*/*.db")))))
+        print(render_spread(spread(named or committed_stores())))
         return
-    stores = [Path(p) for p in paths] or sorted(RESULTS.glob("*/*.db"))
-    memory, speed = [], []
+    stores = [Path(p) for p in paths] or committed_stores()
+    memory, speed, seen = [], [], set()
     for db in stores:
-        entries = compare(gpu_rows(db))
+        records = [r for r in gpu_rows(db) if (r["recipe"], r["row"], r["profile"], r["started"]) not in seen]
+        seen.update((r["recipe"], r["row"], r["profile"], r["started"]) for r in records)
+        entries = compare(records)
         if not entries:
             continue
         devices = sorted({e["device"] or "?" for e in entries})

@@ -18,17 +18,18 @@ def stored_rows(db: Path, recipe: str | None = None) -> list[dict]:
     if not db.exists():
         return []
     with closing(sqlite3.connect(db)) as conn:
-        cur = conn.execute("SELECT recipe, row, profile, config, metrics, environment FROM runs WHERE status = 'ok'"
+        cur = conn.execute("SELECT recipe, row, profile, config, metrics, environment, started FROM runs WHERE status = 'ok'"
                            + (" AND recipe = ?" if recipe else "") + " ORDER BY id", (recipe,) if recipe else ())
         latest = {(r[0], r[1], r[2]): r for r in cur.fetchall()}
     out = []
-    for recipe_name, row, profile, config, metrics, env in latest.values():
+    for recipe_name, row, profile, config, metrics, env, started in latest.values():
         m = json.loads(metrics)
         mem = (m.get("memory") or [{}])[0]
         out.append({"recipe": recipe_name, "row": row, "profile": profile, "config": json.loads(config),
                     "device": (json.loads(env) or {}).get("device_name") or mem.get("device"),
                     "on_gpu": mem.get("device") == "cuda",
-                    "peak_alloc_gib": mem.get("peak_allocated_gib"), "tokens_per_s": m.get("tokens_per_s")})
+                    "peak_alloc_gib": mem.get("peak_allocated_gib"), "tokens_per_s": m.get("tokens_per_s"),
+                    "started": started})
     return out
 
 

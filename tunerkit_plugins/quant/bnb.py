@@ -87,6 +87,16 @@ class Bnb(Plugin):
         return 4 + (8 if self.options.double_quant else 32) / 64
 
     @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        if not self.options.prepare:
+            return
+        # prepare_model_for_kbit_training upcasts everything it leaves unquantized (embeddings,
+        # head, norms) to fp32: on qwen-7b's 151,936-row tables that is 2.3 GiB more than bf16.
+        unquantized = (shape.head_params + shape.embed_params + shape.other_params
+                       + shape.layers * shape.layer_other_params)
+        estimate.weight_bytes += unquantized * max(0, 4 - estimate.param_bytes)
+
+    @hookimpl
     def load_model(self, ctx):
         try:
             if self._in_memory(ctx):

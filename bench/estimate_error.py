@@ -11,7 +11,7 @@ started from another (``TABLES_SEED``) holds again is listed once, under the fir
 beside the measurement's own reproducibility: every GPU configuration recorded more than
 once across the stores (settings that do not change a micro-batch's work, such as the
 accumulation, the token budget or the evaluations, left out of the comparison) with the
-range of its tokens/s.
+range of its tokens/s, on one card (runs on different cards are never one spread).
 """
 
 from __future__ import annotations
@@ -63,26 +63,30 @@ def spread(stores: list[Path]) -> list[dict]:
             if ((m.get("memory") or [{}])[0].get("device") != "cuda") or not m.get("tokens_per_s"):
                 continue
             settings = {k: v for k, v in (cfg.get("settings") or {}).items() if k not in NOT_THE_WORK}
-            key = (recipe, row, json.dumps([cfg.get("plugins"), cfg.get("options"), settings], sort_keys=True, default=str))
+            env = json.loads(environment or "{}")
+            # runs on different cards are different measurements, never one configuration's spread
+            key = (recipe, row, env.get("device_name"),
+                   json.dumps([cfg.get("plugins"), cfg.get("options"), settings], sort_keys=True, default=str))
             # a store started from another holds that one's records again: one run, one start time
-            host = json.loads(environment or "{}").get("host_op_us")  # recorded since 2026-12-06
-            groups[key].setdefault(started, (m["tokens_per_s"], f"{db.parent.name}/{db.name}", host))
+            host = env.get("host_op_us")  # recorded since 2026-12-06
+            where = db.relative_to(RESULTS) if db.is_relative_to(RESULTS) else f"{db.parent.name}/{db.name}"
+            groups[key].setdefault(started, (m["tokens_per_s"], str(where), host))
     out = []
-    for (recipe, row, _), by_start in groups.items():
+    for (recipe, row, device, _), by_start in groups.items():
         runs = sorted(by_start.values(), key=lambda r: r[0])
         speeds = [t for t, _, _ in runs]
         if len(runs) > 1 and speeds[-1] > speeds[0]:
-            out.append({"recipe": recipe, "row": row, "tokens_per_s": speeds, "ratio": speeds[-1] / speeds[0],
+            out.append({"recipe": recipe, "row": row, "device": device, "tokens_per_s": speeds, "ratio": speeds[-1] / speeds[0],
                         "host_op_us": [h for _, _, h in runs], "stores": sorted({where for _, where, _ in runs})})
     return sorted(out, key=lambda e: -e["ratio"])
 
 
 def render_spread(entries: list[dict]) -> str:
-    lines = ["| recipe | row | tokens/s, each run | highest / lowest | host µs per op, each run | stores |",
-             "|---|---|---|---:|---|---|"]
+    lines = ["| recipe | row | card | tokens/s, each run | highest / lowest | host µs per op, each run | stores |",
+             "|---|---|---|---|---:|---|---|"]
     for e in entries:
         host = ", ".join("-" if h is None else f"{h:.1f}" for h in e["host_op_us"])
-        lines.append(f"| {e['recipe']} | {e['row']} | {', '.join(f'{t:,.0f}' for t in e['tokens_per_s'])} | "
+        lines.append(f"| {e['recipe']} | {e['row']} | {e.get('device') or '?'} | {', '.join(f'{t:,.0f}' for t in e['tokens_per_s'])} | "
                      f"{e['ratio']:.2f} | {host} | {', '.join(e['stores'])} |")
     return "\n".join(lines)
 

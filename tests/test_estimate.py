@@ -362,3 +362,12 @@ def test_a_cpu_row_records_no_mfu_and_the_report_explains_the_gpu_column(tiny_ro
     note = mfu_note([{"metrics": {"mfu_pct": 40.0, "mfu_ceiling_tflops": 790.0, "mfu_datasheet_tflops": 989.0}}])
     assert "790 TFLOP/s" in note and "989 TFLOP/s" in note
     assert mfu_note([{"metrics": metrics}]) is None
+
+
+def test_a_4bit_base_is_predicted_slower_than_bf16_weights(tiny_row):
+    # bitsandbytes dequantizes each block in every forward and backward; the matmul count
+    # alone would predict the same speed as bf16 weights
+    pytest.importorskip("bitsandbytes")
+    plain = estimate_row(tiny_row("lora"), tflops=100.0, gpu=True)["tokens_per_s"]
+    quantized = estimate_row(tiny_row("lora", "bnb"), tflops=100.0, gpu=True)["tokens_per_s"]
+    assert quantized < 0.8 * plain

@@ -25,12 +25,20 @@ class PreQuantized(Plugin):
     modules: tuple[str, ...] = ()
     install_hint = ""
     needs_cuda = False
+    #: measured tokens/s over the estimate's bf16-rate prediction for this library's LoRA rows
+    #: (its kernels dequantize each weight group in every forward and backward, which the
+    #: matmul count does not see); docs/performance.md says which runs it comes from
+    speed_factor = 1.0
 
     def format(self) -> Format:
         raise NotImplementedError
 
     def quantization_config(self, ctx):
         raise NotImplementedError
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        estimate.speed_factor *= self.speed_factor
 
     @hookimpl
     def validate(self, row):

@@ -53,6 +53,24 @@ def test_checkpoint_is_the_libraries_format_and_every_linear_but_the_head_is_qua
     assert config["quant_method"] == ROWS[key][0] and config["bits"] == ROWS[key][1]["bits"]
 
 
+@pytest.mark.parametrize("key", ["gptq4", "gptq8", "awq4"])
+def test_parameter_counts_are_the_models_weights_not_its_packed_storage(key, quant_row, tiny_context):
+    # GPT-QModel keeps packed integers, scales and zeros as buffers: counting tensors read
+    # qwen-7b's GPTQ model as 1.25 B parameters (trainable % six times too high)
+    from transformers import AutoModelForCausalLM
+
+    from tunerkit.metrics import count_parameters
+    from tunerkit.models.presets import get_preset
+
+    ctx = tiny_context(quant_row(key))
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(get_preset("tiny-llama").config())
+    counts = count_parameters(ctx.model)
+    adapters = sum(p.numel() for n, p in ctx.model.named_parameters() if "lora_" in n)
+    assert counts["trainable_params"] == adapters > 0
+    assert counts["total_params"] == sum(p.numel() for p in plain.parameters()) + adapters
+
+
 @pytest.mark.parametrize("key", ["gptq4", "awq4"])
 def test_row_trains_adapters_only_and_quantized_bytes_never_change(key, quant_row, tiny_context):
     ctx = tiny_context(quant_row(key))

@@ -53,7 +53,11 @@ class Export(Plugin):
     Options = ExportOptions
     # Only an adapter can be merged into a fresh copy of the base.
     requires_any = ADAPTER_TUNERS
-    conformance = {"companions": ["lora"]}
+    # the tiny preset's 64-wide linears take GPTQ in groups of 32 (AWQ needs 64-wide outputs);
+    # a few synthetic calibration samples, since no dataset hub is assumed
+    conformance = {"companions": ["lora"],
+                   "options": {"method": "gptq", "group_size": 32, "samples": 2,
+                               "calibration": "synthetic:lengths?mean=16&sd=0&min=16&max=16&rows=4"}}
     conflicts = ("deepspeed",)
 
     @hookimpl

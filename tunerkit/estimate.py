@@ -78,6 +78,12 @@ class ModelShape:
         return self.layer_params + self.layer_other_params
 
     @property
+    def unquantized_params(self) -> int:
+        """Parameters outside the decoder layers' linears (embeddings, head, norms, biases): what
+        bitsandbytes, GPTQ, AWQ and AQLM leave at full width."""
+        return self.params - self.layers * self.layer_params
+
+    @property
     def dense_params(self) -> int:
         """Weights a token meets in matmuls: every layer's linears and the head."""
         return self.layers * self.layer_params + self.head_params
@@ -255,13 +261,13 @@ def token_plan(row, lengths: list[int] | None) -> tuple[float, float, float, flo
 
 
 def weight_bytes(shape: ModelShape, weight_bits: float, item: int) -> float:
-    """The base weights' bytes. A quantized base (fewer bits than the row's dtype) keeps its
-    embeddings and output head in the row's dtype, as bitsandbytes, GPTQ, AWQ and AQLM
-    checkpoints do: counting them at 4 bits put qwen-7b's GPTQ weights at 3.7 GiB, measured
-    5.5 (its two 151,936-row tables are 2.3 GiB in bf16)."""
+    """The base weights' bytes. A quantized base (fewer bits than the row's dtype) keeps what
+    lies outside the decoder linears (embeddings, head, norms) in the row's dtype, as
+    bitsandbytes, GPTQ, AWQ and AQLM checkpoints do: counting them at 4 bits put qwen-7b's GPTQ
+    weights at 3.7 GiB, measured 5.5 (its two 151,936-row tables are 2.3 GiB in bf16)."""
     if weight_bits >= 8 * item:
         return shape.params * weight_bits / 8
-    kept = shape.head_params + shape.embed_params
+    kept = shape.unquantized_params
     return (shape.params - kept) * weight_bits / 8 + kept * item
 
 

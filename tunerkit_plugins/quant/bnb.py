@@ -96,9 +96,7 @@ class Bnb(Plugin):
             return
         # prepare_model_for_kbit_training upcasts everything it leaves unquantized (embeddings,
         # head, norms) to fp32: on qwen-7b's 151,936-row tables that is 2.3 GiB more than bf16.
-        unquantized = (shape.head_params + shape.embed_params + shape.other_params
-                       + shape.layers * shape.layer_other_params)
-        estimate.weight_bytes += unquantized * max(0, 4 - estimate.param_bytes)
+        estimate.weight_bytes += shape.unquantized_params * max(0, 4 - estimate.param_bytes)
 
     @hookimpl
     def load_model(self, ctx):

@@ -153,28 +153,22 @@ case "$part" in
       --out "$OUT/smoke_infer" 2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
     timeout 60 python3 bench/check_packing_gpu.py --model tiny-llama --max-length 512 \
       2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
-    timeout 90 python3 -c "
-from pathlib import Path; import tempfile
-from tunerkit.recipe import make_row; from tunerkit.loop import run_row
-row = make_row('bnb', ['lora', 'bnb'], model='tiny-llama', dataset='synthetic:lengths?mean=200&sd=50&min=20&max=400&rows=64',
-               max_length=256, max_steps=3, evaluate=[], val_size=0)
-m = run_row(row, Path(tempfile.mkdtemp()))
-print('bnb smoke:', m['quantized_linears'], 'quantized linears,', m['weights_gib'], 'GiB, loss', m['train_loss'], m['memory'],
-      'MFU %', m.get('mfu_pct'))
-" 2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
-    # The quantized-base plugins whose libraries train on a GPU only (or were last wrong there):
-    # tiny-llama has 4 layers x 7 linears, so 28 quantized linears means the head stayed unquantized.
-    timeout 240 python3 -c "
+    # The quantized-base plugins (bf16 bnb's kernels, and the libraries that train on a GPU only
+    # or were last wrong there): tiny-llama has 4 layers x 7 linears, so 28 quantized linears
+    # means the head stayed unquantized.
+    timeout 300 python3 -c "
 from pathlib import Path; import tempfile
 from tunerkit.recipe import make_row; from tunerkit.loop import run_row
 data = dict(model='tiny-llama', dataset='synthetic:lengths?mean=200&sd=50&min=20&max=400&rows=64', max_length=256,
             max_steps=3, evaluate=[], val_size=0)
-for name, plugins, tables in [('gptq', ['lora', 'gptq'], {}), ('awq', ['lora', 'awq'], {'awq': {'group_size': 32}}),
+for name, plugins, tables in [('bnb', ['lora', 'bnb'], {}), ('gptq', ['lora', 'gptq'], {}),
+                              ('awq', ['lora', 'awq'], {'awq': {'group_size': 32}}),
                               ('aqlm', ['lora', 'aqlm'], {}), ('unsloth', ['unsloth'], {'unsloth': {'bits': 4}})]:
     try:
         m = run_row(make_row(name, plugins, **data, **tables), Path(tempfile.mkdtemp()))
         print(name, 'smoke:', m.get('quantized_linears'), 'quantized linears (28 = every decoder linear, head kept),',
-              'params', m['total_params'], 'trainable', m['trainable_params'], 'loss', m['train_loss'], m['memory'])
+              m.get('weights_gib'), 'GiB, params', m['total_params'], 'trainable', m['trainable_params'],
+              'loss', m['train_loss'], m['memory'], 'MFU %', m.get('mfu_pct'))
     except Exception as err:  # noqa: BLE001 - one plugin's failure must not hide the others'
         print(name, 'smoke FAILED:', type(err).__name__, str(err)[:300])
 " 2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn

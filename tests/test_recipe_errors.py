@@ -153,3 +153,33 @@ def test_a_declared_conflict_carries_its_reason_into_the_one_line_error(monkeypa
     with pytest.raises(UserError) as plain:  # a conflict declared without a reason says only the pair
         plugins.check_combination(["plain", "slow"])
     assert "plugin 'plain' cannot run with 'slow' (hint: remove one of 'plain' and 'slow')" in str(plain.value)
+
+
+TORCHAO_AT_START = """
+import logging, sys
+import tunerkit.cli as cli
+real = cli.pick_profile
+def importing_torchao(*args, **kwargs):
+    logging.getLogger("torchao").warning("Failed to load _C_mxfp8.so: Could not load this library")
+    logging.getLogger("torch.utils._pytree").warning("<enum 'KernelPreference'> is an Enum subclass")
+    return real(*args, **kwargs)
+cli.pick_profile = importing_torchao
+sys.argv = ["tunerkit", "run", sys.argv[1], "--db", sys.argv[2], "--no-progress"]
+cli.main()
+"""
+
+
+def test_torchao_import_warnings_do_not_join_the_one_line_error(tmp_path):
+    """With the gptq extra installed, transformers imports torchao on every start and torchao
+    warns (through logging, so on stderr) about kernels it cannot load; those lines must not
+    bury the one-line error. A process of its own: pytest's log capture would hide them."""
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(textwrap.dedent(GOOD.replace("max_length = 64", "max_lenght = 64", 1)))
+    proc = subprocess.run([sys.executable, "-c", TORCHAO_AT_START, str(recipe), str(tmp_path / "db")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("tunerkit: no CUDA")]
+    assert len(lines) == 1 and "max_lenght" in lines[0], proc.stderr

@@ -49,6 +49,12 @@ def main():
     # bitsandbytes tries to fetch an optional CPU kernel from the hub on import and warns
     # when it cannot (always, offline); its own CPU path runs either way.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # transformers imports torchao whenever it is installed (GPT-QModel, the gptq extra, brings
+    # it), and torchao then warns on every start about kernels built for other Pythons or GPUs
+    # and about enum registrations newer torch no longer needs: none concerns a row, and they
+    # would bury a one-line error or interruption message.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def row_names(only: str | None) -> list[str] | None:

@@ -47,3 +47,39 @@ def test_the_loading_config_keeps_the_head_and_embeddings_unquantized_under_tran
     assert not should_convert_module("model.embed_tokens", kept)
     assert should_convert_module("model.layers.0.self_attn.q_proj", kept)
     assert "lm_head.weight" in kept  # the checkpoint's own spelling stays for older transformers
+
+
+def test_the_checkpoint_config_transformers_follows_keeps_the_head(tmp_path, monkeypatch):
+    """transformers loads a pre-quantized checkpoint by the quantization config stored with it
+    (the one passed to from_pretrained is dropped), so the head must be kept there: a checkpoint
+    stored with weight names only, as AQLM's published checkpoints and tunerkit's presets before
+    this fix are, got its head swapped for a 2-bit layer (the 2026-12-07 H100 run counted 225
+    quantized linears for 224 decoder linears)."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.quantizers.auto import AutoHfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from tunerkit.models.loading import ModelSource
+    from tunerkit.models.presets import get_preset
+    from tunerkit_plugins.quant import random_quantized
+
+    monkeypatch.setenv("TUNERKIT_CACHE", str(tmp_path))
+    plugin = aqlm.Aqlm(make_row("a", ["lora", "aqlm"], model="tiny-llama").options["aqlm"])
+    fmt = plugin.format()
+    stored_like_published = random_quantized.Format(fmt.tag, {**fmt.config, "linear_weights_not_to_quantize":
+                                                              ["model.embed_tokens.weight", "lm_head.weight"]},
+                                                    fmt.tensors)
+    path = random_quantized.checkpoint(get_preset("tiny-llama"), stored_like_published, torch.float32)
+    seen = {}
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda p, **kw: seen.update(kw) or torch.nn.Linear(1, 1))
+    ctx = SimpleNamespace(model_source=ModelSource("local", str(path), path=path), dtype=torch.float32,
+                          device=torch.device("cpu"), settings=SimpleNamespace(attention="sdpa"))
+    random_quantized.load_quantized(ctx, fmt, plugin.quantization_config(ctx), plugin.amend_checkpoint_config)
+    used = AutoHfQuantizer.merge_quantization_configs(seen["config"].quantization_config, seen["quantization_config"])
+    assert not should_convert_module("lm_head", used.linear_weights_not_to_quantize)
+    assert should_convert_module("model.layers.0.mlp.down_proj", used.linear_weights_not_to_quantize)
+    # the presets written from now on store both spellings themselves
+    assert not should_convert_module("lm_head", fmt.config["linear_weights_not_to_quantize"])

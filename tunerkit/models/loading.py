@@ -165,9 +165,12 @@ def preset_checkpoint(preset: Preset, dtype: torch.dtype) -> Path:
 
 
 def load_pretrained(source: ModelSource, dtype: torch.dtype, device: torch.device, attn: str,
-                    quantization_config=None):
+                    quantization_config=None, config=None):
     """The model in ``dtype`` on ``device``; with ``quantization_config`` (a transformers
-    quantization config), loaded through transformers' quantizer straight onto ``device``."""
+    quantization config), loaded through transformers' quantizer straight onto ``device``.
+    ``config``: the checkpoint's config as the caller amended it, used instead of its config.json
+    (for a pre-quantized checkpoint transformers follows the stored quantization config, not
+    the one passed)."""
     from transformers import AutoModelForCausalLM
 
     if source.kind == "preset" and quantization_config is None:
@@ -180,6 +183,8 @@ def load_pretrained(source: ModelSource, dtype: torch.dtype, device: torch.devic
     # Quantized weights are placed by the quantizer itself (device_map); others load, then move.
     placement = {} if quantization_config is None else {"quantization_config": quantization_config,
                                                         "device_map": {"": device}}
+    if config is not None:
+        placement["config"] = config
     path = str(preset_checkpoint(source.preset, dtype)) if source.kind == "preset" else model_path(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **placement)

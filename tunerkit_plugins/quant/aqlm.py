@@ -55,7 +55,8 @@ def aqlm_format(o: AqlmOptions) -> Format:
                 "scales": torch.ones(out_f, 1, 1, 1, dtype=torch.float16)}
 
     config = {"quant_method": "aqlm", "in_group_size": g, "out_group_size": 1, "num_codebooks": n,
-              "nbits_per_codebook": b, "linear_weights_not_to_quantize": ["model.embed_tokens.weight", "lm_head.weight"]}
+              "nbits_per_codebook": b,
+              "linear_weights_not_to_quantize": kept_in_full(["model.embed_tokens.weight", "lm_head.weight"])}
     return Format(f"aqlm{o.codebooks}g{g}", config, tensors)
 
 
@@ -63,7 +64,9 @@ def kept_in_full(weights: list[str]) -> list[str]:
     """AQLM checkpoints name the layers they keep unquantized by weight ("lm_head.weight");
     transformers 5 matches that list against module names ("lm_head"), so the weight names
     alone let it swap the output head for a 2-bit layer with no codes in the checkpoint. Both
-    spellings keep the head (and embeddings) as the checkpoint stores them, under either rule."""
+    spellings keep the head (and embeddings) as the checkpoint stores them, under either rule.
+    It has to reach the checkpoint's own config (:meth:`Aqlm.amend_checkpoint_config`): for a
+    pre-quantized checkpoint transformers uses the stored quantization config, not the one passed."""
     return list(dict.fromkeys([*weights, *(w.removesuffix(".weight") for w in weights)]))
 
 
@@ -91,6 +94,11 @@ class Aqlm(PreQuantized):
         return AqlmConfig(in_group_size=fmt["in_group_size"], out_group_size=1, num_codebooks=fmt["num_codebooks"],
                           nbits_per_codebook=fmt["nbits_per_codebook"],
                           linear_weights_not_to_quantize=kept_in_full(fmt["linear_weights_not_to_quantize"]))
+
+    def amend_checkpoint_config(self, config) -> None:
+        # Real AQLM checkpoints (and presets written before this fix) store the weight names only.
+        qc = config.quantization_config
+        qc["linear_weights_not_to_quantize"] = kept_in_full(qc.get("linear_weights_not_to_quantize") or [])
 
     @hookimpl
     def weight_bits(self, row):

@@ -36,6 +36,10 @@ class PreQuantized(Plugin):
     def quantization_config(self, ctx):
         raise NotImplementedError
 
+    def amend_checkpoint_config(self, config) -> None:
+        """Change the checkpoint's stored config before loading (transformers follows it, not
+        :meth:`quantization_config`, for a pre-quantized checkpoint); nothing by default."""
+
     @hookimpl
     def estimate_memory(self, row, shape, estimate):
         estimate.speed_factor *= self.speed_factor
@@ -52,7 +56,7 @@ class PreQuantized(Plugin):
     @hookimpl
     def load_model(self, ctx):
         try:
-            model = load_quantized(ctx, self.format(), self.quantization_config(ctx))
+            model = load_quantized(ctx, self.format(), self.quantization_config(ctx), self.amend_checkpoint_config)
         except ImportError as err:
             raise RowFailed(f"{self.name}: {err}") from None
         for p in model.parameters():

@@ -20,7 +20,7 @@ import torch
 
 from tunerkit.core import row_attention
 from tunerkit.errors import RowFailed
-from tunerkit.models.loading import ModelSource, cache_dir, load_pretrained
+from tunerkit.models.loading import ModelSource, cache_dir, load_pretrained, model_path
 from tunerkit.models.presets import Preset
 
 SHARD_BYTES = 4 << 30
@@ -152,11 +152,19 @@ def checkpoint(preset: Preset, fmt: Format, dtype: torch.dtype) -> Path:
     return target
 
 
-def load_quantized(ctx, fmt: Format, quantization_config):
+def load_quantized(ctx, fmt: Format, quantization_config, amend_config: Callable | None = None):
     """The row's model through transformers' quantizer: a preset from its random ``fmt``
-    checkpoint, any other source (local directory, hub id) as it is stored."""
+    checkpoint, any other source (local directory, hub id) as it is stored. ``amend_config``
+    changes the checkpoint's own config before loading: transformers loads a pre-quantized
+    checkpoint by the quantization config stored with it, whatever ``quantization_config`` says."""
     source = ctx.model_source
     if source.kind == "preset":
         path = checkpoint(source.preset, fmt, ctx.dtype)
         source = ModelSource("local", str(path), path=path)
-    return load_pretrained(source, ctx.dtype, ctx.device, row_attention(ctx), quantization_config)
+    config = None
+    if amend_config is not None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path(source))
+        amend_config(config)
+    return load_pretrained(source, ctx.dtype, ctx.device, row_attention(ctx), quantization_config, config=config)

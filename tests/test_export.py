@@ -50,3 +50,28 @@ def test_export_mistakes_are_one_line_errors(saved_lora, tmp_path):
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and result.output.count("\n") == 1
+
+
+def test_a_preset_without_a_tokenizer_merges_with_a_stand_in_of_its_vocabulary(saved_lora, tmp_path, monkeypatch):
+    """A preset trained on synthetic ids saves no tokenizer, and a host without the bundled one
+    has none to fall back on; GPT-QModel refuses such a folder (the 2026-12-07 Export rows failed
+    there), so the merge writes a stand-in with one token per id of the model's vocabulary."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tunerkit.models import loading
+
+    adapter_dir, _ = saved_lora
+    for name in adapter_dir.iterdir():
+        if name.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            name.unlink()
+
+    def no_bundled_tokenizer(source):
+        raise OSError("the bundled model is not installed here")
+
+    monkeypatch.setattr(loading, "load_tokenizer", no_bundled_tokenizer)
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(main, ["export", str(adapter_dir), "--base", "tiny-llama", "--merge", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == AutoConfig.from_pretrained(out).vocab_size
+    assert tokenizer.decode([5, 7]) == "<id5> <id7>" and tokenizer("<id5> <id7>")["input_ids"] == [5, 7]

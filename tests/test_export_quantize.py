@@ -75,3 +75,18 @@ def test_quantized_checkpoint_loads_in_plain_transformers_and_stays_close(method
         a, b = full(input_ids=ids).logits.float(), quantized(input_ids=ids).logits.float()
     # 4-bit weights move the logits, but they stay those of the same model
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9
+
+
+def test_synthetic_calibration_needs_no_tokenizer_and_spans_the_models_vocabulary():
+    """A random-weight model folder may hold no tokenizer; its synthetic calibration ids come from
+    the model's own vocabulary size (the 2026-12-07 GPU rows took len() of a tokenizer built
+    from nothing and failed), and text calibration without a tokenizer is a one-line error."""
+    from tunerkit.errors import UserError
+    from tunerkit.quantize import calibration_samples
+
+    data = calibration_samples("synthetic:lengths?mean=64&sd=0&min=64&max=64&rows=8", None, 8, 32, vocab_size=151_936)
+    assert len(data) == 8 and all(d["input_ids"].shape == (1, 32) for d in data)
+    ids = torch.cat([d["input_ids"] for d in data])
+    assert int(ids.max()) < 151_936 and int(ids.max()) > 49_152  # the model's vocabulary, not a borrowed tokenizer's
+    with pytest.raises(UserError, match="needs a tokenizer"):
+        calibration_samples("builtin:arithmetic", None, 8, 32, vocab_size=1000)

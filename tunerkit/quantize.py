@@ -47,13 +47,20 @@ def model_directory(spec: str) -> str:
     return loading.model_path(source)
 
 
-def calibration_samples(dataset: str, tokenizer, samples: int, max_length: int, seed: int = 42) -> list[dict]:
-    """``samples`` records of ``dataset`` (a registry name, a local file or builtin:*) as
-    token ids of at most ``max_length``, the shape GPT-QModel's quantize takes."""
+def calibration_samples(dataset: str, tokenizer, samples: int, max_length: int, seed: int = 42, *,
+                        vocab_size: int | None = None) -> list[dict]:
+    """``samples`` records of ``dataset`` (a registry name, a local file, builtin:* or synthetic:*)
+    as token ids of at most ``max_length``, the shape GPT-QModel's quantize takes. Synthetic ids
+    are drawn below ``vocab_size`` (the model's, default the tokenizer's) and need no tokenizer:
+    a random-weight model may have none."""
     from tunerkit.data.chat import encode_record
-    from tunerkit.data.sources import load_records
+    from tunerkit.data.sources import kind_of, load_records
 
-    records = load_records(dataset, seed=seed, vocab_size=len(tokenizer), rows=samples)[:samples]
+    if tokenizer is None and kind_of(dataset) != "synthetic":
+        raise UserError(f"calibrating on '{dataset}' needs a tokenizer and the model folder has none",
+                        key="--calibration", hint="save the tokenizer beside the weights, or calibrate on synthetic:lengths")
+    vocab = vocab_size or len(tokenizer)
+    records = load_records(dataset, seed=seed, vocab_size=vocab, rows=samples)[:samples]
     out = []
     for record in records:
         ids = list(encode_record(tokenizer, record)["input_ids"])[:max_length]
@@ -63,6 +70,18 @@ def calibration_samples(dataset: str, tokenizer, samples: int, max_length: int, 
         raise UserError(f"'{dataset}' gave no calibration tokens", key="--calibration",
                         hint="give a dataset with text (a registry name such as pileval, a .jsonl file, builtin:arithmetic)")
     return out
+
+
+def _tokenizer_or_none(path: str):
+    """The model folder's tokenizer, or None where it saved none (a random-weight preset trained
+    on synthetic ids has no tokenizer to save; transformers then fails to build one, or on some
+    versions builds an empty one whose length is no vocabulary)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    return AutoTokenizer.from_pretrained(path)
 
 
 #: GPT-QModel's AWQ searches clipping ranges over output features in blocks of this many
@@ -146,12 +165,12 @@ def quantize(model: str, method: str, bits: int, calibration: str, out: str | Pa
     except ImportError:
         raise UserError("quantized export needs GPT-QModel, not installed", key="--quantize",
                         hint="pip install 'tunerkit[gptq]'") from None
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig
 
     _enough_cpu_workers(gptqmodel)
     _logs_in_cache()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    data = calibration_samples(calibration, tokenizer, samples, max_length)
+    data = calibration_samples(calibration, _tokenizer_or_none(path), samples, max_length,
+                               vocab_size=AutoConfig.from_pretrained(path).vocab_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     qmodel = gptqmodel.GPTQModel.load(path, quantize_config(method, bits, group_size), device=device)
     qmodel.quantize(data, batch_size=1, **_cpu_backend(method, device))

@@ -166,7 +166,7 @@ def run_trl(args, samples: list[dict], batch: int, steps: int, warmup: int, lora
     from trl import SFTTrainer
 
     from tunerkit.models.presets import get_preset
-    from tunerkit_plugins.speed.unsloth import token_id_tokenizer
+    from tunerkit.models.loading import ids_tokenizer
 
     preset = get_preset(args.model)
     dev = fp.device()
@@ -180,7 +180,7 @@ def run_trl(args, samples: list[dict], batch: int, steps: int, warmup: int, lora
     rec = StepRecorder()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = SFTTrainer(model=model, args=trl_config(tmp, batch, warmup + steps, args.seed, cuda),
-                             train_dataset=data, processing_class=token_id_tokenizer(preset.vocab),
+                             train_dataset=data, processing_class=ids_tokenizer(preset.vocab),
                              peft_config=LoraConfig(r=8, lora_alpha=32, lora_dropout=lora_dropout,
                                                     target_modules=QKV, task_type="CAUSAL_LM"),
                              callbacks=[rec.callback()])

@@ -31,6 +31,24 @@ def load_base_model(ctx, quantization_config=None):
     return loading.load_pretrained(ctx.model_source, ctx.dtype, ctx.device, row_attention(ctx), quantization_config)
 
 
+def encode_training_records(tokenizer, records: list[dict], s) -> tuple[list[dict], dict]:
+    """Records as the loop trains them (chat encoded with the row's system prompt and label
+    choice, truncated, samples without a label dropped) and the counts of what was cut."""
+    encoded = []
+    longest = deleted_over(s.max_length, s.truncation_strategy)
+    for r in records:
+        if "input_ids" in r:
+            encoded.append(r)
+        else:
+            encoded.append(encode_messages(tokenizer, with_system(r["messages"], s.system),
+                                           train_on_prompt=s.train_on_prompt, deleted_over=longest))
+    kept, counts = apply_truncation(encoded, s.max_length, s.truncation_strategy)
+    before = len(kept)
+    kept = [r for r in kept if any(l != -100 for l in r["labels"][1:])]
+    counts["samples_without_labels"] = before - len(kept)
+    return kept, counts
+
+
 class CoreDefaults:
     # -- model ------------------------------------------------------------------
     @hookimpl(trylast=True)
@@ -85,19 +103,7 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def tokenize_dataset(self, ctx, split, records):
-        s = ctx.settings
-        encoded = []
-        longest = deleted_over(s.max_length, s.truncation_strategy)
-        for r in records:
-            if "input_ids" in r:
-                encoded.append(r)
-            else:
-                encoded.append(encode_messages(ctx.tokenizer, with_system(r["messages"], s.system),
-                                               train_on_prompt=s.train_on_prompt, deleted_over=longest))
-        kept, counts = apply_truncation(encoded, s.max_length, s.truncation_strategy)
-        before = len(kept)
-        kept = [r for r in kept if any(l != -100 for l in r["labels"][1:])]
-        counts["samples_without_labels"] = before - len(kept)
+        kept, counts = encode_training_records(ctx.tokenizer, records, ctx.settings)
         ctx.metrics.update({f"{split}_{k}": v for k, v in counts.items()})
         ctx.metrics[f"{split}_samples"] = len(kept)
         return kept

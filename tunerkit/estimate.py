@@ -156,6 +156,7 @@ class Estimate:
     layer_input_bytes: float = 0.0  # per token and checkpointed layer
     layer_bytes: float = 0.0  # per token, one layer's activations
     extra_layer_bytes: float = 0.0  # per token and layer, added by plugins (adapter inputs, ...)
+    extra_layer_fixed_bytes: float = 0.0  # per layer whose activations are kept, whatever its tokens (weight copies)
     logit_bytes: float = 0.0  # per token
     resident_checkpoint_layers: float | None = None  # checkpointed inputs kept on the device (None: all)
     extra_bytes: float = 0.0
@@ -175,6 +176,7 @@ class Estimate:
         per_layer = self.layer_bytes + self.extra_layer_bytes
         acts = tok * (kept * self.layer_input_bytes + uncheckpointed * per_layer
                       + (per_layer if self.checkpointed_layers else 0) + self.logit_bytes)
+        acts += (uncheckpointed + (1 if self.checkpointed_layers else 0)) * self.extra_layer_fixed_bytes
         return {"weights": self.weight_bytes, "added": self.added_params * self.added_param_bytes,
                 "gradients": grads, "optimizer": opt, "activations": acts, "other": self.extra_bytes}
 
@@ -217,12 +219,20 @@ def measured_tflops(n: int = 512, repeats: int = 4) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e12
 
 
+#: text records tokenized to learn a dataset's lengths (enough for the distribution's tail)
+LENGTH_SAMPLE = 4096
+
+
 def sample_lengths(row) -> list[int] | None:
-    """Token lengths of the row's training samples when they are known without a tokenizer
-    (synthetic data), after the row's truncation; ``None`` otherwise."""
+    """Token lengths of the row's training samples after its truncation: synthetic data's
+    from its spec, text data's by tokenizing it as the loop does where the model's tokenizer is
+    on this machine (bundled or local models, and the presets, which borrow the bundled one);
+    ``None`` where it is not (a hub model: an estimate fetches nothing) or the data cannot be read."""
     s = row.settings
-    if not s.dataset or not s.dataset.startswith("synthetic:"):
+    if not s.dataset:
         return None
+    if not s.dataset.startswith("synthetic:"):
+        return _text_lengths(row)
     from tunerkit.data.sources import load_records
     from tunerkit.data.truncation import apply_truncation
 
@@ -230,6 +240,34 @@ def sample_lengths(row) -> list[int] | None:
     records = load_records(s.dataset, seed=s.seed, vocab_size=1000, rows=None)
     kept, _ = apply_truncation([{"input_ids": r["input_ids"], "labels": r["input_ids"]} for r in records],
                                s.max_length, s.truncation_strategy)
+    return [len(r["input_ids"]) for r in kept] or None
+
+
+def _text_lengths(row) -> list[int] | None:
+    """Lengths of the row's text training samples, tokenized with the row's tokenizer and chat
+    template. Padding to the longest of a batch, not to ``max_length``, sets a text row's peak:
+    the quality recipe's arithmetic samples are about 40 tokens under a 128-token max_length,
+    and assuming 128 put its SmolLM2 rows at three times their measured memory."""
+    from tunerkit.core import encode_training_records
+    from tunerkit.data.chat import ensure_template
+    from tunerkit.data.sources import load_records, split_off
+    from tunerkit.errors import UserError
+    from tunerkit.models import loading
+
+    s = row.settings
+    try:
+        source = loading.resolve_model(s.model)
+        if source.kind == "hub":
+            return None
+        tokenizer = loading.load_tokenizer(source)
+        ensure_template(tokenizer, s.chat_template)
+        records = load_records(s.dataset, seed=s.seed, vocab_size=len(tokenizer),
+                               rows=(s.max_train_samples or 0) + s.val_size or None)
+        train = records if s.eval_dataset else split_off(records, s.val_size, s.seed)[0]
+        train = train[: s.max_train_samples] if s.max_train_samples is not None else train
+        kept, _ = encode_training_records(tokenizer, train[:LENGTH_SAMPLE], s)
+    except (UserError, OSError, ImportError, ValueError, KeyError):
+        return None
     return [len(r["input_ids"]) for r in kept] or None
 
 

@@ -67,26 +67,11 @@ def merge_adapter(adapter_dir: str | Path, base: str | None, out: str | Path, dt
     merged.save_pretrained(out)
     tokenizer = _tokenizer(adapter_dir, source)
     if tokenizer is None and source.random_weights:
-        tokenizer = ids_tokenizer(merged.config.vocab_size)
+        # GPT-QModel refuses a model folder without a tokenizer; a stand-in over plain ids serves
+        tokenizer = loading.ids_tokenizer(merged.config.vocab_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
-
-
-def ids_tokenizer(vocab_size: int):
-    """A stand-in tokenizer for a random-weight preset that has none (trained on synthetic ids,
-    on a host without the bundled tokenizer): one made-up token per id. Quantizers such as
-    GPT-QModel refuse a model folder without a tokenizer; the ids are all that such a model's
-    calibration and decoding use, so nothing measured depends on the tokens' spelling."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import WhitespaceSplit
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"<id{i}>": i for i in range(vocab_size)}
-    backend = Tokenizer(WordLevel(vocab, unk_token="<id0>"))
-    backend.pre_tokenizer = WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<id0>", pad_token="<id0>", eos_token="<id1>")
 
 
 def _tokenizer(adapter_dir: Path, source):

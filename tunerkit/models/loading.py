@@ -198,6 +198,20 @@ def load_pretrained(source: ModelSource, dtype: torch.dtype, device: torch.devic
     return model.to(device)
 
 
+def ids_tokenizer(vocab: int):
+    """A tokenizer over plain token ids, for a random-weight preset that has none to save (it
+    trains on synthetic ids): libraries that load a model folder with its tokenizer (unsloth,
+    GPT-QModel) read its pad and eos ids from it. Only ids matter to such a model, so it spells
+    the first 256 and maps nothing else."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<eos>": 1, **{f"<{i}>": i for i in range(2, min(vocab, 256))}}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<pad>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                   model_max_length=1 << 20)
+
+
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 

@@ -75,29 +75,19 @@ def checkpointing_mode(gradient_checkpointing: bool, offload: bool):
     return "unsloth" if offload else True
 
 
-def token_id_tokenizer(vocab: int):
-    """A tokenizer over plain token ids (presets train on synthetic ids): unsloth loads one
-    from the checkpoint directory and reads its pad and eos ids."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    words = {"<pad>": 0, "<eos>": 1, **{f"<{i}>": i for i in range(2, min(vocab, 256))}}
-    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<pad>"))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   model_max_length=1 << 20)
-
-
 def preset_directory(preset, target: Path) -> Path:
     """The checkpoint directory unsloth loads a preset from: config, tokenizer, and the final
     norm's weight as the one stored tensor (transformers initialises every missing weight)."""
     from safetensors.torch import save_file
+
+    from tunerkit.models.loading import ids_tokenizer
 
     if (target / "config.json").exists():
         return target
     target.mkdir(parents=True, exist_ok=True)
     config = preset.config()
     config.save_pretrained(target)
-    token_id_tokenizer(preset.vocab).save_pretrained(target)
+    ids_tokenizer(preset.vocab).save_pretrained(target)
     save_file({"model.norm.weight": torch.ones(preset.hidden)}, str(target / "model.safetensors"),
               metadata={"format": "pt"})
     return target
@@ -140,7 +130,7 @@ class Unsloth(Plugin):
             estimates.offloaded_checkpoints(estimate, in_flight=1)
 
     def source_path(self, ctx) -> str:
-        from tunerkit.models.loading import cache_dir, model_path, preset_checkpoint
+        from tunerkit.models.loading import cache_dir, ids_tokenizer, model_path, preset_checkpoint
 
         source = ctx.model_source
         if source.kind != "preset":
@@ -151,7 +141,7 @@ class Unsloth(Plugin):
             # so ran at bf16 memory). A 4-bit preset row reads the preset's full checkpoint.
             target = preset_checkpoint(source.preset, ctx.dtype)
             if not (target / "tokenizer_config.json").exists():
-                token_id_tokenizer(source.preset.vocab).save_pretrained(target)
+                ids_tokenizer(source.preset.vocab).save_pretrained(target)
             return str(target)
         return str(preset_directory(source.preset, cache_dir() / "models" / f"unsloth-{source.preset.name}"))
 

@@ -9,6 +9,7 @@ LoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353).
 from __future__ import annotations
 
 from tunerkit import hookimpl
+from tunerkit_plugins._helpers import estimates
 from tunerkit_plugins.tuners.lora import LoRA
 
 
@@ -23,6 +24,7 @@ class DoRA(LoRA):
     @hookimpl
     def estimate_memory(self, row, shape, estimate):
         super().estimate_memory(row, shape, estimate)
+        estimates.dora_magnitudes(estimate, shape, self.adapted_names(row, shape), self.options.dropout)
         # PEFT's DoRA recomputes each adapted weight's norm (the whole W + BA) every forward;
         # the factor is dora's speed against lora in the stores (docs/performance.md).
         estimate.speed_factor *= 0.4

@@ -60,13 +60,17 @@ class LoRA(Plugin):
     def collect_metrics(self, ctx):
         return {"lora_targets": str(self.peft_config_kwargs(ctx)["target_modules"])}
 
-    @hookimpl
-    def estimate_memory(self, row, shape, estimate):
+    def adapted_names(self, row, shape) -> list[str]:
+        """The layer linears this row adapts, by name (for the estimate)."""
         from tunerkit.models.presets import get_preset
 
         preset = get_preset(row.settings.model)
-        names = estimates.target_names(self.options.targets, shape,
-                                       preset.default_targets if preset else estimates.LLAMA_LIKE)
+        return estimates.target_names(self.options.targets, shape,
+                                      preset.default_targets if preset else estimates.LLAMA_LIKE)
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        names = self.adapted_names(row, shape)
         rank = getattr(self.options, "rank", None) or getattr(self.options, "init_r", 8)
         estimates.low_rank_adapters(estimate, shape, names, rank, self.options.dropout,
                                     self.extra_per_target, self.extra_per_rank)

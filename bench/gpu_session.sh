@@ -163,9 +163,16 @@ data = dict(model='tiny-llama', dataset='synthetic:lengths?mean=200&sd=50&min=20
             max_steps=3, evaluate=[], val_size=0)
 for name, plugins, tables in [('bnb', ['lora', 'bnb'], {}), ('gptq', ['lora', 'gptq'], {}),
                               ('awq', ['lora', 'awq'], {'awq': {'group_size': 32}}),
-                              ('aqlm', ['lora', 'aqlm'], {}), ('unsloth', ['unsloth'], {'unsloth': {'bits': 4}})]:
+                              ('aqlm', ['lora', 'aqlm'], {}), ('unsloth', ['unsloth'], {'unsloth': {'bits': 4}}),
+                              # a preset with no tokenizer, merged, GPTQ-quantized and decoded (export.toml's bench path)
+                              ('export', ['lora', 'export'], {'export': {'method': 'gptq', 'calibration': 'synthetic:lengths',
+                                                                         'samples': 4, 'group_size': 32},
+                                                              'infer_prompts': 1, 'infer_new_tokens': 8})]:
     try:
         m = run_row(make_row(name, plugins, **data, **tables), Path(tempfile.mkdtemp()))
+        if name == 'export':
+            print(name, 'smoke:', {k: v for k, v in m.items() if k.startswith(('export_', 'infer_'))})
+            continue
         print(name, 'smoke:', m.get('quantized_linears'), 'quantized linears (28 = every decoder linear, head kept),',
               m.get('weights_gib'), 'GiB, params', m['total_params'], 'trainable', m['trainable_params'],
               'loss', m['train_loss'], m['memory'], 'MFU %', m.get('mfu_pct'))

@@ -36,9 +36,10 @@ class PreQuantized(Plugin):
     def quantization_config(self, ctx):
         raise NotImplementedError
 
-    def amend_checkpoint_config(self, config) -> None:
-        """Change the checkpoint's stored config before loading (transformers follows it, not
-        :meth:`quantization_config`, for a pre-quantized checkpoint); nothing by default."""
+    #: ``amend_checkpoint_config(config)``, for a loader whose checkpoints' stored config needs a
+    #: change before loading (transformers follows it, not :meth:`quantization_config`, for a
+    #: pre-quantized checkpoint); None: the checkpoint loads as stored
+    amend_checkpoint_config = None
 
     @hookimpl
     def estimate_memory(self, row, shape, estimate):

@@ -17,7 +17,7 @@ import torch
 
 from tunerkit import hookimpl, option
 from tunerkit_plugins.quant.prequantized import PreQuantized
-from tunerkit_plugins.quant.random_quantized import Format, random_int32, repeated_nibbles, scales
+from tunerkit_plugins.quant.random_quantized import Format, Hole, random_int32, repeated_nibbles, scales
 
 
 @dataclass
@@ -45,9 +45,20 @@ def gptq_format(o: GptqOptions) -> Format:
                 "scales": scales(groups, out_f, o.bits),
                 "g_idx": (torch.arange(in_f, dtype=torch.int32) // o.group_size)}
 
+    def zero_codes(in_f: int, out_f: int):
+        # Every code 0 stands for (0 - zero point) x scale = -2**(bits-1) x scale: scales drawn
+        # around zero with std 0.02 / 2**(bits-1) give weights of std 0.02, random per group and
+        # output, as the dense presets' are. Speed and memory are the dense checkpoint's.
+        groups = -(-in_f // o.group_size)
+        return {"qweight": Hole((in_f // per_word, out_f), torch.int32),
+                "qzeros": torch.full((groups, out_f // per_word), repeated_nibbles(2 ** (o.bits - 1) - 1, o.bits),
+                                     dtype=torch.int32),
+                "scales": (torch.randn(groups, out_f) * (0.02 / 2 ** (o.bits - 1))).to(torch.float16),
+                "g_idx": (torch.arange(in_f, dtype=torch.int32) // o.group_size)}
+
     config = {"quant_method": "gptq", "bits": o.bits, "group_size": o.group_size, "desc_act": False,
               "sym": True, "checkpoint_format": "gptq"}
-    return Format(f"gptq{o.bits}g{o.group_size}", config, tensors)
+    return Format(f"gptq{o.bits}g{o.group_size}", config, tensors, zero_codes)
 
 
 class Gptq(PreQuantized):

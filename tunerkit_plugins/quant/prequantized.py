@@ -77,6 +77,8 @@ class PreQuantized(Plugin):
         model = ctx.unwrapped_model()
         out = {"quantized_bits": self.options.bits, "quantized_linears": self.quantized_linears(model),
                "random_weights": int(ctx.model_source.random_weights)}
+        if getattr(model.config, "tunerkit_zero_codes", False):
+            out["preset_zero_codes"] = 1  # a sparse preset: codes all zero, only the scales random
         if hasattr(model, "get_memory_footprint"):
             out["weights_gib"] = model.get_memory_footprint() / 1024 ** 3
         return out

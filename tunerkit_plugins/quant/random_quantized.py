@@ -10,6 +10,7 @@ ones, embeddings and the head are drawn like the preset's own initialisation.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,10 +30,14 @@ SHARD_BYTES = 4 << 30
 @dataclass(frozen=True)
 class Format:
     """One library's checkpoint layout: ``tensors(in_f, out_f)`` gives a linear's stored tensors
-    (without bias), ``config`` the ``quantization_config`` written into config.json."""
+    (without bias), ``config`` the ``quantization_config`` written into config.json.
+    ``zero_codes(in_f, out_f)``, where a format has it, gives the same tensors with every packed
+    code zero (as :class:`Hole`\ s, never drawn: a sparse checkpoint leaves them unwritten) and the
+    scales drawn so that the weights those zero codes stand for are still random."""
     tag: str
     config: dict
     tensors: Callable[[int, int], dict[str, torch.Tensor]]
+    zero_codes: Callable[[int, int], dict[str, torch.Tensor]] | None = None
 
 
 def random_int32(*shape: int) -> torch.Tensor:
@@ -67,17 +72,19 @@ def _quantized_names(model) -> dict[str, torch.nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
 
 
-def _state_dict(preset: Preset, fmt: Format, dtype: torch.dtype, device: str = "cpu"):
+def _state_dict(preset: Preset, fmt: Format, dtype: torch.dtype, device: str = "cpu", zero_codes: bool = False):
     """Yield (name, tensor) for the whole checkpoint, built on the meta device then drawn tensor
-    by tensor on ``device`` (``"meta"``: shapes and dtypes only, to size the checkpoint)."""
+    by tensor on ``device`` (``"meta"``: shapes and dtypes only, to size the checkpoint). With
+    ``zero_codes`` the packed codes come as :class:`Hole`\ s: zeros a sparse file never writes."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(preset.config(), dtype=dtype)
     linears = _quantized_names(model)
+    draw = fmt.zero_codes if zero_codes else fmt.tensors
     for name, module in linears.items():
         with torch.device(device):
-            stored = fmt.tensors(module.in_features, module.out_features)
+            stored = draw(module.in_features, module.out_features)
         for key, t in stored.items():
             yield f"{name}.{key}", t
         if module.bias is not None:
@@ -88,24 +95,90 @@ def _state_dict(preset: Preset, fmt: Format, dtype: torch.dtype, device: str = "
             yield name, _plain_tensor(name, p.shape, dtype, device)
 
 
-def checkpoint_bytes(preset: Preset, fmt: Format, dtype: torch.dtype) -> int:
-    """What the preset's ``fmt`` checkpoint takes on disk (its tensors' bytes), counted on the meta device."""
-    return sum(t.numel() * t.element_size() for _, t in _state_dict(preset, fmt, dtype, device="meta"))
+def checkpoint_bytes(preset: Preset, fmt: Format, dtype: torch.dtype, zero_codes: bool = False) -> int:
+    """What the preset's ``fmt`` checkpoint takes on disk (its tensors' bytes), counted on the meta
+    device; with ``zero_codes``, what a sparse one takes (the codes are holes)."""
+    return sum(t.numel() * t.element_size() for _, t in _state_dict(preset, fmt, dtype, device="meta",
+                                                                     zero_codes=zero_codes)
+               if not (zero_codes and _is_hole(t)))
 
 
-def check_disk(preset: Preset, fmt: Format, dtype: torch.dtype, folder: Path) -> None:
+@dataclass(frozen=True)
+class Hole:
+    """A tensor of zeros that a sparse checkpoint leaves unwritten (only its shape and dtype)."""
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype, device="meta").element_size()
+
+
+def _is_hole(t) -> bool:
+    return isinstance(t, Hole)
+
+
+def holes_supported(folder: Path) -> bool:
+    """Whether ``folder``'s filesystem keeps a file's unwritten ranges as holes (no blocks)."""
+    probe = Path(tempfile.mkstemp(dir=folder, prefix=".holes-")[1])
+    try:
+        with probe.open("r+b") as fh:
+            fh.truncate(64 << 20)
+        return probe.stat().st_blocks * 512 < (1 << 20)
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def check_disk(preset: Preset, fmt: Format, dtype: torch.dtype, folder: Path) -> bool:
     """Refuse, before writing a byte, a checkpoint the cache's disk cannot hold: qwen-72b's int8
-    GPTQ preset is about 77 GB, and a 64 GiB disk would fill minutes into the row."""
+    GPTQ preset is about 77 GB, and a 64 GiB disk would fill minutes into the row. Where the
+    format can leave its codes zero and the filesystem keeps holes, a sparse checkpoint that
+    fits is the answer instead: returns True for it, False for a dense one."""
     need = checkpoint_bytes(preset, fmt, dtype)
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
-    if need > free:
-        raise RowFailed(f"the random {fmt.tag} checkpoint of preset {preset.name} needs {need / 2 ** 30:.1f} GiB "
-                        f"of disk and the cache ({folder}) has {free / 2 ** 30:.1f} GiB free; "
-                        f"point TUNERKIT_CACHE at a larger disk")
+    if need <= free:
+        return False
+    sparse = checkpoint_bytes(preset, fmt, dtype, zero_codes=True) if fmt.zero_codes else None
+    if sparse is not None and sparse <= free and holes_supported(folder):
+        return True
+    raise RowFailed(f"the random {fmt.tag} checkpoint of preset {preset.name} needs {need / 2 ** 30:.1f} GiB "
+                    f"of disk and the cache ({folder}) has {free / 2 ** 30:.1f} GiB free; "
+                    f"point TUNERKIT_CACHE at a larger disk")
 
 
-def _write_shards(target: Path, tensors) -> None:
+#: safetensors' names of the dtypes a checkpoint here holds
+_ST_DTYPES = {torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.float16: "F16",
+              torch.bfloat16: "BF16", torch.float32: "F32"}
+
+
+def save_sparse(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file in which :class:`Hole`\ s are zeros left unwritten: the header and every
+    other tensor are written, the file's length covers the holes, their blocks are never
+    allocated. Readers (mmap) see zeros there."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    with path.open("wb") as fh:
+        fh.write(len(head).to_bytes(8, "little"))
+        fh.write(head)
+        for t in tensors.values():
+            if _is_hole(t):
+                fh.seek(t.numel() * t.element_size(), 1)
+            else:
+                fh.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        fh.truncate(8 + len(head) + offset)
+
+
+def _write_shards(target: Path, tensors, sparse: bool = False) -> None:
     from safetensors.torch import save_file
 
     shard, size, index, n = {}, 0, {}, 0
@@ -115,12 +188,15 @@ def _write_shards(target: Path, tensors) -> None:
         if shard:
             n += 1
             fname = f"model-{n:05d}.safetensors"
-            save_file(shard, str(target / fname), metadata={"format": "pt"})
+            if sparse:
+                save_sparse(shard, target / fname)
+            else:
+                save_file(shard, str(target / fname), metadata={"format": "pt"})
             index.update({k: fname for k in shard})
             shard, size = {}, 0
 
     for name, t in tensors:
-        shard[name] = t.contiguous()
+        shard[name] = t if _is_hole(t) else t.contiguous()
         size += t.numel() * t.element_size()
         if size >= SHARD_BYTES:
             flush()
@@ -131,17 +207,25 @@ def _write_shards(target: Path, tensors) -> None:
 def checkpoint(preset: Preset, fmt: Format, dtype: torch.dtype) -> Path:
     """The preset written once in ``fmt`` under the cache; later rows reuse it."""
     target = cache_dir() / "models" / f"preset-{preset.name}-{fmt.tag}-{str(dtype).removeprefix('torch.')}"
-    if (target / "config.json").exists():
-        return target
-    check_disk(preset, fmt, dtype, target.parent)
-    print(f"tunerkit: writing random {fmt.tag} weights of preset {preset.name} to {target} (once)", flush=True)
+    for found in (target, target.with_name(target.name + "-zerocodes")):
+        if (found / "config.json").exists():
+            return found
+    sparse = check_disk(preset, fmt, dtype, target.parent)
+    if sparse:
+        target = target.with_name(target.name + "-zerocodes")
+        print(f"tunerkit: preset {preset.name}'s {fmt.tag} checkpoint does not fit the cache's disk; writing it "
+              f"with zero codes as holes (random scales) to {target} (once)", flush=True)
+    else:
+        print(f"tunerkit: writing random {fmt.tag} weights of preset {preset.name} to {target} (once)", flush=True)
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".preset-"))
     try:
-        _write_shards(tmp, _state_dict(preset, fmt, dtype))
+        _write_shards(tmp, _state_dict(preset, fmt, dtype, zero_codes=sparse), sparse=sparse)
         config = preset.config()
         config.dtype = dtype
         config.quantization_config = dict(fmt.config)
+        if sparse:
+            config.tunerkit_zero_codes = True  # read back into each row's record (preset_zero_codes)
         config.save_pretrained(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

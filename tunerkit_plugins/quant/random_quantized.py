@@ -122,9 +122,10 @@ def _is_hole(t) -> bool:
 
 def holes_supported(folder: Path) -> bool:
     """Whether ``folder``'s filesystem keeps a file's unwritten ranges as holes (no blocks)."""
-    probe = Path(tempfile.mkstemp(dir=folder, prefix=".holes-")[1])
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".holes-")
+    probe = Path(name)
     try:
-        with probe.open("r+b") as fh:
+        with open(fd, "r+b") as fh:
             fh.truncate(64 << 20)
         return probe.stat().st_blocks * 512 < (1 << 20)
     except OSError:

@@ -347,3 +347,14 @@ def test_a_setting_left_out_of_a_rows_identity_shows_its_default(tmp_path):
     assert "| all | smollm2-135m-instruct | true | 0 |" in md
     assert "| 24_left_out | smollm2-135m-instruct | true | 24 |" in md
     assert "| none | smollm2-135m-instruct | false | 0 |" in md
+
+
+def test_a_row_on_a_sparse_zero_code_preset_is_named_in_a_note(db):
+    """A GPTQ preset too large for the disk is written with zero codes; its rows must say so."""
+    recs = records(db, "max_length_lora")
+    plain = render(recs, "md")
+    assert "code zero" not in plain
+    ok = [r for r in recs if r["status"] == "ok"]
+    ok[0]["metrics"]["preset_zero_codes"] = 1
+    md = render(recs, "md")
+    assert f"_{ok[0]['row']}: a preset checkpoint too large for the cache's disk, written sparse: every packed code zero" in md

@@ -33,6 +33,8 @@ OURS_NOTE = ("ours: samples/s and tokens/s over timed optimizer steps (warm-up a
 #: status of a row the recipe has and the store does not (shown by reports, never stored)
 NOT_RUN = "not run"
 RANDOM_NOTE = "random weights (model presets): speed and memory only; losses and accuracies mean nothing"
+ZERO_CODES_NOTE = ("{rows}: a preset checkpoint too large for the cache's disk, written sparse: every packed "
+                   "code zero, only the scales random (the dense checkpoint's speed and memory)")
 
 #: settings shown as their own column when they differ between the rows of a table
 AXIS_SETTINGS = ("max_length", "batch_size", "gradient_accumulation_steps", "attention", "gradient_checkpointing",
@@ -474,6 +476,9 @@ def render_markdown(records: list[dict]) -> str:
             notes.append(busy_note(group))
         if any("(random weights)" in line[headers.index("status")] for line in body):
             notes.append(f"(random weights): {RANDOM_NOTE}")
+        sparse = [r["row"] for r in ok if (r.get("metrics") or {}).get("preset_zero_codes")]
+        if sparse:
+            notes.append(ZERO_CODES_NOTE.format(rows=", ".join(sparse)))
         parts.append("\n".join(f"_{n}._  " for n in notes))
     return "\n\n".join(parts)
 

@@ -31,6 +31,23 @@ def load_base_model(ctx, quantization_config=None):
     return loading.load_pretrained(ctx.model_source, ctx.dtype, ctx.device, row_attention(ctx), quantization_config)
 
 
+def split_records(s, vocab: int, held_out: bool = True) -> tuple[list[dict], list[dict]]:
+    """The row's training and held-out records, before any mixing: ``eval_dataset`` when the row
+    names one (read only with ``held_out``), else ``val_size`` records split off by seed; at most
+    ``max_train_samples`` to train on."""
+    records = sources.load_records(s.dataset, seed=s.seed, vocab_size=vocab,
+                                   rows=(s.max_train_samples or 0) + s.val_size or None)
+    if s.eval_dataset:
+        train = records
+        held = sources.load_records(s.eval_dataset, seed=s.seed + 1, vocab_size=vocab,
+                                    rows=s.val_size or None) if held_out else []
+    else:
+        train, held = sources.split_off(records, s.val_size, s.seed)
+    if s.max_train_samples is not None:
+        train = train[: s.max_train_samples]
+    return train, held
+
+
 def encode_training_records(tokenizer, records: list[dict], s) -> tuple[list[dict], dict]:
     """Records as the loop trains them (chat encoded with the row's system prompt and label
     choice, truncated, samples without a label dropped) and the counts of what was cut."""
@@ -82,15 +99,7 @@ class CoreDefaults:
         if "core:records" not in ctx.state:
             s = ctx.settings
             vocab = ctx.unwrapped_model().config.vocab_size
-            records = sources.load_records(s.dataset, seed=s.seed, vocab_size=vocab,
-                                           rows=(s.max_train_samples or 0) + s.val_size or None)
-            if s.eval_dataset:
-                train = records
-                held = sources.load_records(s.eval_dataset, seed=s.seed + 1, vocab_size=vocab, rows=s.val_size or None)
-            else:
-                train, held = sources.split_off(records, s.val_size, s.seed)
-            if s.max_train_samples is not None:
-                train = train[: s.max_train_samples]
+            train, held = split_records(s, vocab)
             if s.mix:
                 general = sources.load_records(s.mix["dataset"], seed=s.seed + 2, vocab_size=vocab, rows=None)
                 train = sources.mix_in(train, general, float(s.mix.get("ratio", 1.0)), s.seed)

@@ -248,9 +248,8 @@ def _text_lengths(row) -> list[int] | None:
     template. Padding to the longest of a batch, not to ``max_length``, sets a text row's peak:
     the quality recipe's arithmetic samples are about 40 tokens under a 128-token max_length,
     and assuming 128 put its SmolLM2 rows at three times their measured memory."""
-    from tunerkit.core import encode_training_records
+    from tunerkit.core import encode_training_records, split_records
     from tunerkit.data.chat import ensure_template
-    from tunerkit.data.sources import load_records, split_off
     from tunerkit.errors import UserError
     from tunerkit.models import loading
 
@@ -261,10 +260,7 @@ def _text_lengths(row) -> list[int] | None:
             return None
         tokenizer = loading.load_tokenizer(source)
         ensure_template(tokenizer, s.chat_template)
-        records = load_records(s.dataset, seed=s.seed, vocab_size=len(tokenizer),
-                               rows=(s.max_train_samples or 0) + s.val_size or None)
-        train = records if s.eval_dataset else split_off(records, s.val_size, s.seed)[0]
-        train = train[: s.max_train_samples] if s.max_train_samples is not None else train
+        train, _ = split_records(s, len(tokenizer), held_out=False)
         kept, _ = encode_training_records(tokenizer, train[:LENGTH_SAMPLE], s)
     except (UserError, OSError, ImportError, ValueError, KeyError):
         return None

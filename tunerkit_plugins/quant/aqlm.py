@@ -93,7 +93,7 @@ class Aqlm(PreQuantized):
         fmt = self.format().config
         return AqlmConfig(in_group_size=fmt["in_group_size"], out_group_size=1, num_codebooks=fmt["num_codebooks"],
                           nbits_per_codebook=fmt["nbits_per_codebook"],
-                          linear_weights_not_to_quantize=kept_in_full(fmt["linear_weights_not_to_quantize"]))
+                          linear_weights_not_to_quantize=fmt["linear_weights_not_to_quantize"])
 
     def amend_checkpoint_config(self, config) -> None:
         # Real AQLM checkpoints (and presets written before this fix) store the weight names only.

@@ -36,25 +36,24 @@ class GptqOptions:
 def gptq_format(o: GptqOptions) -> Format:
     per_word = 32 // o.bits
 
-    def tensors(in_f: int, out_f: int):
+    def stored(in_f: int, out_f: int, qweight, draw_scales):
         groups = -(-in_f // o.group_size)
-        return {"qweight": random_int32(in_f // per_word, out_f),
+        return {"qweight": qweight,
                 # GPTQ's v1 layout stores each zero point minus one: the midpoint 2**(bits-1).
                 "qzeros": torch.full((groups, out_f // per_word), repeated_nibbles(2 ** (o.bits - 1) - 1, o.bits),
                                      dtype=torch.int32),
-                "scales": scales(groups, out_f, o.bits),
+                "scales": draw_scales(groups, out_f),
                 "g_idx": (torch.arange(in_f, dtype=torch.int32) // o.group_size)}
+
+    def tensors(in_f: int, out_f: int):
+        return stored(in_f, out_f, random_int32(in_f // per_word, out_f), lambda g, n: scales(g, n, o.bits))
 
     def zero_codes(in_f: int, out_f: int):
         # Every code 0 stands for (0 - zero point) x scale = -2**(bits-1) x scale: scales drawn
         # around zero with std 0.02 / 2**(bits-1) give weights of std 0.02, random per group and
         # output, as the dense presets' are. Speed and memory are the dense checkpoint's.
-        groups = -(-in_f // o.group_size)
-        return {"qweight": Hole((in_f // per_word, out_f), torch.int32),
-                "qzeros": torch.full((groups, out_f // per_word), repeated_nibbles(2 ** (o.bits - 1) - 1, o.bits),
-                                     dtype=torch.int32),
-                "scales": (torch.randn(groups, out_f) * (0.02 / 2 ** (o.bits - 1))).to(torch.float16),
-                "g_idx": (torch.arange(in_f, dtype=torch.int32) // o.group_size)}
+        return stored(in_f, out_f, Hole((in_f // per_word, out_f), torch.int32),
+                      lambda g, n: (torch.randn(g, n) * (0.02 / 2 ** (o.bits - 1))).to(torch.float16))
 
     config = {"quant_method": "gptq", "bits": o.bits, "group_size": o.group_size, "desc_act": False,
               "sym": True, "checkpoint_format": "gptq"}

@@ -3,6 +3,7 @@
 # each fit a ten-minute slot:
 #
 #   bash bench/gpu_session.sh smoke         # every script at tiny shapes on the GPU, about a minute
+#                                           # (SMOKE=quantized: the quantized-base plugins alone)
 #   bash bench/gpu_session.sh fast-path     # bench/fast_path.py --check-loss (recipes/beyond_seed/fast_path.toml): bench/results/RUNS.md
 #   bash bench/gpu_session.sh svd           # svd_speed.py: GaLore's projector refresh, per SVD driver
 #   bash bench/gpu_session.sh memory          # optimizer_memory.py: full beside per-parameter GaLore
@@ -145,7 +146,9 @@ case "$part" in
     ;;
   smoke)
     # GPU-only code paths (liger, compiled decoding, bf16 bnb, varlen kernels) at tiny shapes,
-    # so a bug costs a minute here rather than a whole slot.
+    # so a bug costs a minute here rather than a whole slot. SMOKE=quantized: only the
+    # quantized-base plugins' part (a call that runs quantized rows alone).
+    [ "${SMOKE:-all}" = quantized ] || {
     timeout 150 python3 bench/fast_path.py --smoke --check-loss --json "$OUT/smoke_fast_path.json" \
       --profile 7b/baseline,7b/lora+packing16k+liger \
       2>&1 | tee "$OUT/smoke.log" | grep -v -i warn
@@ -153,6 +156,7 @@ case "$part" in
       --out "$OUT/smoke_infer" 2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
     timeout 60 python3 bench/check_packing_gpu.py --model tiny-llama --max-length 512 \
       2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
+    }
     # The quantized-base plugins (bf16 bnb's kernels, and the libraries that train on a GPU only
     # or were last wrong there): tiny-llama has 4 layers x 7 linears, so 28 quantized linears
     # means the head stayed unquantized.
@@ -167,10 +171,13 @@ for name, plugins, tables in [('bnb', ['lora', 'bnb'], {}), ('gptq', ['lora', 'g
                               # a preset with no tokenizer, merged, GPTQ-quantized and decoded (export.toml's bench path)
                               ('export', ['lora', 'export'], {'export': {'method': 'gptq', 'calibration': 'synthetic:lengths',
                                                                          'samples': 4, 'group_size': 32},
-                                                              'infer_prompts': 1, 'infer_new_tokens': 8})]:
+                                                              'infer_prompts': 1, 'infer_new_tokens': 8}),
+                              ('export-awq', ['lora', 'export'], {'export': {'method': 'awq', 'calibration': 'synthetic:lengths',
+                                                                             'samples': 4, 'group_size': 32},
+                                                                  'infer_prompts': 1, 'infer_new_tokens': 8})]:
     try:
         m = run_row(make_row(name, plugins, **data, **tables), Path(tempfile.mkdtemp()))
-        if name == 'export':
+        if name.startswith('export'):
             print(name, 'smoke:', {k: v for k, v in m.items() if k.startswith(('export_', 'infer_'))})
             continue
         print(name, 'smoke:', m.get('quantized_linears'), 'quantized linears (28 = every decoder linear, head kept),',

@@ -158,22 +158,24 @@ case "$part" in
       2>&1 | tee -a "$OUT/smoke.log" | grep -v -i warn
     }
     # The quantized-base plugins (bf16 bnb's kernels, and the libraries that train on a GPU only
-    # or were last wrong there): tiny-llama has 4 layers x 7 linears, so 28 quantized linears
-    # means the head stayed unquantized.
+    # or were last wrong there): tiny-qwen2 has 4 layers x 7 linears, so 28 quantized linears
+    # means the head stayed unquantized; its k/v projections are 64 wide, as GPT-QModel's AWQ
+    # kernel and AQLM's need (tiny-llama's 32 failed both: "OC is not multiple of cta_N = 64").
+    # The export rows decode with the bench profile's Triton kernels (no build, no download).
     timeout 300 python3 -c "
 from pathlib import Path; import tempfile
 from tunerkit.recipe import make_row; from tunerkit.loop import run_row
-data = dict(model='tiny-llama', dataset='synthetic:lengths?mean=200&sd=50&min=20&max=400&rows=64', max_length=256,
+data = dict(model='tiny-qwen2', dataset='synthetic:lengths?mean=200&sd=50&min=20&max=400&rows=64', max_length=256,
             max_steps=3, evaluate=[], val_size=0)
 for name, plugins, tables in [('bnb', ['lora', 'bnb'], {}), ('gptq', ['lora', 'gptq'], {}),
                               ('awq', ['lora', 'awq'], {'awq': {'group_size': 32}}),
                               ('aqlm', ['lora', 'aqlm'], {}), ('unsloth', ['unsloth'], {'unsloth': {'bits': 4}}),
                               # a preset with no tokenizer, merged, GPTQ-quantized and decoded (export.toml's bench path)
                               ('export', ['lora', 'export'], {'export': {'method': 'gptq', 'calibration': 'synthetic:lengths',
-                                                                         'samples': 4, 'group_size': 32},
+                                                                         'samples': 4, 'group_size': 32, 'decode_kernel': 'triton'},
                                                               'infer_prompts': 1, 'infer_new_tokens': 8}),
                               ('export-awq', ['lora', 'export'], {'export': {'method': 'awq', 'calibration': 'synthetic:lengths',
-                                                                             'samples': 4, 'group_size': 32},
+                                                                             'samples': 4, 'group_size': 32, 'decode_kernel': 'triton'},
                                                                   'infer_prompts': 1, 'infer_new_tokens': 8})]:
     try:
         m = run_row(make_row(name, plugins, **data, **tables), Path(tempfile.mkdtemp()))

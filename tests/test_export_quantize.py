@@ -77,6 +77,50 @@ def test_quantized_checkpoint_loads_in_plain_transformers_and_stays_close(method
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9
 
 
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_decode_kernel_overrides_the_checkpoints_backend_when_transformers_loads_it(method):
+    """GPT-QModel's own pick on a Hopper GPU (Machete) downloads CUTLASS at load time and failed
+    on an offline H100 after the whole quantization (2026-12-07): ``decode_kernel`` must reach
+    the config transformers loads with, in each method's spelling; "auto" leaves it alone."""
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    from tunerkit_plugins.quant.export import decoding_config
+
+    stored = {"quant_method": method, "bits": 4, "group_size": 128, "sym": method == "gptq", "desc_act": False}
+    if method == "awq":
+        stored.update(zero_point=True, version="gemm")
+    assert decoding_config(method, 4, "auto") is None
+    expected = {"gptq": {"marlin": "marlin", "triton": "triton", "torch": "torch"},
+                "awq": {"marlin": "marlin", "triton": "gemm_triton", "torch": "torch_awq"}}[method]
+    for kernel, backend in expected.items():
+        with pytest.warns(UserWarning, match="loading attributes"):
+            merged = AutoHfQuantizer.merge_quantization_configs(dict(stored), decoding_config(method, 4, kernel))
+        assert (merged.quant_method, merged.backend, merged.group_size) == (method, backend, 128)
+
+
+def test_decode_kernel_reaches_gptqmodels_kernel_choice(tiny_row, tiny_context, tmp_path):
+    """End to end on a CPU: "torch" loads GPT-QModel's torch kernel, "marlin" (GPU only) is refused
+    by GPT-QModel, so the option is what picks the kernel, not the library's auto choice."""
+    pytest.importorskip("gptqmodel")
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+    from transformers import AutoModelForCausalLM
+
+    from tunerkit_plugins.quant.export import decoding_config
+
+    merged = merge_tiny(tiny_row, tiny_context, tmp_path, "tiny-llama")
+    out = tmp_path / "gptq"
+    result = CliRunner().invoke(main, ["export", str(merged), "--quantize", "gptq", "--bits", "4", "--group-size", "32",
+                                       "--calibration", "builtin:arithmetic", "--samples", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = AutoModelForCausalLM.from_pretrained(out, device_map="cpu", quantization_config=decoding_config(
+        "gptq", 4, "torch"))
+    kernels = {type(m).__name__ for m in model.modules() if isinstance(m, BaseQuantLinear)}
+    assert kernels == {"TorchLinear"}, kernels
+    with pytest.raises(Exception, match="(?i)marlin|cuda|backend"):
+        AutoModelForCausalLM.from_pretrained(out, device_map="cpu", quantization_config=decoding_config(
+            "gptq", 4, "marlin"))
+
+
 def test_synthetic_calibration_needs_no_tokenizer_and_spans_the_models_vocabulary():
     """A random-weight model folder may hold no tokenizer; its synthetic calibration ids come from
     the model's own vocabulary size (the 2026-12-07 GPU rows took len() of a tokenizer built

@@ -30,6 +30,9 @@ class ExportOptions:
     calibration: str = option("ms-bench-mini", "calibration dataset: a registry name, a local file or builtin:*")
     samples: int = option(256, "calibration samples (ms-swift: 256 for AWQ, 1024 for GPTQ)", min=1)
     group_size: int = option(128, "input weights sharing one scale and zero point", min=1)
+    decode_kernel: Literal["auto", "marlin", "triton", "torch"] = option(
+        "auto", "GPT-QModel kernel the quantized model decodes with: auto (the library's pick for the GPU), "
+                "marlin, triton or torch")
 
     def __post_init__(self):
         from tunerkit.quantize import bits_problem
@@ -37,6 +40,27 @@ class ExportOptions:
         problem = bits_problem(self.method, self.bits)
         if problem:
             raise ValueError(problem)
+
+
+# A kernel family in each method's backend names, as transformers' GPTQConfig and AwqConfig take
+# them (GPT-QModel maps both spellings to its own kernels). "auto" on a Hopper GPU picks Machete,
+# whose first use downloads CUTLASS's sources to build it: an offline host fails there, after
+# the whole quantization, so offline GPU runs name a kernel that needs no download.
+DECODE_BACKENDS = {
+    "gptq": {"marlin": "marlin", "triton": "triton", "torch": "torch"},
+    "awq": {"marlin": "marlin", "triton": "gemm_triton", "torch": "torch_awq"},
+}
+
+
+def decoding_config(method: str, bits: int, kernel: str):
+    """The quantization config whose loading attribute (the backend) transformers lays over the
+    checkpoint's own when the quantized model is loaded; None keeps the checkpoint's ("auto")."""
+    if kernel == "auto":
+        return None
+    from transformers import AwqConfig, GPTQConfig
+
+    config = AwqConfig if method == "awq" else GPTQConfig
+    return config(bits=bits, backend=DECODE_BACKENDS[method][kernel])
 
 
 def gptqmodel_installed() -> bool:
@@ -114,12 +138,20 @@ class Export(Plugin):
 
         from tunerkit.eval.infer import speed_metrics
 
-        s = ctx.settings
-        model = AutoModelForCausalLM.from_pretrained(str(quantized), device_map=str(ctx.device))
+        o, s = self.options, ctx.settings
+        loading = decoding_config(o.method, o.bits, o.decode_kernel)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(quantized), device_map=str(ctx.device),
+                **({"quantization_config": loading} if loading is not None else {}))
+        except Exception as err:  # noqa: BLE001 - the row's record names the kernel that failed to load
+            raise RowFailed(f"export: the quantized model did not load for decoding (decode_kernel="
+                            f"{o.decode_kernel!r}): {type(err).__name__}: {str(err)[:200]}") from err
         model.eval()
         try:
-            return speed_metrics(model, ctx.tokenizer, ctx.device, s.infer_backend, s.infer_prompts,
-                                 s.infer_new_tokens)
+            return {"export_decode_kernel": o.decode_kernel,
+                    **speed_metrics(model, ctx.tokenizer, ctx.device, s.infer_backend, s.infer_prompts,
+                                    s.infer_new_tokens)}
         finally:
             del model
             if torch.cuda.is_available():

@@ -32,7 +32,7 @@ class Format:
     """One library's checkpoint layout: ``tensors(in_f, out_f)`` gives a linear's stored tensors
     (without bias), ``config`` the ``quantization_config`` written into config.json.
     ``zero_codes(in_f, out_f)``, where a format has it, gives the same tensors with every packed
-    code zero (as :class:`Hole`\ s, never drawn: a sparse checkpoint leaves them unwritten) and the
+    code zero (as holes (:class:`Hole`), never drawn: a sparse checkpoint leaves them unwritten) and the
     scales drawn so that the weights those zero codes stand for are still random."""
     tag: str
     config: dict
@@ -75,7 +75,7 @@ def _quantized_names(model) -> dict[str, torch.nn.Linear]:
 def _state_dict(preset: Preset, fmt: Format, dtype: torch.dtype, device: str = "cpu", zero_codes: bool = False):
     """Yield (name, tensor) for the whole checkpoint, built on the meta device then drawn tensor
     by tensor on ``device`` (``"meta"``: shapes and dtypes only, to size the checkpoint). With
-    ``zero_codes`` the packed codes come as :class:`Hole`\ s: zeros a sparse file never writes."""
+    ``zero_codes`` the packed codes come as holes (:class:`Hole`): zeros a sparse file never writes."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -158,7 +158,7 @@ _ST_DTYPES = {torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.ui
 
 
 def save_sparse(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """A safetensors file in which :class:`Hole`\ s are zeros left unwritten: the header and every
+    """A safetensors file in which holes (:class:`Hole`) are zeros left unwritten: the header and every
     other tensor are written, the file's length covers the holes, their blocks are never
     allocated. Readers (mmap) see zeros there."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0

@@ -117,6 +117,31 @@ def test_a_4bit_preset_row_reads_the_full_random_checkpoint(monkeypatch, tmp_pat
     with safe_open(str(next(path.glob("*.safetensors"))), "pt") as f:
         assert any(k.endswith("q_proj.weight") for k in f.keys())  # every weight stored, not only the norm
     assert ctx.state["unsloth:quantized_linears"] == 1
+    # the preset's checkpoint is shared with every quantizing loader: unsloth's tokenizer lives
+    # in a folder of its own that links to it
+    shared = tmp_path / "models" / path.name.removeprefix("unsloth-")
+    assert (shared / "config.json").exists() and not (shared / "tokenizer_config.json").exists()
+
+
+@pytest.mark.parametrize("bits", [4, 16])
+def test_a_killed_preset_folder_write_leaves_nothing_that_looks_complete(monkeypatch, tmp_path, bits):
+    """The folders unsloth reads are published in one rename: a write that dies halfway (here the
+    tokenizer fails) leaves no folder behind, and the next row writes it whole."""
+    from tunerkit.models import loading
+
+    linear = torch.nn.Linear(2, 2)
+    linear.weight.quant_state = object()
+    p, ctx = four_bit_context(monkeypatch, tmp_path, torch.nn.Sequential(linear))
+    p.options.bits = bits
+    real = loading.ids_tokenizer
+    monkeypatch.setattr(loading, "ids_tokenizer", lambda vocab: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        p.load_model(ctx)
+    assert not [d for d in (tmp_path / "models").iterdir() if d.name.startswith("unsloth-")]
+    monkeypatch.setattr(loading, "ids_tokenizer", real)
+    p.load_model(ctx)
+    path = Path(StandIn.calls[-1][1]["model_name"])
+    assert (path / "config.json").exists() and (path / "tokenizer_config.json").exists()
 
 
 def test_a_4bit_row_whose_weights_stayed_bf16_fails_instead_of_measuring_them(monkeypatch, tmp_path):

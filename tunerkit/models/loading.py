@@ -76,7 +76,8 @@ def publish(target: Path, write, prefix: str) -> Path:
     try:
         write(tmp)
         for path in [tmp, *tmp.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+            if not path.is_symlink():  # a link's target belongs to another folder
+                path.chmod(0o755 if path.is_dir() else 0o644)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -76,21 +76,41 @@ def checkpointing_mode(gradient_checkpointing: bool, offload: bool):
 
 
 def preset_directory(preset, target: Path) -> Path:
-    """The checkpoint directory unsloth loads a preset from: config, tokenizer, and the final
-    norm's weight as the one stored tensor (transformers initialises every missing weight)."""
+    """The checkpoint directory unsloth loads a bf16 preset from: config, tokenizer, and the final
+    norm's weight as the one stored tensor (transformers initialises every missing weight).
+    Published in one rename, so a killed write never leaves a folder that looks complete."""
     from safetensors.torch import save_file
 
-    from tunerkit.models.loading import ids_tokenizer
+    from tunerkit.models.loading import ids_tokenizer, publish
 
     if (target / "config.json").exists():
         return target
-    target.mkdir(parents=True, exist_ok=True)
-    config = preset.config()
-    config.save_pretrained(target)
-    ids_tokenizer(preset.vocab).save_pretrained(target)
-    save_file({"model.norm.weight": torch.ones(preset.hidden)}, str(target / "model.safetensors"),
-              metadata={"format": "pt"})
-    return target
+
+    def write(folder: Path):
+        preset.config().save_pretrained(folder)
+        ids_tokenizer(preset.vocab).save_pretrained(folder)
+        save_file({"model.norm.weight": torch.ones(preset.hidden)}, str(folder / "model.safetensors"),
+                  metadata={"format": "pt"})
+
+    return publish(target, write, ".unsloth-")
+
+
+def checkpoint_with_tokenizer(checkpoint: Path, vocab: int, target: Path) -> Path:
+    """``checkpoint`` (a preset's full random checkpoint, shared by every quantizing loader) as a
+    folder unsloth can read: links to its files beside a stand-in tokenizer over plain ids, which
+    unsloth's loader requires. The shared folder itself is never written into; this one is
+    published in one rename."""
+    from tunerkit.models.loading import ids_tokenizer, publish
+
+    if (target / "tokenizer_config.json").exists():
+        return target
+
+    def write(folder: Path):
+        for item in checkpoint.iterdir():
+            (folder / item.name).symlink_to(item.resolve())
+        ids_tokenizer(vocab).save_pretrained(folder)
+
+    return publish(target, write, ".unsloth-")
 
 
 def quantized_linears(model) -> int:
@@ -134,7 +154,7 @@ class Unsloth(Plugin):
         estimates.fused_loss(estimate, shape)
 
     def source_path(self, ctx) -> str:
-        from tunerkit.models.loading import cache_dir, ids_tokenizer, model_path, preset_checkpoint
+        from tunerkit.models.loading import cache_dir, model_path, preset_checkpoint
 
         source = ctx.model_source
         if source.kind != "preset":
@@ -143,10 +163,9 @@ class Unsloth(Plugin):
             # bitsandbytes quantizes the weights it reads from the checkpoint; weights that
             # transformers draws for a missing tensor stay bf16 (a 4-bit row of the 8B preset
             # so ran at bf16 memory). A 4-bit preset row reads the preset's full checkpoint.
-            target = preset_checkpoint(source.preset, ctx.dtype)
-            if not (target / "tokenizer_config.json").exists():
-                ids_tokenizer(source.preset.vocab).save_pretrained(target)
-            return str(target)
+            checkpoint = preset_checkpoint(source.preset, ctx.dtype)
+            return str(checkpoint_with_tokenizer(checkpoint, source.preset.vocab,
+                                                 cache_dir() / "models" / f"unsloth-{checkpoint.name}"))
         return str(preset_directory(source.preset, cache_dir() / "models" / f"unsloth-{source.preset.name}"))
 
     @hookimpl

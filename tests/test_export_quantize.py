@@ -44,6 +44,14 @@ def test_quantize_mistakes_are_one_line_errors(merged, tmp_path):
         ([*q, "awq", "--group-size", "32", "--calibration", "builtin:arithmetic", "--out", str(tmp_path / "a")],
          "multiples of 64"),
     ]
+    # a folder without a tokenizer, which GPT-QModel would refuse only after calibrating
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in merged.iterdir():
+        if not f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+            (bare / f.name).symlink_to(f)
+    cases.append(([*q[:1], str(bare), "--quantize", "gptq", "--calibration", "synthetic:lengths", "--out",
+                   str(tmp_path / "a")], "holds no tokenizer"))
     for args, message in cases:
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, (args, result.output)

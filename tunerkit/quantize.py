@@ -72,16 +72,14 @@ def calibration_samples(dataset: str, tokenizer, samples: int, max_length: int, 
     return out
 
 
-def _tokenizer_or_none(path: str):
-    """The model folder's tokenizer, or None where it saved none (a random-weight preset trained
-    on synthetic ids has no tokenizer to save; transformers then fails to build one, or on some
-    versions builds an empty one whose length is no vocabulary)."""
-    from transformers import AutoTokenizer
-
+def check_tokenizer(path: str) -> None:
+    """GPT-QModel loads the model with its tokenizer and refuses a folder without one, after the
+    calibration data is built: refused here first, in one line."""
     folder = Path(path)
     if folder.is_dir() and not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return None
-    return AutoTokenizer.from_pretrained(path)
+        raise UserError(f"'{path}' holds no tokenizer, and GPT-QModel loads the model with its tokenizer",
+                        key="MODEL", hint="save the tokenizer beside the weights (tokenizer.save_pretrained(folder)); "
+                                          "tunerkit export --merge writes one")
 
 
 #: GPT-QModel's AWQ searches clipping ranges over output features in blocks of this many
@@ -160,16 +158,17 @@ def quantize(model: str, method: str, bits: int, calibration: str, out: str | Pa
         raise UserError(f"'{out}' is not empty", key="--out", hint="choose a new folder; export never overwrites")
     path = model_directory(model)
     check_shapes(path, method, group_size)
+    check_tokenizer(path)
     try:
         import gptqmodel
     except ImportError:
         raise UserError("quantized export needs GPT-QModel, not installed", key="--quantize",
                         hint="pip install 'tunerkit[gptq]'") from None
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     _enough_cpu_workers(gptqmodel)
     _logs_in_cache()
-    data = calibration_samples(calibration, _tokenizer_or_none(path), samples, max_length,
+    data = calibration_samples(calibration, AutoTokenizer.from_pretrained(path), samples, max_length,
                                vocab_size=AutoConfig.from_pretrained(path).vocab_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     qmodel = gptqmodel.GPTQModel.load(path, quantize_config(method, bits, group_size), device=device)

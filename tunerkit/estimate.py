@@ -18,9 +18,11 @@ Memory (bytes, the peak of ``torch.cuda.max_memory_allocated``):
 
 Speed: a step's matmul FLOPs (forward 2N, input gradients 2N, weight gradients 2N for
 trained weights only, causal attention, the recompute of checkpointed layers) at the
-device's matmul rate times an efficiency, plus a fixed host cost per micro-batch; plugins
-scale either. The per-token coefficients and the efficiency were fitted against the GPU
-rows of the committed stores; docs/performance.md ("Predicting memory and speed", made by bench/estimate_error.py) has every
+device's matmul rate times an efficiency, plus the host's time for the aten operations a
+micro-batch dispatches (counted per decoder layer, adapters included; a host-bound row, a
+small model or LoRA at batch 1, is paced by that count). Plugins add operations, device time
+or a measured factor. The per-token coefficients, the efficiency and the host's cost per
+operation were fitted against the GPU rows of the committed stores; docs/performance.md ("Predicting memory and speed", made by bench/estimate_error.py) has every
 row's error.
 
 On a CPU the memory figure is what the same tensors take on the host (the row's peak RSS
@@ -44,10 +46,28 @@ LOGIT_BYTES = 11.0
 #: a decoder layer's activations per token during its forward/backward, in units of
 #: 2 bytes x (6 hidden + 2 kv width + 4 ffn) (norm inputs, q/k/v/o, the SwiGLU's four)
 LAYER_FACTOR = 1.0
-#: matmul efficiency of a training step against the device's dense bf16 rate, and the
-#: host's fixed cost per micro-batch (launches, the loss read, the optimizer step)
+#: matmul efficiency of a training step against the device's dense bf16 rate
 EFFICIENCY = 0.58
-HOST_SECONDS = 0.25
+#: The host's work: a micro-batch dispatches one aten operation after another, and a row whose
+#: kernels are short waits on that (a 135M model, or LoRA at batch 1). Operations per decoder
+#: layer of a llama-like model under SDPA, counted with a dispatch mode on a CPU (transformers 5,
+#: peft 0.21; tests/test_estimate_ops.py recounts them): forward, backward of a frozen layer
+#: (input gradients only), and the weight gradients a trained layer adds.
+LAYER_FORWARD_OPS = 77
+LAYER_INPUT_GRAD_OPS = 99
+LAYER_WEIGHT_GRAD_OPS = 43
+#: recomputing a checkpointed layer: its forward again, plus a few operations a layer and per
+#: trained parameter tensor in it (the checkpoint's saved-tensor bookkeeping)
+CHECKPOINT_LAYER_OPS = 6
+CHECKPOINT_TENSOR_OPS = 4
+#: trained parameter tensors of a decoder layer (seven linears, two norms)
+LAYER_TENSORS = 9
+#: A dispatched operation costs the host HOST_OP_COST times what one bare tiny operation takes
+#: it (``tunerkit.metrics.host_op_us``, recorded with every GPU row since 2026-12-06: about 6 us
+#: on the H100 hosts): autograd's bookkeeping and the Python around each module call come on
+#: top; fitted on the stores (docs/performance.md). HOST_OP_US stands in where the host is unknown.
+HOST_OP_COST = 2.0
+HOST_OP_US = 6.0
 #: practical dense bf16 matmul rates (an 8192^3 matmul), TFLOP/s
 DEVICE_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 250.0, "L40": 180.0, "A10": 100.0, "4090": 150.0}
 #: datasheet dense bf16 peaks (no sparsity), TFLOP/s, for the GPUs whose sheet states one plainly
@@ -163,7 +183,17 @@ class Estimate:
     trained_weight_params: int = 0  # weights whose gradient is computed (FLOPs)
     every_weight_trains: bool = False  # set once by full fine-tuning (rows list it beside its variants)
     speed_factor: float = 1.0
-    host_seconds: float = HOST_SECONDS
+    # the host's operations (see LAYER_FORWARD_OPS): per decoder layer, adapters included
+    layer_forward_ops: float = LAYER_FORWARD_OPS
+    layer_backward_ops: float = LAYER_INPUT_GRAD_OPS
+    trained_layer_tensors: float = 0.0  # trained parameter tensors per layer (adapters' A, B; a full layer's 9)
+    weight_grad_layers: float = 0.0  # layers whose base weights take gradients
+    extra_layers: int = 0  # decoder layers a tuner adds (LLaMA-Pro's blocks)
+    backward_layer_fraction: float = 1.0  # share of layers the backward reaches (none below the lowest trained one)
+    host_op_factor: float = 1.0  # fewer launches than operations (compiled layers)
+    host_op_us: float = HOST_OP_US  # the machine's cost of one bare operation (metrics.host_op_us)
+    step_ops: float = 0.0  # operations once per optimizer step (AdaLoRA's rank allocator)
+    device_seconds: float = 0.0  # device work per micro-batch that is not the matmul count (DoRA's weight norms)
     notes: list = field(default_factory=list)
 
     def memory_parts(self) -> dict:
@@ -192,8 +222,28 @@ class Estimate:
         recompute = 2 * tok * (self.checkpointed_layers * s.layer_params)
         return per_token * tok + attention + recompute
 
+    def host_ops(self) -> float:
+        """Aten operations one micro-batch dispatches in its decoder layers (and its share of
+        the optimizer step's)."""
+        layers = self.shape.layers + self.extra_layers
+        forward = layers * self.layer_forward_ops
+        backward = layers * self.backward_layer_fraction * self.layer_backward_ops
+        backward += self.weight_grad_layers * LAYER_WEIGHT_GRAD_OPS
+        checkpointed = min(self.checkpointed_layers, layers)
+        recompute = checkpointed * (self.layer_forward_ops + CHECKPOINT_LAYER_OPS)
+        recompute += CHECKPOINT_TENSOR_OPS * self.trained_layer_tensors * checkpointed
+        return (forward + backward + recompute) * self.host_op_factor + self.step_ops / max(self.micro_batches, 1)
+
+    def micro_batch_seconds(self, tflops: float) -> tuple[float, float]:
+        """(device seconds, host seconds) of one micro-batch."""
+        device = self.step_flops() / self.micro_batches / (tflops * 1e12 * EFFICIENCY) + self.device_seconds
+        return device, self.host_ops() * HOST_OP_COST * self.host_op_us * 1e-6
+
     def tokens_per_s(self, tflops: float) -> float:
-        seconds = self.step_flops() / (tflops * 1e12 * EFFICIENCY) + self.host_seconds * self.micro_batches
+        device, host = self.micro_batch_seconds(tflops)
+        # the loop reads the loss and synchronises within each step, so the host's work and the
+        # device's overlap little: the stores fit their sum better than the longer of the two
+        seconds = (device + host) * self.micro_batches
         return self.mean_tokens * self.micro_batches / (seconds / self.speed_factor)
 
 
@@ -346,13 +396,21 @@ def build_estimate(row, gpu: bool) -> Estimate:
     return est
 
 
-def estimate_row(row, tflops: float | None = None, gpu: bool | None = None) -> dict:
+def estimate_row(row, tflops: float | None = None, gpu: bool | None = None, host_op_us: float | None = None) -> dict:
     """The prediction for one resolved row: peak allocated GiB (with its parts) and tokens/s,
-    on a GPU (``gpu``; default: whether this machine has one) of ``tflops`` (default: this machine's)."""
+    on a GPU (``gpu``; default: whether this machine has one) of ``tflops`` (default: this machine's),
+    driven by a host whose bare operation takes ``host_op_us`` (default: this machine's when it
+    has a GPU, where the row would run; else HOST_OP_US)."""
     gpu = torch.cuda.is_available() if gpu is None else gpu
     est = build_estimate(row, gpu)
     if tflops is None:
         tflops = device_tflops()[1]
+    if host_op_us is None and torch.cuda.is_available():
+        from tunerkit.metrics import host_op_us as measure
+
+        host_op_us = measure(torch.device("cuda"))
+    if host_op_us:
+        est.host_op_us = host_op_us
     parts = {k: v / GIB for k, v in est.memory_parts().items()}
     return {"row": row.name, "peak_alloc_gib": sum(parts.values()), "parts_gib": parts,
             "tokens_per_s": est.tokens_per_s(tflops), "trainable_params": est.trainable_params,

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from tunerkit.errors import ModelTooLarge, UserError
-from tunerkit.estimate import GIB, estimate_row, relative_error
+from tunerkit.estimate import GIB, HOST_OP_US, estimate_row, relative_error
 
 
 def stored_rows(db: Path, recipe: str | None = None) -> list[dict]:
@@ -29,7 +29,7 @@ def stored_rows(db: Path, recipe: str | None = None) -> list[dict]:
                     "device": (json.loads(env) or {}).get("device_name") or mem.get("device"),
                     "on_gpu": mem.get("device") == "cuda",
                     "peak_alloc_gib": mem.get("peak_allocated_gib"), "tokens_per_s": m.get("tokens_per_s"),
-                    "started": started})
+                    "host_op_us": (json.loads(env) or {}).get("host_op_us"), "started": started})
     return out
 
 
@@ -51,7 +51,9 @@ def compare(records: list[dict]) -> list[dict]:
         entry = {"recipe": rec["recipe"], "row": rec["row"], "profile": rec.get("profile"), "device": rec["device"],
                  "measured_gib": rec["peak_alloc_gib"], "measured_tokens_per_s": rec["tokens_per_s"]}
         try:
-            pred = estimate_row(row_of(rec["config"]), device_tflops(rec["device"])[1], gpu=rec["on_gpu"])
+            # the record's own host speed where it has one (recorded since 2026-12-06), else the default
+            pred = estimate_row(row_of(rec["config"]), device_tflops(rec["device"])[1], gpu=rec["on_gpu"],
+                                host_op_us=rec.get("host_op_us") or HOST_OP_US)
         except Exception as err:  # noqa: BLE001 - one row the estimator cannot model is reported, not fatal
             entry["error"] = f"{type(err).__name__}: {err}"
             out.append(entry)

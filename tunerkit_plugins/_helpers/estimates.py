@@ -1,12 +1,15 @@
 """What each plugin adds to or removes from a row's predicted memory and speed.
 
 Called from the plugins' ``estimate_memory`` hooks (``tunerkit.estimate`` names no plugin).
-Every function changes the :class:`tunerkit.estimate.Estimate` it is given. Speed factors
-are the plugins' measured speed-ups (docs/performance.md), not derived from first principles.
+Every function changes the :class:`tunerkit.estimate.Estimate` it is given. The host
+operations each adds were counted on a CPU (tests/test_estimate_ops.py recounts them); the
+speed factors and device seconds are measured on the GPU (docs/performance.md), not derived
+from first principles.
 """
 
 from __future__ import annotations
 
+from tunerkit.estimate import LAYER_TENSORS
 from tunerkit.targets import LLAMA_LIKE
 
 
@@ -32,10 +35,40 @@ def low_rank_adapters(est, shape, names, rank: int, dropout: float, extra_per_ta
     est.added_param_bytes = est.grad_bytes = 4
     est.optimizer_bytes = 8.0
     est.extra_layer_bytes += sum(i for i, _ in dims) * (4 + (1 if dropout else 0))
+    adapter_ops(est, len(names), *(LORA_OPS_DROPOUT if dropout else LORA_OPS))
     est.notes.append(f"{n / 1e6:.2f} M adapter parameters on {', '.join(names)}")
 
 
-def dora_magnitudes(est, shape, names, dropout: float) -> None:
+#: aten operations one adapted linear adds to a layer's forward and backward (its own weight
+#: gradients included), counted like tunerkit.estimate.LAYER_FORWARD_OPS: PEFT 0.21's LoRA
+#: with and without dropout, and DoRA on top of LoRA (the weight norm each forward)
+LORA_OPS = (10, 20)
+LORA_OPS_DROPOUT = (14, 21)
+DORA_EXTRA_OPS = (21, 17)
+
+
+def adapter_ops(est, count: int, forward: int, backward: int, tensors: int = 2) -> None:
+    """``count`` adapted linears a layer, each adding ``forward``/``backward`` host operations
+    and ``tensors`` trained parameter tensors."""
+    est.layer_forward_ops += count * forward
+    est.layer_backward_ops += count * backward
+    est.trained_layer_tensors += count * tensors
+
+
+#: AdaLoRA beside LoRA, per adapted linear (counted like LORA_OPS, peft 0.21): the singular
+#: values and the orthogonality regulariser in each forward and backward, and the rank
+#: allocator's importance scores after each optimizer step
+ADALORA_EXTRA_OPS = (19, 31)
+ADALORA_STEP_OPS = 60
+
+
+def rank_allocation(est, shape, adapted: int) -> None:
+    """AdaLoRA's host work beside LoRA's, ``adapted`` linears a layer."""
+    adapter_ops(est, adapted, *ADALORA_EXTRA_OPS, tensors=1)
+    est.step_ops += ADALORA_STEP_OPS * adapted * shape.layers
+
+
+def dora_magnitudes(est, shape, names, dropout: float, autocast: bool = False) -> None:
     """What PEFT's DoRA keeps for the magnitude's gradient beside LoRA's: per adapted linear and
     token, the LoRA result (fp32) and the base result (fp32 when dropout makes DoRA recompute it
     from the dropped-out fp32 input, else the base layer's bf16 output); with dropout also the
@@ -46,6 +79,18 @@ def dora_magnitudes(est, shape, names, dropout: float) -> None:
     est.extra_layer_bytes += sum(o for _, o in dims) * (4 + (4 if dropout else 2))
     if dropout:
         est.extra_layer_fixed_bytes += 4 * sum(i * o for i, o in dims)
+    adapter_ops(est, len(names), *DORA_EXTRA_OPS, tensors=1)
+    if not autocast:
+        est.device_seconds += DORA_SECONDS_PER_WEIGHT * shape.layers * sum(i * o for i, o in dims)
+
+
+#: Device seconds per adapted weight element and micro-batch for DoRA's weight norm without
+#: autocast (PEFT computes W + BA for every adapted weight in every forward, in the adapters'
+#: fp32): the qwen-7b DoRA rows of two H200 starts (764 and 777 tokens/s at 1,302 tokens a
+#: micro-batch) spent about 1.15 s a micro-batch beyond their matmuls and host operations, on
+#: 6.5e9 adapted weights. The fast-mode row (autocast, compiled layers) showed no such cost.
+#: Fitted on those two rows (docs/performance.md).
+DORA_SECONDS_PER_WEIGHT = 1.8e-10
 
 
 def every_weight(est, shape) -> None:
@@ -58,6 +103,8 @@ def every_weight(est, shape) -> None:
     est.trained_weight_params += shape.dense_params
     est.grad_bytes = est.param_bytes
     est.optimizer_bytes = 2.0 * est.param_bytes
+    est.weight_grad_layers = shape.layers
+    est.trained_layer_tensors += LAYER_TENSORS
 
 
 def new_blocks(est, shape, count: int) -> None:
@@ -71,7 +118,16 @@ def new_blocks(est, shape, count: int) -> None:
     est.optimizer_bytes = 2.0 * est.param_bytes
     if est.checkpointed_layers:
         est.checkpointed_layers += count
+    est.extra_layers += count
+    est.weight_grad_layers += count
+    # the first new block follows layers // count original ones, which the backward never reaches
+    est.backward_layer_fraction = 1 - (shape.layers // count) / (shape.layers + count)
+    est.trained_layer_tensors += LAYER_TENSORS * count / (shape.layers + count)
     est.notes.append(f"{count} new blocks, {n / 1e6:.0f} M parameters")
+
+
+#: aten operations of one bottleneck adapter (down, activation, up, residual add)
+BOTTLENECK_OPS = (8, 14)
 
 
 def bottlenecks(est, shape, dim: int) -> None:
@@ -83,6 +139,7 @@ def bottlenecks(est, shape, dim: int) -> None:
     est.grad_bytes = 4
     est.optimizer_bytes = 8.0
     est.extra_layer_bytes += est.param_bytes * (shape.hidden + 2 * dim)
+    adapter_ops(est, 1, *BOTTLENECK_OPS, tensors=4)
 
 
 def some_layers(est, shape, layers: int, embeddings: bool, head: bool) -> None:
@@ -93,6 +150,12 @@ def some_layers(est, shape, layers: int, embeddings: bool, head: bool) -> None:
             + (shape.head_params if head else 0))
     est.trainable_params = est.live_grad_params = est.optimizer_params = live
     est.trained_weight_params = live
+    # weight gradients in the active layers only; without trained embeddings the backward stops
+    # at the lowest active layer, on average 1/(layers + 1) of the way up
+    est.weight_grad_layers = layers
+    est.trained_layer_tensors = LAYER_TENSORS * layers / shape.layers
+    if not embeddings:
+        est.backward_layer_fraction = layers / (layers + 1)
     est.notes.append(f"{live / 1e6:.0f} M parameters train at a time")
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from tunerkit import hookimpl, option
+from tunerkit_plugins._helpers import estimates
 from tunerkit.errors import RowFailed
 from tunerkit.targets import resolve_targets
 from tunerkit_plugins.tuners.lora import LoRA
@@ -115,6 +116,11 @@ class AdaLoRA(LoRA):
         for name, p in ctx.model.named_parameters():
             if ".ranknum." in name:
                 p.requires_grad_(False)
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        super().estimate_memory(row, shape, estimate)
+        estimates.rank_allocation(estimate, shape, len(self.adapted_names(row, shape)))
 
     @hookimpl
     def validate(self, row):

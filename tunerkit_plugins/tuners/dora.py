@@ -24,7 +24,7 @@ class DoRA(LoRA):
     @hookimpl
     def estimate_memory(self, row, shape, estimate):
         super().estimate_memory(row, shape, estimate)
-        estimates.dora_magnitudes(estimate, shape, self.adapted_names(row, shape), self.options.dropout)
-        # PEFT's DoRA recomputes each adapted weight's norm (the whole W + BA) every forward;
-        # the factor is dora's speed against lora in the stores (docs/performance.md).
-        estimate.speed_factor *= 0.4
+        # PEFT's DoRA recomputes each adapted weight's norm (the whole W + BA) every forward:
+        # its operations are counted beside LoRA's (estimates.DORA_EXTRA_OPS)
+        estimates.dora_magnitudes(estimate, shape, self.adapted_names(row, shape), self.options.dropout,
+                                  autocast=bool(row.settings.autocast))

@@ -64,7 +64,8 @@ def estimate_memory(row: Any, shape: Any, estimate: Any) -> None:
     Runs for every plugin of the row when ``tunerkit estimate`` (or ``run --check``) predicts
     its peak memory and speed, before anything loads: ``shape`` is the model's
     :class:`tunerkit.estimate.ModelShape`. A tuner sets what trains and what its optimizer
-    keeps; a kernel or offload plugin removes the activations it saves.
+    keeps; a kernel or offload plugin removes the activations it saves; a plugin that changes
+    what a layer dispatches adds its host operations (``layer_forward_ops`` and the like).
     """
 
 

@@ -18,8 +18,10 @@
 # Wheels the host lacks (liger-kernel, galore-torch, q-galore-torch, bitsandbytes) are taken
 # from .whl/ when present (see bench/README.md). Results land in $OUT (default ./bench-out):
 # JSON per script, a log per part, and for `tables` the SQLite store (tunerkit.db).
-# Several parts run in order in one call: `bash bench/gpu_session.sh smoke fast-path`.
+# Several parts run in order in one call: `bash bench/gpu_session.sh smoke fast-path`; with
+# CALL_LIMIT=<the call's seconds> the tables part stops in time to hand back its store.
 set -uo pipefail
+SCRIPT_START=$(date +%s)
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/bench-out}
 mkdir -p "$OUT"
@@ -120,13 +122,19 @@ case "$part" in
     # pairs for every run. TABLES_LIMIT: seconds for the whole part; each run gets what is left
     # and a recipe that starts with under 30 s left is skipped. TABLES_DB: a store kept between
     # calls (rows already in it are skipped by --resume, so a call cut short by its limit goes
-    # on where it stopped); it is copied to $OUT at the end. TABLES_SEED: a committed store
-    # to start TABLES_DB from when it does not exist yet (a fresh machine's /tmp is empty).
+    # on where it stopped); it is copied to $OUT after every item, so a call killed by its own
+    # limit still brings back the rows it finished. TABLES_SEED: a committed store to start
+    # TABLES_DB from when it does not exist yet (a fresh machine's /tmp is empty). CALL_LIMIT:
+    # seconds for the whole call counted from the script's start (parts before this one
+    # included), so the tables stop 20 s before the call would be killed.
     db="${TABLES_DB:-$OUT/tunerkit.db}"
     if [ ! -f "$db" ] && [ -n "${TABLES_SEED:-}" ] && [ -f "$TABLES_SEED" ]; then
       cp "$TABLES_SEED" "$db" && echo "tables: started $db from $TABLES_SEED" | tee -a "$OUT/tables.log"
     fi
     deadline=$(( $(date +%s) + ${TABLES_LIMIT:-100000} ))
+    if [ -n "${CALL_LIMIT:-}" ] && [ $(( SCRIPT_START + CALL_LIMIT - 20 )) -lt "$deadline" ]; then
+      deadline=$(( SCRIPT_START + CALL_LIMIT - 20 ))
+    fi
     for item in ${TABLES:-lora_rank: flash_attn_gc:}; do
       IFS=: read -r recipe rows item_sets <<<"$item"
       profile=${PROFILE:-bench}; [[ "$recipe" == *@* ]] && { profile=${recipe#*@}; recipe=${recipe%@*}; }
@@ -136,8 +144,8 @@ case "$part" in
       sets=(); for s in ${SET:-} ${item_sets//,/ }; do sets+=(--set "$s"); done
       timeout "$left" python3 -m tunerkit.cli run "recipes/$recipe.toml" -p "$profile" --resume --no-progress \
         --db "$db" --runs-dir /tmp/runs "${only[@]}" "${sets[@]}" 2>&1 | tee -a "$OUT/tables.log" | grep -v -i warn
+      [ "$db" = "$OUT/tunerkit.db" ] || [ ! -f "$db" ] || cp "$db" "$OUT/tunerkit.db"
     done
-    [ "$db" = "$OUT/tunerkit.db" ] || cp "$db" "$OUT/tunerkit.db"
     ;;
   peers)
     # bench/peers.py: the strongest peers (HF + PEFT, TRL SFTTrainer, unsloth) beside tunerkit's best configs.

@@ -92,11 +92,13 @@ def fit_budget(fast, row):
     from dataclasses import replace
 
     from tunerkit.estimate import device_tflops, estimate_row
+    from tunerkit.metrics import host_op_us
 
     budget = row.settings.memory_budget_gib
-    # one rate for every variant: on a CPU it is a timed matmul, and two timings would let
-    # noise pick the variant
+    # one rate and one host speed for every variant: each is timed on this machine, and two
+    # timings would let noise pick the variant
     tflops = device_tflops()[1]
+    host = host_op_us(torch.device("cuda")) if torch.cuda.is_available() else None
     variants = [("checkpointing as written", fast)]
     if row.settings.gradient_checkpointing and not row.settings.uncheckpointed_layers:
         plain = replace(row, settings=replace(row.settings, gradient_checkpointing=False))
@@ -104,7 +106,7 @@ def fit_budget(fast, row):
     best = None
     for label, candidate in variants:
         try:
-            pred = estimate_row(candidate, tflops)
+            pred = estimate_row(candidate, tflops, host_op_us=host)
         except Exception as err:  # noqa: BLE001 - a model the estimator cannot read keeps the row as resolved
             fast.fast_mode["budget"] = f"not checked: {type(err).__name__}: {err}"
             return fast

@@ -21,7 +21,7 @@ import torch
 
 from tunerkit.core import row_attention
 from tunerkit.errors import RowFailed
-from tunerkit.models.loading import ModelSource, cache_dir, load_pretrained, model_path
+from tunerkit.models.loading import ModelSource, cache_dir, load_pretrained, model_path, publish
 from tunerkit.models.presets import Preset
 
 SHARD_BYTES = 4 << 30
@@ -218,23 +218,19 @@ def checkpoint(preset: Preset, fmt: Format, dtype: torch.dtype) -> Path:
               f"with zero codes as holes (random scales) to {target} (once)", flush=True)
     else:
         print(f"tunerkit: writing random {fmt.tag} weights of preset {preset.name} to {target} (once)", flush=True)
-    torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".preset-"))
-    try:
-        _write_shards(tmp, _state_dict(preset, fmt, dtype, zero_codes=sparse), sparse=sparse)
+    def write(folder: Path) -> None:
+        _write_shards(folder, _state_dict(preset, fmt, dtype, zero_codes=sparse), sparse=sparse)
         config = preset.config()
         config.dtype = dtype
         config.quantization_config = dict(fmt.config)
         if sparse:
             config.tunerkit_zero_codes = True  # read back into each row's record (preset_zero_codes)
-        config.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)  # atomic: a half-written checkpoint is never found
-    return target
+        config.save_pretrained(folder)
+
+    torch.manual_seed(0)
+    # published in one rename, as every cache folder is: a half-written checkpoint is never found,
+    # and a killed write's leftovers (tens of GB for the 72b shape) are removed by the next one
+    return publish(target, write, ".preset-")
 
 
 def load_quantized(ctx, fmt: Format, quantization_config, amend_config: Callable | None = None):

@@ -396,6 +396,16 @@ def build_estimate(row, gpu: bool) -> Estimate:
     return est
 
 
+def local_host_op_us() -> float | None:
+    """This machine's cost of one bare operation on its GPU, where the row would run; None
+    without a GPU (the estimate then takes HOST_OP_US)."""
+    if not torch.cuda.is_available():
+        return None
+    from tunerkit.metrics import host_op_us
+
+    return host_op_us(torch.device("cuda"))
+
+
 def estimate_row(row, tflops: float | None = None, gpu: bool | None = None, host_op_us: float | None = None) -> dict:
     """The prediction for one resolved row: peak allocated GiB (with its parts) and tokens/s,
     on a GPU (``gpu``; default: whether this machine has one) of ``tflops`` (default: this machine's),
@@ -405,10 +415,8 @@ def estimate_row(row, tflops: float | None = None, gpu: bool | None = None, host
     est = build_estimate(row, gpu)
     if tflops is None:
         tflops = device_tflops()[1]
-    if host_op_us is None and torch.cuda.is_available():
-        from tunerkit.metrics import host_op_us as measure
-
-        host_op_us = measure(torch.device("cuda"))
+    if host_op_us is None:
+        host_op_us = local_host_op_us()
     if host_op_us:
         est.host_op_us = host_op_us
     parts = {k: v / GIB for k, v in est.memory_parts().items()}

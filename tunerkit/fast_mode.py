@@ -91,14 +91,13 @@ def fit_budget(fast, row):
     since some need checkpointing), the one predicted fastest under ``memory_budget_gib``."""
     from dataclasses import replace
 
-    from tunerkit.estimate import device_tflops, estimate_row
-    from tunerkit.metrics import host_op_us
+    from tunerkit.estimate import device_tflops, estimate_row, local_host_op_us
 
     budget = row.settings.memory_budget_gib
     # one rate and one host speed for every variant: each is timed on this machine, and two
     # timings would let noise pick the variant
     tflops = device_tflops()[1]
-    host = host_op_us(torch.device("cuda")) if torch.cuda.is_available() else None
+    host = local_host_op_us()
     variants = [("checkpointing as written", fast)]
     if row.settings.gradient_checkpointing and not row.settings.uncheckpointed_layers:
         plain = replace(row, settings=replace(row.settings, gradient_checkpointing=False))

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from tunerkit import hookimpl, option
-from tunerkit_plugins._helpers import estimates
 from tunerkit.errors import RowFailed
 from tunerkit.targets import resolve_targets
+from tunerkit_plugins._helpers import estimates
 from tunerkit_plugins.tuners.lora import LoRA
 
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Gemma-3-270M (real weights) at the bench profile's 200 steps on a 2-core CPU: lora, adapter
+# and full at the recipe's shared learning rate (2e-4), then full at 2e-5 (a full-fine-tuning rate).
+set -uo pipefail
+cd "$(dirname "$0")/../../.."
+DB=bench/results/2026-12-07-cpu/quality_gemma200.db
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only lora,adapter,full --db "$DB" --no-progress
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full --set learning_rate=2e-5 --db "$DB" --no-progress
+# LISA-2 at the recipe's shared rate, after the four rows above
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+lisa_2 --db "$DB" --no-progress

@@ -7,6 +7,7 @@ from the recipes, real metric keys); none of it is a measurement or may be publi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -358,3 +359,22 @@ def test_a_row_on_a_sparse_zero_code_preset_is_named_in_a_note(db):
     ok[0]["metrics"]["preset_zero_codes"] = 1
     md = render(recs, "md")
     assert f"_{ok[0]['row']}: a preset checkpoint too large for the cache's disk, written sparse: every packed code zero" in md
+
+
+def test_a_row_trained_at_its_own_learning_rate_says_so(tmp_path):
+    """Rows of one table that differ in learning rate (one run with ``--set learning_rate=...``)
+    get a learning_rate column; a table whose rows share the rate has none (fake metrics)."""
+    store = Store(tmp_path / "lr.db")
+    recipe = load_recipe(RECIPES / "beyond_seed" / "quality.toml", "cpu", check_files=False)
+    lora, full = (next(r for r in recipe.rows if r.name == name) for name in ("lora", "full"))
+    full_low = dataclasses.replace(full, settings=dataclasses.replace(full.settings, learning_rate=2e-5))
+    for i, row in enumerate([lora, full_low]):
+        store.record(recipe=recipe.name, row=row, repeat=0, status="ok", reason=None,
+                     metrics=fake_metrics(i, row, random_weights=False, quality=True), environment=FAKE_CPU, started=0.0)
+    md = render(Store(store.path).latest("quality"), "md")
+    col = headers_index(md, "learning_rate")
+    cells = {line.split("|")[1].strip(): line.split("|")[col].strip() for line in md.splitlines()
+             if line.startswith(("| lora", "| full"))}
+    assert cells == {"lora": "0.0002", "full": "2e-05"}, md
+    same = render([r for r in Store(store.path).latest("quality") if r["row"] == "lora"], "md")
+    assert "learning_rate" not in same

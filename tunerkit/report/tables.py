@@ -36,9 +36,10 @@ RANDOM_NOTE = "random weights (model presets): speed and memory only; losses and
 ZERO_CODES_NOTE = ("{rows}: a preset checkpoint too large for the cache's disk, written sparse: every packed "
                    "code zero, only the scales random (the dense checkpoint's speed and memory)")
 
-#: settings shown as their own column when they differ between the rows of a table
-AXIS_SETTINGS = ("max_length", "batch_size", "gradient_accumulation_steps", "attention", "gradient_checkpointing",
-                 "uncheckpointed_layers",
+#: settings shown as their own column when they differ between the rows of a table (a row run
+#: with its own learning rate, e.g. by ``--set`` on one invocation, must not pass as the recipe's)
+AXIS_SETTINGS = ("max_length", "batch_size", "gradient_accumulation_steps", "learning_rate", "attention",
+                 "gradient_checkpointing", "uncheckpointed_layers",
                  "gpus", "dataset", "dtype")
 #: at most this many differing plugin options get a column each; more go into one "options" column
 MAX_OPTION_COLUMNS = 3

@@ -378,3 +378,22 @@ def test_a_row_trained_at_its_own_learning_rate_says_so(tmp_path):
     assert cells == {"lora": "0.0002", "full": "2e-05"}, md
     same = render([r for r in Store(store.path).latest("quality") if r["row"] == "lora"], "md")
     assert "learning_rate" not in same
+
+
+def test_a_plotted_row_trained_at_its_own_learning_rate_says_so(tmp_path):
+    """Plot labels carry the settings the plotted rows differ in, as the table's columns do:
+    a full row re-run at 2e-5 is labelled so, and rows sharing every setting keep their names."""
+    from tunerkit.report.plots import row_labels
+
+    store = Store(tmp_path / "lr.db")
+    recipe = load_recipe(RECIPES / "beyond_seed" / "quality.toml", "cpu", check_files=False)
+    lora, full = (next(r for r in recipe.rows if r.name == name) for name in ("lora", "full"))
+    full_low = dataclasses.replace(full, settings=dataclasses.replace(full.settings, learning_rate=2e-5))
+    for i, row in enumerate([lora, full_low]):
+        store.record(recipe=recipe.name, row=row, repeat=0, status="ok", reason=None,
+                     metrics=fake_metrics(i, row, random_weights=False, quality=True), environment=FAKE_CPU, started=0.0)
+    records = Store(store.path).latest("quality")
+    by_id = row_labels(records)
+    assert sorted(by_id[id(r)] for r in records) == ["full lr=2e-05", "lora lr=0.0002"]
+    alone = [r for r in records if r["row"] == "lora"]
+    assert [row_labels(alone)[id(r)] for r in alone] == ["lora"]

@@ -361,9 +361,8 @@ def test_a_row_on_a_sparse_zero_code_preset_is_named_in_a_note(db):
     assert f"_{ok[0]['row']}: a preset checkpoint too large for the cache's disk, written sparse: every packed code zero" in md
 
 
-def test_a_row_trained_at_its_own_learning_rate_says_so(tmp_path):
-    """Rows of one table that differ in learning rate (one run with ``--set learning_rate=...``)
-    get a learning_rate column; a table whose rows share the rate has none (fake metrics)."""
+def lora_and_full_at_2e5(tmp_path) -> Store:
+    """The quality recipe's lora row at its 2e-4 and full re-run at 2e-5 (fake metrics)."""
     store = Store(tmp_path / "lr.db")
     recipe = load_recipe(RECIPES / "beyond_seed" / "quality.toml", "cpu", check_files=False)
     lora, full = (next(r for r in recipe.rows if r.name == name) for name in ("lora", "full"))
@@ -371,6 +370,13 @@ def test_a_row_trained_at_its_own_learning_rate_says_so(tmp_path):
     for i, row in enumerate([lora, full_low]):
         store.record(recipe=recipe.name, row=row, repeat=0, status="ok", reason=None,
                      metrics=fake_metrics(i, row, random_weights=False, quality=True), environment=FAKE_CPU, started=0.0)
+    return Store(store.path)
+
+
+def test_a_row_trained_at_its_own_learning_rate_says_so(tmp_path):
+    """Rows of one table that differ in learning rate (one run with ``--set learning_rate=...``)
+    get a learning_rate column; a table whose rows share the rate has none (fake metrics)."""
+    store = lora_and_full_at_2e5(tmp_path)
     md = render(Store(store.path).latest("quality"), "md")
     col = headers_index(md, "learning_rate")
     cells = {line.split("|")[1].strip(): line.split("|")[col].strip() for line in md.splitlines()
@@ -385,13 +391,7 @@ def test_a_plotted_row_trained_at_its_own_learning_rate_says_so(tmp_path):
     a full row re-run at 2e-5 is labelled so, and rows sharing every setting keep their names."""
     from tunerkit.report.plots import row_labels
 
-    store = Store(tmp_path / "lr.db")
-    recipe = load_recipe(RECIPES / "beyond_seed" / "quality.toml", "cpu", check_files=False)
-    lora, full = (next(r for r in recipe.rows if r.name == name) for name in ("lora", "full"))
-    full_low = dataclasses.replace(full, settings=dataclasses.replace(full.settings, learning_rate=2e-5))
-    for i, row in enumerate([lora, full_low]):
-        store.record(recipe=recipe.name, row=row, repeat=0, status="ok", reason=None,
-                     metrics=fake_metrics(i, row, random_weights=False, quality=True), environment=FAKE_CPU, started=0.0)
+    store = lora_and_full_at_2e5(tmp_path)
     records = Store(store.path).latest("quality")
     by_id = row_labels(records)
     assert sorted(by_id[id(r)] for r in records) == ["full lr=2e-05", "lora lr=0.0002"]

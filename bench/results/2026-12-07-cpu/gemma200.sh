@@ -8,3 +8,5 @@ tunerkit run recipes/beyond_seed/quality.toml -p gemma --only lora,adapter,full 
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full --set learning_rate=2e-5 --db "$DB" --no-progress
 # LISA-2 at the recipe's shared rate, after the four rows above
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+lisa_2 --db "$DB" --no-progress
+# LISA-2 at full fine-tuning's 2e-5 (a later run, on a fresh checkout of the same machine kind)
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+lisa_2 --set learning_rate=2e-5 --db "$DB" --no-progress

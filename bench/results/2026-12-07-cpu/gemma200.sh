@@ -10,3 +10,7 @@ tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full --set learnin
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+lisa_2 --db "$DB" --no-progress
 # LISA-2 at full fine-tuning's 2e-5 (a later run, on a fresh checkout of the same machine kind)
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+lisa_2 --set learning_rate=2e-5 --db "$DB" --no-progress
+# rsLoRA and LoRA+ at the recipe's shared rate (a later run, as the line above)
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only rslora,lora+ --db "$DB" --no-progress
+# LLaMA-Pro at the recipe's shared rate (after the line above)
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only llamapro --db "$DB" --no-progress

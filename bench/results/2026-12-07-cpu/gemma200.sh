@@ -14,3 +14,5 @@ tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+lisa_2 --set 
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only rslora,lora+ --db "$DB" --no-progress
 # LLaMA-Pro at the recipe's shared rate (after the line above)
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only llamapro --db "$DB" --no-progress
+# LoRA with NEFTune at the recipe's shared rate (after the line above)
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only lora+neftune --db "$DB" --no-progress

@@ -377,12 +377,12 @@ def test_a_row_trained_at_its_own_learning_rate_says_so(tmp_path):
     """Rows of one table that differ in learning rate (one run with ``--set learning_rate=...``)
     get a learning_rate column; a table whose rows share the rate has none (fake metrics)."""
     store = lora_and_full_at_2e5(tmp_path)
-    md = render(Store(store.path).latest("quality"), "md")
+    md = render(store.latest("quality"), "md")
     col = headers_index(md, "learning_rate")
     cells = {line.split("|")[1].strip(): line.split("|")[col].strip() for line in md.splitlines()
              if line.startswith(("| lora", "| full"))}
     assert cells == {"lora": "0.0002", "full": "2e-05"}, md
-    same = render([r for r in Store(store.path).latest("quality") if r["row"] == "lora"], "md")
+    same = render([r for r in store.latest("quality") if r["row"] == "lora"], "md")
     assert "learning_rate" not in same
 
 
@@ -391,9 +391,6 @@ def test_a_plotted_row_trained_at_its_own_learning_rate_says_so(tmp_path):
     a full row re-run at 2e-5 is labelled so, and rows sharing every setting keep their names."""
     from tunerkit.report.plots import row_labels
 
-    store = lora_and_full_at_2e5(tmp_path)
-    records = Store(store.path).latest("quality")
-    by_id = row_labels(records)
-    assert sorted(by_id[id(r)] for r in records) == ["full lr=2e-05", "lora lr=0.0002"]
-    alone = [r for r in records if r["row"] == "lora"]
-    assert [row_labels(alone)[id(r)] for r in alone] == ["lora"]
+    records = lora_and_full_at_2e5(tmp_path).latest("quality")
+    assert sorted(row_labels(records)) == ["full lr=2e-05", "lora lr=0.0002"]
+    assert row_labels([r for r in records if r["row"] == "lora"]) == ["lora"]

@@ -26,8 +26,8 @@ import click
 
 from tunerkit.paths import inside
 from tunerkit.report.reference import axis_key, point_values, resolve_reference
-from tunerkit.report.tables import (AXIS_SETTINGS, RANDOM_NOTE, combine_repeats, declared_specs, environment_line,
-                                    flat_metrics, order_by_row, show_seed, split_name)
+from tunerkit.report.tables import (RANDOM_NOTE, combine_repeats, declared_specs, differing_settings,
+                                    environment_line, flat_metrics, order_by_row, show_seed, split_name)
 from tunerkit.series import CORE_SERIES, series_of
 
 DEFAULT_DB = "runs/tunerkit.db"
@@ -69,21 +69,17 @@ SHORT_SETTING = {"learning_rate": "lr", "gradient_accumulation_steps": "ga", "ba
                  "max_length": "len"}
 
 
-def row_labels(records: list[dict]) -> dict[int, str]:
-    """Each record's label (by ``id``): its ``point_label`` plus the settings that differ
-    between the plotted rows without being in the row's name, as the table's columns do
-    (a row re-run at another learning rate reads ``full lr=2e-05``, not the recipe's row)."""
+def row_labels(records: list[dict]) -> list[str]:
+    """Each record's label, in order: its ``point_label`` plus the settings that differ between
+    the plotted rows without being in the row's name, as the table's columns do (a row re-run
+    at another learning rate reads ``full lr=2e-05``, not the recipe's row)."""
     values = [point_values(r.get("config") or {}) for r in records]
-
-    def differs(key: str) -> bool:
-        return len({axis_key(v[key]) for v in values if key in v}) > 1
-
-    shown = [k for k in AXIS_SETTINGS if differs(k)]
-    labels = {}
+    shown = differing_settings(values)
+    labels = []
     for r, v in zip(records, values):
         named = split_name(r["row"])[1]
         extra = [f"{SHORT_SETTING.get(k, k)}={axis_key(v[k])}" for k in shown if k in v and k not in named]
-        labels[id(r)] = " ".join([point_label(r), *extra])
+        labels.append(" ".join([point_label(r), *extra]))
     return labels
 
 
@@ -222,8 +218,7 @@ def _pareto_plot(records: list[dict], key: str, ylabel: str, dominated: str, wha
     ax.set_ylim(bottom=max(ax.get_ylim()[0], 0))
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title_of(what, records), fontsize=10)
-    labels = row_labels([r for r, *_ in rows])
-    place_labels(ax, xs, ys, [labels[id(r)] for r, *_ in rows])
+    place_labels(ax, xs, ys, row_labels([r for r, *_ in rows]))
     return fig
 
 
@@ -330,8 +325,7 @@ def plot_metric_bars(records: list[dict]):
     height = max(2.2, 0.28 * len(rows) + 1.2)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 1.5, height * nrows), layout="constrained",
                              squeeze=False)
-    by_row = row_labels(rows)
-    labels = [by_row[id(r)] for r in rows]
+    labels = row_labels(rows)
     positions = list(range(len(rows)))
     any_seed = False
     for index, (key, title, better) in enumerate(panels):
@@ -395,13 +389,12 @@ def plot_loss_curves(records: list[dict]):
     rows = [r for r in records if r["status"] == "ok" and (r.get("metrics") or {}).get("train_loss_curve")]
     if not rows:
         return None
-    labels = row_labels(rows)
     fig, ax = plt.subplots(figsize=(11, 6), layout="constrained")
     styles = ["-", "--", ":", "-."]
-    for i, (r, color) in enumerate(zip(rows, _colors(len(rows)))):
+    for i, (r, color, label) in enumerate(zip(rows, _colors(len(rows)), row_labels(rows))):
         curve = r["metrics"]["train_loss_curve"]
         ax.plot(range(1, len(curve) + 1), curve, color=color, ls=styles[(i // 10) % len(styles)], lw=1.4,
-                marker="o" if len(curve) <= 12 else None, ms=3, label=labels[id(r)])
+                marker="o" if len(curve) <= 12 else None, ms=3, label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (token-mean cross-entropy)")
     ax.grid(alpha=0.3)
@@ -427,11 +420,11 @@ def plot_series(records: list[dict]):
     labels = row_labels(rows)
     for index, name in enumerate(names):
         ax = axes[index // ncols][index % ncols]
-        for r, color in zip(rows, colors):
+        for r, color, label in zip(rows, colors, labels):
             points = [(s, v) for s, v in series_of(r["metrics"]).get(name, []) if _is_number(v)]
             if points:
                 ax.plot(*zip(*points), color=color, lw=1.3, marker="o" if len(points) <= 12 else None, ms=3,
-                        label=labels[id(r)])
+                        label=label)
         spec = specs.get(name)
         title = spec.header if spec else name
         if spec is not None and spec.better:

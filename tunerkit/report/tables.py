@@ -288,6 +288,12 @@ class Column:
     cell: Callable[[dict], str]
 
 
+def differing_settings(values: list[dict], keys=AXIS_SETTINGS) -> list[str]:
+    """The ``keys`` whose value differs between rows (each row's ``point_values``): the
+    table's setting columns and the plots' labels both name these."""
+    return [k for k in keys if len({axis_key(v[k]) for v in values if k in v}) > 1]
+
+
 def label_columns(records: list[dict]) -> list[Column]:
     values = [point_values(r.get("config") or {}) for r in records]
     by_id = {id(r): v for r, v in zip(records, values)}
@@ -297,14 +303,10 @@ def label_columns(records: list[dict]) -> list[Column]:
             if key not in swept:
                 swept.append(key)
 
-    def differs(key: str) -> bool:
-        seen = {axis_key(v[key]) for v in values if key in v}
-        return len(seen) > 1
-
     columns = [Column("row", lambda r: split_name(r["row"])[0]),
                Column("model", lambda r: str(by_id[id(r)].get("model", "")))]
     settings = [k for k in swept if "." not in k and k != "model"]
-    settings += [k for k in AXIS_SETTINGS if k not in settings and differs(k)]
+    settings += [k for k in differing_settings(values) if k not in settings]
     for key in settings:
         columns.append(Column(key, lambda r, k=key: axis_key(by_id[id(r)][k]) if k in by_id[id(r)] else ""))
     plugin_sets = {"+".join((r.get("config") or {}).get("plugins") or []) for r in records}
@@ -312,7 +314,7 @@ def label_columns(records: list[dict]) -> list[Column]:
         columns.append(Column("plugins", lambda r: "+".join((r.get("config") or {}).get("plugins") or []) or "-"))
     options = [k for k in swept if "." in k]
     option_keys = sorted({k for v in values for k in v if "." in k})
-    options += [k for k in option_keys if k not in options and differs(k)]
+    options += [k for k in differing_settings(values, option_keys) if k not in options]
     if 0 < len(options) <= MAX_OPTION_COLUMNS:
         for key in options:
             columns.append(Column(key, lambda r, k=key: axis_key(by_id[id(r)][k]) if k in by_id[id(r)] else ""))

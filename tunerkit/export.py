@@ -5,11 +5,14 @@ way a row does (a preset, a local directory, a hub id or the bundled SmolLM2), p
 adapter on it with PEFT, merges the adapter's update into the base weights in fp32 and
 writes the result with ``save_pretrained``: a checkpoint plain transformers loads, no
 PEFT needed at inference. Works for every PEFT adapter type that can merge (LoRA,
-rsLoRA, DoRA, AdaLoRA, ...).
+rsLoRA, DoRA, AdaLoRA, ...). ``merge_trained`` does the same for a model still in memory
+after training (the ``export`` plugin's default): a copy merged by PEFT, the trained model
+left as it was.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -41,6 +44,11 @@ def pick_base(base: str | None, config: dict) -> str:
     return base or recorded
 
 
+def refuse_nonempty(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"'{out}' is not empty", key="--out", hint="choose a new folder; export never overwrites")
+
+
 def merge_adapter(adapter_dir: str | Path, base: str | None, out: str | Path, dtype: str = "fp32") -> Path:
     """Merge the PEFT adapter in ``adapter_dir`` into ``base`` and save the merged model under ``out``."""
     from peft import PeftModel
@@ -50,8 +58,7 @@ def merge_adapter(adapter_dir: str | Path, base: str | None, out: str | Path, dt
     adapter_dir, out = Path(adapter_dir), Path(out)
     config = read_adapter_config(adapter_dir)
     source = loading.resolve_model(pick_base(base, config))
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"'{out}' is not empty", key="--out", hint="choose a new folder; export never overwrites")
+    refuse_nonempty(out)
     cpu = torch.device("cpu")
     impl, _ = loading.attn_implementation("sdpa", cpu)
     # Merge in fp32 (W + scale * B @ A loses precision in bf16), cast only what is written.
@@ -63,15 +70,40 @@ def merge_adapter(adapter_dir: str | Path, base: str | None, out: str | Path, dt
                         key="--base", hint="pass the model the adapter was trained on") from None
     merged = peft_model.merge_and_unload()
     merged.to(DTYPES[dtype])
+    write_merged(merged, out, _tokenizer(adapter_dir, source), source.random_weights)
+    return out
+
+
+def merge_trained(peft_model, out: str | Path, tokenizer=None, random_weights: bool = False,
+                  dtype: str = "bf16") -> Path:
+    """Write ``peft_model``'s adapter merged into a copy of its own base weights under ``out``.
+
+    The copy keeps the weights the adapter was trained on (a random preset's too, which a
+    reload would draw again), stays on the model's device and is merged by PEFT in the
+    weights' dtype; ``peft_model`` itself is left unmerged for whatever reads it next."""
+    out = Path(out)
+    refuse_nonempty(out)
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    try:
+        # training turns the KV cache off in the config; a checkpoint for inference wants it on
+        merged.config.use_cache = True
+        merged.to(DTYPES[dtype])
+        write_merged(merged, out, tokenizer, random_weights)
+    finally:
+        del merged
+    return out
+
+
+def write_merged(merged, out: Path, tokenizer, random_weights: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out)
-    tokenizer = _tokenizer(adapter_dir, source)
-    if tokenizer is None and source.random_weights:
+    if tokenizer is None and random_weights:
+        from tunerkit.models import loading
+
         # GPT-QModel refuses a model folder without a tokenizer; a stand-in over plain ids serves
         tokenizer = loading.ids_tokenizer(merged.config.vocab_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    return out
 
 
 def _tokenizer(adapter_dir: Path, source):

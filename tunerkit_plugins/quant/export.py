@@ -2,8 +2,9 @@
 
 ms-swift's "Export" table: the Tuners table's LoRA model merged into qwen-7b-chat, quantized
 by AWQ or GPTQ calibrated on a dataset, then evaluated. As a row, after training: the
-adapter is saved, merged into a fresh copy of the row's base (``tunerkit export --merge``),
-the merged checkpoint is quantized by GPT-QModel's own algorithm (``tunerkit export
+adapter is merged into a copy of the trained model in memory (``merge_from = "trained"``),
+or saved and merged into the base read again from its checkpoint (``"checkpoint"``, what
+``tunerkit export --merge`` does), the merged checkpoint is quantized by GPT-QModel's own algorithm (``tunerkit export
 --quantize``), loaded back through plain transformers, and its decoding timed like the
 ``infer_speed`` evaluator (the row's ``infer_*`` settings). The quantized checkpoint is kept
 under the row's folder with ``save = true``, otherwise removed with the merged one.
@@ -30,6 +31,10 @@ class ExportOptions:
     calibration: str = option("ms-bench-mini", "calibration dataset: a registry name, a local file or builtin:*")
     samples: int = option(256, "calibration samples (ms-swift: 256 for AWQ, 1024 for GPTQ)", min=1)
     group_size: int = option(128, "input weights sharing one scale and zero point", min=1)
+    merge_from: Literal["trained", "checkpoint"] = option(
+        "trained", "merge into a copy of the trained model on its device (trained: the weights trained "
+                   "on, needs room for a second copy, else checkpoint is used) or into the base read again "
+                   "from its checkpoint on the CPU in fp32 (checkpoint)")
     decode_kernel: Literal["auto", "marlin", "triton", "torch"] = option(
         "auto", "GPT-QModel kernel the quantized model decodes with: auto (the library's pick for the GPU), "
                 "marlin, triton or torch")
@@ -65,6 +70,30 @@ def decoding_config(method: str, bits: int, kernel: str):
 
 def gptqmodel_installed() -> bool:
     return importlib.util.find_spec("gptqmodel") is not None
+
+
+def model_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def room_for_copy(model, device) -> str | None:
+    """Why a second copy of ``model`` would not fit beside it on ``device``; None when it does.
+    A quantized base is never copied: merging into it would dequantize in place."""
+    import torch
+
+    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
+        return "the base is quantized"
+    need = model_bytes(model) * 1.1  # the merge's temporaries on top of the copy
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import os
+
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if need > free:
+        return f"a copy needs {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device.type}"
+    return None
 
 
 def folder_gib(path: Path) -> float:
@@ -109,16 +138,12 @@ class Export(Plugin):
 
     def _export(self, ctx, work: Path) -> tuple[dict, Path]:
         from tunerkit import quantize as quantizing
-        from tunerkit.export import merge_adapter
         from tunerkit.metrics import Timer
 
         o, s = self.options, ctx.settings
-        ctx.unwrapped_model().save_pretrained(work / "adapter")
-        if ctx.tokenizer is not None:
-            ctx.tokenizer.save_pretrained(work / "adapter")
         try:
             with Timer(ctx.device) as merging:
-                merged = merge_adapter(work / "adapter", s.model, work / "merged", dtype="bf16")
+                merged, merged_from = self._merge(ctx, work)
             with Timer(ctx.device) as quantizing_time:
                 quantized = quantizing.quantize(str(merged), o.method, o.bits, o.calibration, work / "quantized",
                                                 samples=o.samples, max_length=s.max_length, group_size=o.group_size)
@@ -126,10 +151,26 @@ class Export(Plugin):
             raise RowFailed(f"export: {err}") from None
         shutil.rmtree(merged)
         metrics = {"export_method": o.method, "export_bits": o.bits, "export_calibration": o.calibration,
-                   "export_samples": o.samples, "export_merge_seconds": merging.seconds,
+                   "export_samples": o.samples, "export_merged_from": merged_from,
+                   "export_merge_seconds": merging.seconds,
                    "export_quantize_seconds": quantizing_time.seconds, "export_gib": folder_gib(quantized)}
         metrics.update(self._decoding(ctx, quantized))
         return metrics, quantized
+
+    def _merge(self, ctx, work: Path) -> tuple[Path, str]:
+        """The merged checkpoint's folder, and which weights it was merged into."""
+        from tunerkit.export import merge_adapter, merge_trained
+
+        model = ctx.unwrapped_model()
+        if self.options.merge_from == "trained":
+            no_room = room_for_copy(model, ctx.device)
+            if no_room is None:
+                return merge_trained(model, work / "merged", ctx.tokenizer, ctx.model_source.random_weights), "trained"
+            ctx.log(f"export: merging into the base read from its checkpoint instead ({no_room})")
+        model.save_pretrained(work / "adapter")
+        if ctx.tokenizer is not None:
+            ctx.tokenizer.save_pretrained(work / "adapter")
+        return merge_adapter(work / "adapter", ctx.settings.model, work / "merged", dtype="bf16"), "checkpoint"
 
     def _decoding(self, ctx, quantized: Path) -> dict:
         """The quantized checkpoint loaded by plain transformers, timed like ``infer_speed``."""

@@ -16,3 +16,7 @@ tunerkit run recipes/beyond_seed/quality.toml -p gemma --only rslora,lora+ --db 
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only llamapro --db "$DB" --no-progress
 # LoRA with NEFTune at the recipe's shared rate (after the line above)
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only lora+neftune --db "$DB" --no-progress
+# DoRA at the recipe's shared rate (2026-12-07 evening, a fresh machine of the same kind)
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only dora --db "$DB" --no-progress
+# AdaLoRA at the recipe's shared rate (after the line above)
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only adalora --db "$DB" --no-progress

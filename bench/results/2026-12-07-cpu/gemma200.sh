@@ -20,3 +20,5 @@ tunerkit run recipes/beyond_seed/quality.toml -p gemma --only lora+neftune --db 
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only dora --db "$DB" --no-progress
 # AdaLoRA at the recipe's shared rate (after the line above)
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only adalora --db "$DB" --no-progress
+# LISA-4 at full fine-tuning's 2e-5, the rate LISA-2 and full did well at (after the line above)
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+lisa_4 --set learning_rate=2e-5 --db "$DB" --no-progress

@@ -22,3 +22,5 @@ tunerkit run recipes/beyond_seed/quality.toml -p gemma --only dora --db "$DB" --
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only adalora --db "$DB" --no-progress
 # LISA-4 at full fine-tuning's 2e-5, the rate LISA-2 and full did well at (after the line above)
 tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+lisa_4 --set learning_rate=2e-5 --db "$DB" --no-progress
+# GaLore rank 128 at 2e-5 (after the line above; its other parameters, the embedding among them, train with AdamW at that rate)
+tunerkit run recipes/beyond_seed/quality.toml -p gemma --only full+galore128 --set learning_rate=2e-5 --db "$DB" --no-progress

@@ -1,5 +1,6 @@
 """export: after training, the adapter merged into a copy of the trained model (or of the base
-read again from its checkpoint), the merged model quantized (GPT-QModel's GPTQ/AWQ), loaded back by plain transformers and its decoding timed."""
+read again from its checkpoint), the merged model quantized (GPT-QModel's GPTQ/AWQ), loaded
+back by plain transformers and its decoding timed."""
 
 from __future__ import annotations
 
@@ -107,11 +108,16 @@ def test_without_room_for_a_copy_the_merge_reads_the_checkpoint(tiny_row, tiny_c
     assert "a copy needs 9.0 GiB" in capsys.readouterr().out
 
 
-def test_room_for_copy_counts_the_models_bytes(tiny_row, tiny_context):
+def test_room_for_copy_counts_the_models_bytes(tiny_row, tiny_context, monkeypatch):
     model = tiny_context(tiny_row("lora")).unwrapped_model()
-    assert export_plugin.model_bytes(model) == sum(p.numel() * p.element_size() for p in model.parameters()) + \
+    # the PeftModel's footprint is its base's parameters, the adapters among them, and buffers
+    assert model.get_memory_footprint() == sum(p.numel() * p.element_size() for p in model.parameters()) + \
         sum(b.numel() * b.element_size() for b in model.buffers())
     assert export_plugin.room_for_copy(model, torch.device("cpu")) is None  # a tiny model fits any host
+    with monkeypatch.context() as m:  # a host with exactly one footprint free: no room for the merge on top
+        footprint = model.get_memory_footprint()
+        m.setattr(export_plugin.os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else footprint)
+        assert "a copy needs" in export_plugin.room_for_copy(model, torch.device("cpu"))
     model.config.quantization_config = {"quant_method": "gptq"}
     assert "quantized" in export_plugin.room_for_copy(model, torch.device("cpu"))
 

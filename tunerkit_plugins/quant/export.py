@@ -4,8 +4,9 @@ ms-swift's "Export" table: the Tuners table's LoRA model merged into qwen-7b-cha
 by AWQ or GPTQ calibrated on a dataset, then evaluated. As a row, after training: the
 adapter is merged into a copy of the trained model in memory (``merge_from = "trained"``),
 or saved and merged into the base read again from its checkpoint (``"checkpoint"``, what
-``tunerkit export --merge`` does), the merged checkpoint is quantized by GPT-QModel's own algorithm (``tunerkit export
---quantize``), loaded back through plain transformers, and its decoding timed like the
+``tunerkit export --merge`` does), the merged checkpoint is quantized by GPT-QModel's own
+algorithm (``tunerkit export --quantize``), loaded back through plain transformers, and its
+decoding timed like the
 ``infer_speed`` evaluator (the row's ``infer_*`` settings). The quantized checkpoint is kept
 under the row's folder with ``save = true``, otherwise removed with the merged one.
 """
@@ -13,6 +14,7 @@ under the row's folder with ``save = true``, otherwise removed with the merged o
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -72,10 +74,6 @@ def gptqmodel_installed() -> bool:
     return importlib.util.find_spec("gptqmodel") is not None
 
 
-def model_bytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-
-
 def room_for_copy(model, device) -> str | None:
     """Why a second copy of ``model`` would not fit beside it on ``device``; None when it does.
     A quantized base is never copied: merging into it would dequantize in place."""
@@ -83,13 +81,13 @@ def room_for_copy(model, device) -> str | None:
 
     if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
         return "the base is quantized"
-    need = model_bytes(model) * 1.1  # the merge's temporaries on top of the copy
+    # parameters and buffers (transformers' count; a PeftModel passes it to its base), plus
+    # the merge's temporaries on top of the copy
+    need = model.get_memory_footprint() * 1.1
     if device.type == "cuda":
         torch.cuda.empty_cache()
         free = torch.cuda.mem_get_info(device)[0]
     else:
-        import os
-
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     if need > free:
         return f"a copy needs {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device.type}"

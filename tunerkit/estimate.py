@@ -68,6 +68,12 @@ LAYER_TENSORS = 9
 #: top; fitted on the stores (docs/performance.md). HOST_OP_US stands in where the host is unknown.
 HOST_OP_COST = 2.0
 HOST_OP_US = 6.0
+#: Left to choose, torch's SDPA takes cuDNN attention first on these devices (Hopper), and
+#: cuDNN builds an execution plan on the host for every input shape a process meets first
+#: (forward and backward). SHAPE_PLAN_SECONDS is that cost per new shape, fitted on the
+#: first-row test of docs/benchmarks.md (the same LoRA row first and second in its process).
+CUDNN_FIRST_DEVICES = ("H100", "H200")
+SHAPE_PLAN_SECONDS = 0.145
 #: practical dense bf16 matmul rates (an 8192^3 matmul), TFLOP/s
 DEVICE_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 250.0, "L40": 180.0, "A10": 100.0, "4090": 150.0}
 #: datasheet dense bf16 peaks (no sparsity), TFLOP/s, for the GPUs whose sheet states one plainly
@@ -194,6 +200,11 @@ class Estimate:
     host_op_us: float = HOST_OP_US  # the machine's cost of one bare operation (metrics.host_op_us)
     step_ops: float = 0.0  # operations once per optimizer step (AdaLoRA's rank allocator)
     device_seconds: float = 0.0  # device work per micro-batch that is not the matmul count (DoRA's weight norms)
+    # each micro-batch's padded input shape (samples, tokens), in the loop's order over the run
+    input_shapes: list[tuple[int, int]] | None = None
+    warmup_micro_batches: int = 0  # the first micro-batches, left out of the timing
+    shape_plans: bool = True  # attention through SDPA, one kernel call per padded shape (varlen: False)
+    plan_seconds: float = 0.0  # host seconds per timed micro-batch planning new shapes (estimate_row sets it)
     notes: list = field(default_factory=list)
 
     def memory_parts(self) -> dict:
@@ -239,12 +250,21 @@ class Estimate:
         device = self.step_flops() / self.micro_batches / (tflops * 1e12 * EFFICIENCY) + self.device_seconds
         return device, self.host_ops() * HOST_OP_COST * self.host_op_us * 1e-6
 
+    def new_timed_shapes(self, met: set | frozenset = frozenset()) -> int:
+        """Input shapes the timed micro-batches meet that neither the warm-up nor ``met`` (shapes
+        the process trained on before this row) did."""
+        if not self.input_shapes:
+            return 0
+        before = set(met) | set(self.input_shapes[:self.warmup_micro_batches])
+        return len(set(self.input_shapes[self.warmup_micro_batches:]) - before)
+
     def tokens_per_s(self, tflops: float) -> float:
         device, host = self.micro_batch_seconds(tflops)
         # the loop reads the loss and synchronises within each step, so the host's work and the
         # device's overlap little: the stores fit their sum better than the longer of the two
-        seconds = (device + host) * self.micro_batches
-        return self.mean_tokens * self.micro_batches / (seconds / self.speed_factor)
+        # a quantized base's factor scales its kernels' work, not cuDNN's planning on the host
+        seconds = (device + host) * self.micro_batches / self.speed_factor + self.plan_seconds * self.micro_batches
+        return self.mean_tokens * self.micro_batches / seconds
 
 
 def rate_of(table: dict[str, float], device_name: str) -> float | None:
@@ -344,6 +364,55 @@ def token_plan(row, lengths: list[int] | None) -> tuple[float, float, float, flo
     return peak, float(s.batch_size * mean), float(s.batch_size), float(s.batch_size * padded), real_peak
 
 
+def run_shapes(row, lengths: list[int] | None) -> tuple[list[tuple[int, int]] | None, int]:
+    """Each micro-batch's padded shape (samples, longest sample) over the row's run, in the
+    order the loop's loader draws them (a permutation seeded by the row's seed per epoch), and
+    how many micro-batches its timing leaves out as warm-up. Steps are counted as the loop
+    plans them (max_steps, else epochs cut by the token budget), and the run ends, as the
+    loop's does, after the step that reaches the token budget. None without the data's lengths."""
+    s = row.settings
+    if not lengths:
+        return None, 0
+    n, per_batch, accumulation = len(lengths), s.batch_size, s.gradient_accumulation_steps
+    steps = max(1, math.ceil(math.ceil(n / per_batch) / accumulation * s.epochs))
+    if s.max_steps:
+        steps = s.max_steps
+    elif s.token_budget:
+        steps = min(steps, max(1, math.ceil(s.token_budget / (sum(lengths) / n * per_batch * accumulation))))
+
+    def epochs():
+        generator = torch.Generator().manual_seed(s.seed)
+        while True:
+            # each epoch's iterator first draws its workers' base seed from the loader's generator
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            order = torch.randperm(n, generator=generator).tolist()
+            yield [[lengths[i] for i in order[start:start + per_batch]] for start in range(0, n, per_batch)]
+
+    # optimizer steps of ``accumulation`` micro-batches; an epoch's last step may be shorter
+    shapes, sizes, tokens = [], [], 0
+    for epoch in epochs():
+        for i in range(0, len(epoch), accumulation):
+            window = epoch[i:i + accumulation]
+            shapes += [(len(batch), max(batch)) for batch in window]
+            sizes.append(len(window))
+            tokens += sum(sum(batch) for batch in window)
+            if len(sizes) >= steps or (s.token_budget and tokens >= s.token_budget):
+                # the loop's warm-up counts from the steps it planned, not those it ran
+                return shapes, sum(sizes[:min(s.timing_warmup_steps, steps - 1)])
+
+
+def plans_attention_shapes(row, est: Estimate, device_name: str | None) -> bool:
+    """Whether the row's attention is cuDNN's, which plans every new shape: torch's SDPA left to
+    choose (or told cuDNN first) on a device where it takes cuDNN first. Assumes SDPA, not the
+    flash_attn package (``attention = "flash"`` falls back to SDPA where it is not installed)."""
+    s = row.settings
+    if not est.shape_plans or s.attention == "eager" or not device_name:
+        return False
+    if s.sdpa_kernels is not None and s.sdpa_kernels[0] != "cudnn":
+        return False
+    return any(key.lower() in device_name.lower() for key in CUDNN_FIRST_DEVICES)
+
+
 def weight_bytes(shape: ModelShape, weight_bits: float, item: int) -> float:
     """The base weights' bytes. A quantized base (fewer bits than the row's dtype) keeps what
     lies outside the decoder linears (embeddings, head, norms) in the row's dtype, as
@@ -361,11 +430,13 @@ def base_estimate(row, shape: ModelShape, weight_bits: float, gpu: bool) -> Esti
     s = row.settings
     device = torch.device("cuda" if gpu else "cpu")
     item = resolve_dtype(s.dtype, device).itemsize
-    peak, mean, samples, padded, real_peak = token_plan(row, sample_lengths(row))
+    lengths = sample_lengths(row)
+    peak, mean, samples, padded, real_peak = token_plan(row, lengths)
     checkpointed = (shape.layers - (s.uncheckpointed_layers or 0)) if s.gradient_checkpointing else 0
     est = Estimate(shape=shape, weight_bytes=weight_bytes(shape, weight_bits, item), param_bytes=item, peak_tokens=peak,
                    mean_tokens=mean, mean_samples=samples, micro_batches=s.gradient_accumulation_steps,
                    checkpointed_layers=checkpointed, padded_tokens=padded, real_peak_tokens=real_peak)
+    est.input_shapes, est.warmup_micro_batches = run_shapes(row, lengths)
     est.layer_input_bytes = shape.hidden * item
     est.layer_bytes = LAYER_FACTOR * item * (6 * shape.hidden + 2 * shape.kv_width + 4 * shape.ffn)
     # the logits are in the row's dtype; the rest (log-softmax, its gradient) is fp32 in any dtype
@@ -406,13 +477,24 @@ def local_host_op_us() -> float | None:
     return host_op_us(torch.device("cuda"))
 
 
-def estimate_row(row, tflops: float | None = None, gpu: bool | None = None, host_op_us: float | None = None) -> dict:
+def estimate_row(row, tflops: float | None = None, gpu: bool | None = None, host_op_us: float | None = None,
+                 device_name: str | None = None, shapes_met: set | None = None) -> dict:
     """The prediction for one resolved row: peak allocated GiB (with its parts) and tokens/s,
     on a GPU (``gpu``; default: whether this machine has one) of ``tflops`` (default: this machine's),
     driven by a host whose bare operation takes ``host_op_us`` (default: this machine's when it
-    has a GPU, where the row would run; else HOST_OP_US)."""
+    has a GPU, where the row would run; else HOST_OP_US). On a ``device_name`` whose SDPA plans
+    each new shape (cuDNN first), the timed steps pay for the shapes neither their warm-up nor
+    ``shapes_met`` (what the process trained on before; None: not known, no plans counted) met.
+    ``input_shapes`` in the result: every shape the row trains on, for the rows after it."""
     gpu = torch.cuda.is_available() if gpu is None else gpu
+    if device_name is None and gpu and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(0)
     est = build_estimate(row, gpu)
+    new_shapes = 0
+    if shapes_met is not None and gpu and plans_attention_shapes(row, est, device_name):
+        new_shapes = est.new_timed_shapes(shapes_met)
+        timed = max(1, len(est.input_shapes or ()) - est.warmup_micro_batches)
+        est.plan_seconds = new_shapes * SHAPE_PLAN_SECONDS / timed
     if tflops is None:
         tflops = device_tflops()[1]
     if host_op_us is None:
@@ -422,7 +504,8 @@ def estimate_row(row, tflops: float | None = None, gpu: bool | None = None, host
     parts = {k: v / GIB for k, v in est.memory_parts().items()}
     return {"row": row.name, "peak_alloc_gib": sum(parts.values()), "parts_gib": parts,
             "tokens_per_s": est.tokens_per_s(tflops), "trainable_params": est.trainable_params,
-            "peak_tokens": est.peak_tokens, "notes": list(est.notes)}
+            "peak_tokens": est.peak_tokens, "notes": list(est.notes), "new_timed_shapes_planned": new_shapes,
+            "input_shapes": set(est.input_shapes or ())}
 
 
 def model_flops_per_token(est: Estimate) -> float:

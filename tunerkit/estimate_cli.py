@@ -8,6 +8,7 @@ from contextlib import closing
 from pathlib import Path
 
 import click
+import torch
 
 from tunerkit.errors import ModelTooLarge, UserError
 from tunerkit.estimate import GIB, HOST_OP_US, estimate_row, relative_error
@@ -29,7 +30,8 @@ def stored_rows(db: Path, recipe: str | None = None) -> list[dict]:
                     "device": (json.loads(env) or {}).get("device_name") or mem.get("device"),
                     "on_gpu": mem.get("device") == "cuda",
                     "peak_alloc_gib": mem.get("peak_allocated_gib"), "tokens_per_s": m.get("tokens_per_s"),
-                    "host_op_us": (json.loads(env) or {}).get("host_op_us"), "started": started})
+                    "host_op_us": (json.loads(env) or {}).get("host_op_us"), "started": started,
+                    "isolation": m.get("isolation"), "rows_before_in_process": m.get("rows_before_in_process")})
     return out
 
 
@@ -42,23 +44,56 @@ def row_of(config: dict):
     return make_row(config.get("name", "row"), config.get("plugins") or [], **settings, **tables)
 
 
+def process_before(records: list[dict], i: int) -> list[int] | None:
+    """Indices of the records the process of ``records[i]`` trained before it: none for a row
+    alone in its process or first in it; the run of records just before it numbered 0 ..
+    k-1 for its ``rows_before_in_process`` k; None where the record does not say, or those
+    records are not all in the store any more."""
+    rec = records[i]
+    if rec.get("isolation") == "process" or rec.get("rows_before_in_process") == 0:
+        return []
+    k = rec.get("rows_before_in_process")
+    if not k or i < k:
+        return None
+    before = list(range(i - k, i))
+    if [records[j].get("rows_before_in_process") for j in before] != list(range(k)):
+        return None
+    return before
+
+
 def compare(records: list[dict]) -> list[dict]:
-    """Predicted beside measured for stored rows (each predicted for the device it ran on)."""
+    """Predicted beside measured for stored rows (each predicted for the device it ran on, and
+    for the shapes its process had trained on before it, where the records tell)."""
     from tunerkit.estimate import device_tflops
 
+    records = sorted(records, key=lambda r: r.get("started") or 0)
+    shapes: dict[int, set] = {}
+
+    def shapes_of(j: int) -> set:
+        if j not in shapes:
+            rec = records[j]
+            shapes[j] = estimate_row(row_of(rec["config"]), 1.0, gpu=rec["on_gpu"], host_op_us=HOST_OP_US,
+                                     device_name="")["input_shapes"]
+        return shapes[j]
+
     out = []
-    for rec in records:
+    for i, rec in enumerate(records):
         entry = {"recipe": rec["recipe"], "row": rec["row"], "profile": rec.get("profile"), "device": rec["device"],
                  "measured_gib": rec["peak_alloc_gib"], "measured_tokens_per_s": rec["tokens_per_s"]}
         try:
             # the record's own host speed where it has one (recorded since 2026-12-06), else the default
+            before = process_before(records, i)
+            met = None if before is None else set().union(*(shapes_of(j) for j in before))
             pred = estimate_row(row_of(rec["config"]), device_tflops(rec["device"])[1], gpu=rec["on_gpu"],
-                                host_op_us=rec.get("host_op_us") or HOST_OP_US)
+                                host_op_us=rec.get("host_op_us") or HOST_OP_US, device_name=rec["device"] or "",
+                                shapes_met=met)
         except Exception as err:  # noqa: BLE001 - one row the estimator cannot model is reported, not fatal
             entry["error"] = f"{type(err).__name__}: {err}"
             out.append(entry)
             continue
+        shapes[i] = pred["input_shapes"]
         entry.update(predicted_gib=pred["peak_alloc_gib"], predicted_tokens_per_s=pred["tokens_per_s"],
+                     planned_shapes=pred["new_timed_shapes_planned"],
                      memory_error=relative_error(pred["peak_alloc_gib"], rec["peak_alloc_gib"]),
                      speed_error=relative_error(pred["tokens_per_s"], rec["tokens_per_s"]))
         out.append(entry)
@@ -89,13 +124,13 @@ def render(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def fitting(rows, budget_gib: float, target: tuple[bool, float] | None = None) -> list[str]:
+def fitting(rows, budget_gib: float, target: tuple[bool, float, str] | None = None) -> list[str]:
     """For each row over ``budget_gib``: the first of (checkpointing on, offloaded checkpoints,
     shorter packed rows) that brings its prediction under the budget (on ``target``, see
     :func:`target_device`; this machine when None)."""
     from tunerkit.recipe import make_row
 
-    gpu, tflops = target if target is not None else (None, None)
+    gpu, tflops, _ = target if target is not None else (None, None, None)
     advice = []
     for row in rows:
         pred = estimate_row(row, tflops, gpu=gpu)
@@ -157,30 +192,36 @@ def command(recipe, profile, only, db, memory_budget, device, as_json):
             click.echo(line)
 
 
-def target_device(name: str | None) -> tuple[bool, float] | None:
-    """(on a GPU, matmul TFLOP/s) of a named device; None: this machine."""
+def target_device(name: str | None) -> tuple[bool, float, str] | None:
+    """(on a GPU, matmul TFLOP/s, its name) of a named device; None: this machine."""
     if name is None:
         return None
     from tunerkit.estimate import DEVICE_TFLOPS, device_tflops, rate_of
 
     if name.lower() == "cpu":
-        return False, device_tflops("cpu")[1]
+        return False, device_tflops("cpu")[1], "cpu"
     tflops = rate_of(DEVICE_TFLOPS, name)
     if tflops is not None:
-        return True, tflops
+        return True, tflops, name
     raise UserError(f"unknown device '{name}'", key="--device",
                     hint=f"one of: cpu, {', '.join(DEVICE_TFLOPS)}")
 
 
 def echo_estimates(rec, db: Path | None = None, as_json: bool = False,
-                   target: tuple[bool, float] | None = None) -> None:
+                   target: tuple[bool, float, str] | None = None) -> None:
     """Each row's prediction (``run --check`` prints these too), and the measurement where ``db`` has one."""
     measured = {(r["row"], r["profile"]): r for r in stored_rows(db, rec.name)} if db else {}
-    gpu, tflops = target if target is not None else (None, None)
-    out = []
+    gpu, tflops, name = target if target is not None else (None, None, None)
+    out, met = [], set()
     for row in rec.rows:
+        # rows share one process unless isolated (auto: on a GPU), and the first to meet a shape plans it
+        isolation = row.settings.isolation
+        alone = isolation == "process" or (isolation == "auto" and (torch.cuda.is_available() if gpu is None else gpu))
         try:
-            pred = estimate_row(row, tflops, gpu=gpu)
+            pred = estimate_row(row, tflops, gpu=gpu, device_name=name, shapes_met=set() if alone else met)
+            if not alone:
+                met |= pred["input_shapes"]
+            del pred["input_shapes"]
         except Exception as err:  # noqa: BLE001 - a model whose config cannot be read: say so per row
             out.append({"row": row.name, "error": f"{type(err).__name__}: {err}"})
             continue

@@ -24,8 +24,8 @@ from tunerkit.distributed import count_label_tokens, data_parallel_size, global_
 from tunerkit.errors import RowFailed
 from tunerkit.allocator import cuda_allocator
 from tunerkit.guards import check_losses, nothing_left
-from tunerkit.metrics import (StepClock, Throughput, Timer, count_parameters, held_memory_gib, peak_memory,
-                              reset_peak_memory)
+from tunerkit.metrics import (StepClock, Throughput, Timer, count_parameters, held_memory_gib, new_input_shapes,
+                              peak_memory, reset_peak_memory)
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
 from tunerkit.precision import autocast_dtype, forward_autocast, resolve_dtype, tf32_matmuls
@@ -229,17 +229,18 @@ def train(ctx: RunContext, loader: DataLoader, progress) -> None:
     ctx.hook.on_train_begin(ctx=ctx)
     clock = StepClock(ctx.device, overlap=s.overlap_steps)
     losses = StepLosses(progress, s.overlap_steps)
-    step_counts: list[tuple[int, int, int]] = []
+    step_counts: list[tuple[int, int, int, int]] = []
     trained_tokens = 0
     eval_curve: list[tuple[int, float]] = []
     if progress is not None:
         progress.start(ctx.total_steps)
     for window in accumulation_windows(loader, s.gradient_accumulation_steps, ctx.total_steps):
+        shapes = new_input_shapes(window)
         clock.step_begins()
         step_loss, samples, tokens, label_tokens = train_step(ctx, window)
         clock.step_ends()
         ctx.global_step += 1
-        step_counts.append((samples, tokens, label_tokens))
+        step_counts.append((samples, tokens, label_tokens, shapes))
         trained_tokens += tokens
         losses.add(ctx.global_step, step_loss)
         if s.eval_steps and ctx.global_step % s.eval_steps == 0 and "eval" in ctx.datasets:

@@ -60,6 +60,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: input shapes (micro-batch ``input_ids`` sizes) this process has trained on. Kernels that plan
+#: per shape, as cuDNN attention does, pay that plan once per process for each shape, in
+#: whichever row meets it first; rows count theirs so a slow first row can be told apart.
+_SHAPES_MET: set[tuple[int, ...]] = set()
+
+
+def new_input_shapes(window: list[dict]) -> int:
+    """How many micro-batches of ``window`` have an input shape this process had not met yet."""
+    new = 0
+    for batch in window:
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        if ids is None:
+            continue
+        shape = tuple(ids.shape)
+        if shape not in _SHAPES_MET:
+            _SHAPES_MET.add(shape)
+            new += 1
+    return new
+
+
 @dataclass
 class Throughput:
     """Samples and tokens trained, timed over optimizer steps after the warm-up ones."""
@@ -74,9 +94,12 @@ class Throughput:
     total_tokens: int = 0
     total_label_tokens: int = 0
     step_seconds: list[float] = field(default_factory=list)
+    new_shapes: int = 0  # micro-batches whose input shape the process met first here
+    timed_new_shapes: int = 0
 
-    def add_step(self, seconds: float, samples: int, tokens: int, label_tokens: int) -> None:
+    def add_step(self, seconds: float, samples: int, tokens: int, label_tokens: int, new_shapes: int = 0) -> None:
         self.steps += 1
+        self.new_shapes += new_shapes
         self.total_samples += samples
         self.total_tokens += tokens
         self.total_label_tokens += label_tokens
@@ -86,12 +109,14 @@ class Throughput:
             self.timed_seconds += seconds
             self.timed_samples += samples
             self.timed_tokens += tokens
+            self.timed_new_shapes += new_shapes
 
     def summary(self) -> dict:
         out = {"optimizer_steps": self.steps, "timed_steps": self.timed_steps,
                "train_samples": self.total_samples, "train_tokens": self.total_tokens,
                "train_label_tokens": self.total_label_tokens, "train_seconds": sum(self.step_seconds),
-               "timing_warmup_steps": self.warmup_steps, "step_seconds": list(self.step_seconds)}
+               "timing_warmup_steps": self.warmup_steps, "step_seconds": list(self.step_seconds),
+               "new_input_shapes": self.new_shapes, "timed_new_input_shapes": self.timed_new_shapes}
         if self.timed_seconds > 0:
             out["samples_per_s"] = self.timed_samples / self.timed_seconds
             out["tokens_per_s"] = self.timed_tokens / self.timed_seconds

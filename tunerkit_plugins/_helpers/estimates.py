@@ -192,11 +192,13 @@ def packed_rows(est, tokens: int, fill: float = 0.97) -> None:
     est.mean_tokens = fill * est.peak_tokens
     est.mean_samples = est.mean_tokens / per_sample
     est.padded_tokens = None
+    est.shape_plans = False  # varlen attention over the packed row: no per-shape SDPA plans
 
 
 def flattened(est) -> None:
     """Micro-batches flattened into one row: no padding is computed or kept, so the largest
     micro-batch holds its samples' real tokens, not batch_size times the longest."""
     est.padded_tokens = None
+    est.shape_plans = False  # varlen attention per sample: no per-shape SDPA plans
     if est.real_peak_tokens is not None:
         est.peak_tokens = est.real_peak_tokens

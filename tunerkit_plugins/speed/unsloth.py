@@ -152,6 +152,10 @@ class Unsloth(Plugin):
         # the llama3-8b 4-bit row on one H100 peaked at 5.96 GiB, 2.9 GiB under a whole-logits
         # prediction (128,256 logits a token); docs/performance.md
         estimates.fused_loss(estimate, shape)
+        # unsloth's attention does not plan per input shape as cuDNN's does: its llama3-8b 4-bit
+        # row's steps, each meeting 16 new lengths, took 2.5-3.0 s, under the 16 plans alone
+        # plus the step's matmuls at the device's full rate (docs/performance.md)
+        estimate.shape_plans = False
 
     def source_path(self, ctx) -> str:
         from tunerkit.models.loading import cache_dir, model_path, preset_checkpoint

@@ -81,9 +81,9 @@ def compare(records: list[dict]) -> list[dict]:
         entry = {"recipe": rec["recipe"], "row": rec["row"], "profile": rec.get("profile"), "device": rec["device"],
                  "measured_gib": rec["peak_alloc_gib"], "measured_tokens_per_s": rec["tokens_per_s"]}
         try:
-            # the record's own host speed where it has one (recorded since 2026-12-06), else the default
             before = process_before(records, i)
             met = None if before is None else set().union(*(shapes_of(j) for j in before))
+            # the record's own host speed where it has one (recorded since 2026-12-06), else the default
             pred = estimate_row(row_of(rec["config"]), device_tflops(rec["device"])[1], gpu=rec["on_gpu"],
                                 host_op_us=rec.get("host_op_us") or HOST_OP_US, device_name=rec["device"] or "",
                                 shapes_met=met)

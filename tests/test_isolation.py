@@ -26,6 +26,8 @@ def test_auto_isolates_on_a_single_cuda_process_only(monkeypatch):
     assert wanted("auto") and wanted("process") and not wanted("none")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert not wanted("auto") and wanted("process")
+    # planning a row for a GPU from a machine without one (tunerkit estimate --device H100)
+    assert wanted("auto", cuda=True) and not wanted("none", cuda=True)
     # a torchrun rank trains in the group its peers expect, whatever the setting
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -373,12 +373,10 @@ def run_shapes(row, lengths: list[int] | None) -> tuple[list[tuple[int, int]] | 
     s = row.settings
     if not lengths:
         return None, 0
+    from tunerkit.steps import planned_steps
+
     n, per_batch, accumulation = len(lengths), s.batch_size, s.gradient_accumulation_steps
-    steps = max(1, math.ceil(math.ceil(n / per_batch) / accumulation * s.epochs))
-    if s.max_steps:
-        steps = s.max_steps
-    elif s.token_budget:
-        steps = min(steps, max(1, math.ceil(s.token_budget / (sum(lengths) / n * per_batch * accumulation))))
+    steps = planned_steps(s, math.ceil(n / per_batch), sum(lengths) / n)
 
     def epochs():
         generator = torch.Generator().manual_seed(s.seed)

@@ -8,10 +8,10 @@ from contextlib import closing
 from pathlib import Path
 
 import click
-import torch
 
 from tunerkit.errors import ModelTooLarge, UserError
 from tunerkit.estimate import GIB, HOST_OP_US, estimate_row, relative_error
+from tunerkit.isolation import wanted
 
 
 def stored_rows(db: Path, recipe: str | None = None) -> list[dict]:
@@ -67,22 +67,16 @@ def compare(records: list[dict]) -> list[dict]:
     from tunerkit.estimate import device_tflops
 
     records = sorted(records, key=lambda r: r.get("started") or 0)
-    shapes: dict[int, set] = {}
-
-    def shapes_of(j: int) -> set:
-        if j not in shapes:
-            rec = records[j]
-            shapes[j] = estimate_row(row_of(rec["config"]), 1.0, gpu=rec["on_gpu"], host_op_us=HOST_OP_US,
-                                     device_name="")["input_shapes"]
-        return shapes[j]
-
+    shapes: dict[int, set] = {}  # what each record's row trained on, as predicted in this loop
     out = []
     for i, rec in enumerate(records):
         entry = {"recipe": rec["recipe"], "row": rec["row"], "profile": rec.get("profile"), "device": rec["device"],
                  "measured_gib": rec["peak_alloc_gib"], "measured_tokens_per_s": rec["tokens_per_s"]}
         try:
             before = process_before(records, i)
-            met = None if before is None else set().union(*(shapes_of(j) for j in before))
+            # an earlier row the estimate could not model leaves what the process met unknown
+            met = None if before is None or any(j not in shapes for j in before) else \
+                set().union(*(shapes[j] for j in before))
             # the record's own host speed where it has one (recorded since 2026-12-06), else the default
             pred = estimate_row(row_of(rec["config"]), device_tflops(rec["device"])[1], gpu=rec["on_gpu"],
                                 host_op_us=rec.get("host_op_us") or HOST_OP_US, device_name=rec["device"] or "",
@@ -215,8 +209,7 @@ def echo_estimates(rec, db: Path | None = None, as_json: bool = False,
     out, met = [], set()
     for row in rec.rows:
         # rows share one process unless isolated (auto: on a GPU), and the first to meet a shape plans it
-        isolation = row.settings.isolation
-        alone = isolation == "process" or (isolation == "auto" and (torch.cuda.is_available() if gpu is None else gpu))
+        alone = wanted(row.settings.isolation, cuda=gpu)
         try:
             pred = estimate_row(row, tflops, gpu=gpu, device_name=name, shapes_met=set() if alone else met)
             if not alone:

@@ -28,17 +28,20 @@ from pathlib import Path
 from tunerkit.errors import RowFailed
 
 
-def wanted(setting: str) -> bool:
+def wanted(setting: str, cuda: bool | None = None) -> bool:
     """Whether a row with ``isolation = setting`` trains in a process of its own. ``auto``:
-    on a CUDA device in a single-process run (a torchrun/DeepSpeed rank is already a process
-    per row's share, and its peers expect it to stay in their group)."""
+    on a CUDA device (``cuda``: whether the row runs on one; default: whether this machine has
+    one) in a single-process run (a torchrun/DeepSpeed rank is already a process per row's
+    share, and its peers expect it to stay in their group)."""
     if setting == "process":
         return int(os.environ.get("WORLD_SIZE", "1")) == 1
     if setting == "none":
         return False
-    import torch
+    if cuda is None:
+        import torch
 
-    return torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) == 1
+        cuda = torch.cuda.is_available()
+    return cuda and int(os.environ.get("WORLD_SIZE", "1")) == 1
 
 
 class ChildFailed(Exception):

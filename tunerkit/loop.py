@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
-import math
 import random
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
 from tunerkit.precision import autocast_dtype, forward_autocast, resolve_dtype, tf32_matmuls
 from tunerkit.series import StepSeries
+from tunerkit.steps import planned_steps
 
 
 def seed_everything(seed: int) -> None:
@@ -334,22 +334,16 @@ def counting_label_tokens(collate):
 
 def plan_steps(ctx: RunContext, loader: DataLoader) -> int:
     s = ctx.settings
-    if s.max_steps:
-        return s.max_steps
     try:
         batches = len(loader)
     except TypeError:  # iterable dataset: length unknown
         batches = ctx.metrics.get("train_samples", 0) // s.batch_size or 1
-    batches = math.ceil(batches / data_parallel_size(ctx))
-    per_epoch = math.ceil(batches / s.gradient_accumulation_steps)
-    steps = max(1, math.ceil(per_epoch * s.epochs))
-    if s.token_budget:
+    mean_tokens = 0.0
+    if s.token_budget and not s.max_steps:
         ds = ctx.datasets["train"]
         mean_tokens = ctx.metrics.get("train_mean_tokens") or (
             np.mean([len(r["input_ids"]) for r in ds]) if not isinstance(ds, IterableDataset) else s.max_length)
-        per_step = mean_tokens * s.batch_size * s.gradient_accumulation_steps * data_parallel_size(ctx)
-        steps = min(steps, max(1, math.ceil(s.token_budget / per_step)))
-    return steps
+    return planned_steps(s, batches, mean_tokens, data_parallel_size(ctx))
 
 
 def accumulation_windows(loader, size: int, total_steps: int):

@@ -38,6 +38,9 @@ def test_the_estimate_draws_the_shapes_the_loop_trains_on(tiny_row, tmp_path, fr
     first = run_row(row, tmp_path / "a")
     assert first["new_input_shapes"] == len(set(est.input_shapes)) > 4
     assert first["timed_new_input_shapes"] == est.new_timed_shapes() > 0
+    # the speed is predicted over the timed micro-batches' own tokens, the ones the loop times
+    timed_tokens = first["tokens_per_s"] * sum(first["step_seconds"][first["timing_warmup_steps"]:])
+    assert sum(real for *_, real in est.timed_batches()) == pytest.approx(timed_tokens, rel=1e-6)
     assert first["optimizer_steps"] * accumulation == len(est.input_shapes)
 
     again = run_row(row, tmp_path / "b")
@@ -60,10 +63,11 @@ def test_plans_are_counted_only_where_cudnn_attention_plans_them(tiny_row):
 
     planned, unknown = speed(row), speed(row, met=None)
     assert planned["new_timed_shapes_planned"] == new and unknown["new_timed_shapes_planned"] == 0
-    # the planning is host time added to each timed micro-batch, on top of the same work
-    tokens = est.mean_tokens
+    # the planning is host time added to the timed micro-batches, on top of the same work
+    tokens = sum(real for *_, real in est.timed_batches())
+    assert len(est.timed_batches()) == timed
     extra = tokens / planned["tokens_per_s"] - tokens / unknown["tokens_per_s"]
-    assert extra == pytest.approx(new * SHAPE_PLAN_SECONDS / timed)
+    assert extra == pytest.approx(new * SHAPE_PLAN_SECONDS)
 
     for other in (tiny_row("lora", **VARIED, sdpa_kernels=["flash"]), tiny_row("lora", **VARIED, attention="eager"),
                   tiny_row("lora", "padding_free", **VARIED)):

@@ -202,6 +202,7 @@ class Estimate:
     device_seconds: float = 0.0  # device work per micro-batch that is not the matmul count (DoRA's weight norms)
     # each micro-batch's padded input shape (samples, tokens), in the loop's order over the run
     input_shapes: list[tuple[int, int]] | None = None
+    input_tokens: list[int] | None = None  # each of those micro-batches' real tokens
     warmup_micro_batches: int = 0  # the first micro-batches, left out of the timing
     shape_plans: bool = True  # attention through SDPA, one kernel call per padded shape (varlen: False)
     plan_seconds: float = 0.0  # host seconds per timed micro-batch planning new shapes (estimate_row sets it)
@@ -224,14 +225,28 @@ class Estimate:
     def peak_bytes(self) -> float:
         return sum(self.memory_parts().values())
 
-    def step_flops(self) -> float:
+    def flops(self, tokens: float, square_tokens: float) -> float:
+        """Matmul FLOPs of ``tokens`` tokens (padding included) in samples whose squared
+        lengths sum to ``square_tokens``."""
         s = self.shape
-        tok = (self.padded_tokens or self.mean_tokens) * self.micro_batches
         per_token = 4 * s.dense_params + 2 * self.trained_weight_params + 6 * self.added_params
-        seq = self.mean_tokens / max(self.mean_samples, 1e-9)
-        attention = 6 * tok * seq * s.hidden * s.layers  # causal: 6 L^2 h per layer and sample of L tokens
-        recompute = 2 * tok * (self.checkpointed_layers * s.layer_params)
-        return per_token * tok + attention + recompute
+        attention = 6 * square_tokens * s.hidden * s.layers  # causal: 6 L^2 h per layer and sample of L tokens
+        recompute = 2 * tokens * (self.checkpointed_layers * s.layer_params)
+        return per_token * tokens + attention + recompute
+
+    def step_flops(self) -> float:
+        tok = (self.padded_tokens or self.mean_tokens) * self.micro_batches
+        return self.flops(tok, tok * self.mean_tokens / max(self.mean_samples, 1e-9))
+
+    def timed_batches(self) -> list[tuple[int, int, int]] | None:
+        """The timed micro-batches as the loader draws them, (samples, padded length, real
+        tokens) each; None where the data is unknown or a plugin reshapes the batches (packed
+        or flattened rows)."""
+        if not self.input_shapes or not self.input_tokens or self.padded_tokens is None:
+            return None
+        timed = [(n, longest, real) for (n, longest), real in
+                 zip(self.input_shapes[self.warmup_micro_batches:], self.input_tokens[self.warmup_micro_batches:])]
+        return timed or None
 
     def host_ops(self) -> float:
         """Aten operations one micro-batch dispatches in its decoder layers (and its share of
@@ -261,8 +276,16 @@ class Estimate:
     def tokens_per_s(self, tflops: float) -> float:
         device, host = self.micro_batch_seconds(tflops)
         # the loop reads the loss and synchronises within each step, so the host's work and the
-        # device's overlap little: the stores fit their sum better than the longer of the two
+        # device's overlap little: the stores fit their sum better than the longer of the two;
         # a quantized base's factor scales its kernels' work, not cuDNN's planning on the host
+        timed = self.timed_batches()
+        if timed:
+            # a row's tokens/s is over its timed steps, and a short row times only one or two:
+            # their own samples, not the data's mean, decide it
+            rate = tflops * 1e12 * EFFICIENCY
+            seconds = sum(self.flops(n * longest, n * longest ** 2) / rate + self.device_seconds + host
+                          for n, longest, _ in timed)
+            return sum(real for *_, real in timed) / (seconds / self.speed_factor + self.plan_seconds * len(timed))
         seconds = (device + host) * self.micro_batches / self.speed_factor + self.plan_seconds * self.micro_batches
         return self.mean_tokens * self.micro_batches / seconds
 
@@ -364,15 +387,15 @@ def token_plan(row, lengths: list[int] | None) -> tuple[float, float, float, flo
     return peak, float(s.batch_size * mean), float(s.batch_size), float(s.batch_size * padded), real_peak
 
 
-def run_shapes(row, lengths: list[int] | None) -> tuple[list[tuple[int, int]] | None, int]:
+def run_shapes(row, lengths: list[int] | None) -> tuple[list[tuple[int, int]] | None, int, list[int] | None]:
     """Each micro-batch's padded shape (samples, longest sample) over the row's run, in the
-    order the loop's loader draws them (a permutation seeded by the row's seed per epoch), and
-    how many micro-batches its timing leaves out as warm-up. Steps are counted as the loop
+    order the loop's loader draws them (a permutation seeded by the row's seed per epoch), how
+    many micro-batches its timing leaves out as warm-up, and each micro-batch's real tokens. Steps are counted as the loop
     plans them (max_steps, else epochs cut by the token budget), and the run ends, as the
     loop's does, after the step that reaches the token budget. None without the data's lengths."""
     s = row.settings
     if not lengths:
-        return None, 0
+        return None, 0, None
     from tunerkit.steps import planned_steps
 
     n, per_batch, accumulation = len(lengths), s.batch_size, s.gradient_accumulation_steps
@@ -387,16 +410,17 @@ def run_shapes(row, lengths: list[int] | None) -> tuple[list[tuple[int, int]] | 
             yield [[lengths[i] for i in order[start:start + per_batch]] for start in range(0, n, per_batch)]
 
     # optimizer steps of ``accumulation`` micro-batches; an epoch's last step may be shorter
-    shapes, sizes, tokens = [], [], 0
+    shapes, real, sizes, tokens = [], [], [], 0
     for epoch in epochs():
         for i in range(0, len(epoch), accumulation):
             window = epoch[i:i + accumulation]
             shapes += [(len(batch), max(batch)) for batch in window]
+            real += [sum(batch) for batch in window]
             sizes.append(len(window))
             tokens += sum(sum(batch) for batch in window)
             if len(sizes) >= steps or (s.token_budget and tokens >= s.token_budget):
                 # the loop's warm-up counts from the steps it planned, not those it ran
-                return shapes, sum(sizes[:min(s.timing_warmup_steps, steps - 1)])
+                return shapes, sum(sizes[:min(s.timing_warmup_steps, steps - 1)]), real
 
 
 def plans_attention_shapes(row, est: Estimate, device_name: str | None) -> bool:
@@ -434,7 +458,7 @@ def base_estimate(row, shape: ModelShape, weight_bits: float, gpu: bool) -> Esti
     est = Estimate(shape=shape, weight_bytes=weight_bytes(shape, weight_bits, item), param_bytes=item, peak_tokens=peak,
                    mean_tokens=mean, mean_samples=samples, micro_batches=s.gradient_accumulation_steps,
                    checkpointed_layers=checkpointed, padded_tokens=padded, real_peak_tokens=real_peak)
-    est.input_shapes, est.warmup_micro_batches = run_shapes(row, lengths)
+    est.input_shapes, est.warmup_micro_batches, est.input_tokens = run_shapes(row, lengths)
     est.layer_input_bytes = shape.hidden * item
     est.layer_bytes = LAYER_FACTOR * item * (6 * shape.hidden + 2 * shape.kv_width + 4 * shape.ffn)
     # the logits are in the row's dtype; the rest (log-softmax, its gradient) is fp32 in any dtype

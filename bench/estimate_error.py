@@ -97,11 +97,12 @@ def main(paths: list[str]) -> None:
         print(render_spread(spread(named or committed_stores())))
         return
     stores = [Path(p) for p in paths] or committed_stores()
-    memory, speed, seen = [], [], set()
+    memory, speed, hosts, seen = [], [], [], set()
     for db in stores:
         records = [r for r in gpu_rows(db) if (r["recipe"], r["row"], r["profile"], r["started"]) not in seen]
         seen.update((r["recipe"], r["row"], r["profile"], r["started"]) for r in records)
         entries = compare(records)
+        hosts += [e["speed_error"] for e in entries if e.get("host_op_us") and e.get("speed_error") is not None]
         if not entries:
             continue
         devices = sorted({e["device"] or "?" for e in entries})
@@ -110,7 +111,8 @@ def main(paths: list[str]) -> None:
         print(render(entries))
         memory += [e["memory_error"] for e in entries if e.get("memory_error") is not None]
         speed += [e["speed_error"] for e in entries if e.get("speed_error") is not None]
-    print(f"\npeak allocated memory: {fit_note(memory, 0.10)}; tokens/s: {fit_note(speed, 0.25)}")
+    print(f"\npeak allocated memory: {fit_note(memory, 0.10)}; tokens/s: {fit_note(speed, 0.25)}"
+          f" (rows that recorded their host's speed: {fit_note(hosts, 0.25)})")
 
 
 if __name__ == "__main__":

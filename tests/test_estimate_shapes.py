@@ -77,6 +77,21 @@ def test_plans_are_counted_only_where_cudnn_attention_plans_them(tiny_row):
     assert speed(row, met=est.input_shapes)["new_timed_shapes_planned"] == 0
 
 
+def test_speed_is_predicted_over_the_timed_samples_not_the_datas_mean(tiny_row):
+    """Rows alike but for the seed time different samples; one whose timed micro-batches are
+    longer spreads the same per-micro-batch host work over more tokens, so it is predicted
+    faster (the data's mean sample, the same for every seed, would predict them all alike)."""
+    rows = [tiny_row("lora", **VARIED, seed=seed) for seed in range(6)]
+    per_batch, speed = [], []
+    for row in rows:
+        timed = build_estimate(row, gpu=True).timed_batches()
+        per_batch.append(sum(real for *_, real in timed) / len(timed))
+        speed.append(estimate_row(row, 100.0, gpu=True, host_op_us=6.0, device_name=H100)["tokens_per_s"])
+    assert max(per_batch) > 1.2 * min(per_batch)  # the seeds do time different samples
+    assert speed.index(max(speed)) == per_batch.index(max(per_batch))
+    assert speed.index(min(speed)) == per_batch.index(min(per_batch))
+
+
 def test_a_stores_rows_are_predicted_with_what_their_process_trained_before(tiny_row, tmp_path):
     """``tunerkit estimate --db`` reads each record's place in its process: a row alone in its
     process or first in it plans every new shape; the second row of a process on the same data

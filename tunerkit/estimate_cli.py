@@ -71,7 +71,8 @@ def compare(records: list[dict]) -> list[dict]:
     out = []
     for i, rec in enumerate(records):
         entry = {"recipe": rec["recipe"], "row": rec["row"], "profile": rec.get("profile"), "device": rec["device"],
-                 "measured_gib": rec["peak_alloc_gib"], "measured_tokens_per_s": rec["tokens_per_s"]}
+                 "measured_gib": rec["peak_alloc_gib"], "measured_tokens_per_s": rec["tokens_per_s"],
+                 "host_op_us": rec.get("host_op_us")}
         try:
             before = process_before(records, i)
             # an earlier row the estimate could not model leaves what the process met unknown

@@ -413,4 +413,4 @@ def test_a_4bit_base_is_predicted_slower_than_bf16_weights(tiny_row):
     pytest.importorskip("bitsandbytes")
     plain = estimate_row(tiny_row("lora"), tflops=100.0, gpu=True)["tokens_per_s"]
     quantized = estimate_row(tiny_row("lora", "bnb"), tflops=100.0, gpu=True)["tokens_per_s"]
-    assert quantized < 0.9 * plain
+    assert quantized < 0.95 * plain

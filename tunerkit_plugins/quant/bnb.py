@@ -91,7 +91,7 @@ class Bnb(Plugin):
         # bitsandbytes dequantizes each 4-bit block in every forward and backward, which the
         # matmul count does not see: measured over predicted on one H100 (the qwen-14b and 72b rows)
         if self.options.bits == 4:
-            estimate.speed_factor *= 0.875
+            estimate.speed_factor *= 0.93
         if not self.options.prepare:
             return
         # prepare_model_for_kbit_training upcasts everything it leaves unquantized (embeddings,

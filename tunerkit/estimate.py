@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunerkit.metrics import attention_geometry
+
 GIB = 1024 ** 3
 
 #: bytes kept per token and logit by the loss (bf16 logits, their fp32 copy, log-softmax
@@ -94,6 +96,7 @@ class ModelShape:
     embed_params: int
     layer_other_params: int = 0  # one decoder layer's parameters outside its linears (norms)
     other_params: int = 0  # parameters outside the layers, embeddings and head (the final norm)
+    attention: tuple = ()  # metrics.attention_geometry: what an attention kernel's plan is for, beside the length
 
     @property
     def layer_params(self) -> int:
@@ -155,7 +158,8 @@ def shape_of(spec: str) -> ModelShape:
                       ffn=getattr(config, "intermediate_size", 4 * hidden), vocab=config.vocab_size,
                       params=params, layer_linear=linear, head_params=head_params, embed_params=embed_params,
                       layer_other_params=layer_all - layer_linear_params,
-                      other_params=params - len(layers) * layer_all - head_params - embed_params)
+                      other_params=params - len(layers) * layer_all - head_params - embed_params,
+                      attention=attention_geometry(config))
 
 
 @dataclass
@@ -265,13 +269,18 @@ class Estimate:
         device = self.step_flops() / self.micro_batches / (tflops * 1e12 * EFFICIENCY) + self.device_seconds
         return device, self.host_ops() * HOST_OP_COST * self.host_op_us * 1e-6
 
+    def shape_keys(self, shapes: list[tuple[int, int]] | None = None) -> set:
+        """``shapes`` (default: every micro-batch's) as the loop's counter keys them: with the
+        model's attention geometry, since a plan for one model's heads serves no other's."""
+        return {(self.shape.attention, shape) for shape in (self.input_shapes or () if shapes is None else shapes)}
+
     def new_timed_shapes(self, met: set | frozenset = frozenset()) -> int:
-        """Input shapes the timed micro-batches meet that neither the warm-up nor ``met`` (shapes
-        the process trained on before this row) did."""
+        """Input shapes the timed micro-batches meet that neither the warm-up nor ``met``
+        (:meth:`shape_keys` of the rows the process trained before this one) did."""
         if not self.input_shapes:
             return 0
-        before = set(met) | set(self.input_shapes[:self.warmup_micro_batches])
-        return len(set(self.input_shapes[self.warmup_micro_batches:]) - before)
+        before = set(met) | self.shape_keys(self.input_shapes[:self.warmup_micro_batches])
+        return len(self.shape_keys(self.input_shapes[self.warmup_micro_batches:]) - before)
 
     def tokens_per_s(self, tflops: float) -> float:
         device, host = self.micro_batch_seconds(tflops)
@@ -527,7 +536,7 @@ def estimate_row(row, tflops: float | None = None, gpu: bool | None = None, host
     return {"row": row.name, "peak_alloc_gib": sum(parts.values()), "parts_gib": parts,
             "tokens_per_s": est.tokens_per_s(tflops), "trainable_params": est.trainable_params,
             "peak_tokens": est.peak_tokens, "notes": list(est.notes), "new_timed_shapes_planned": new_shapes,
-            "input_shapes": set(est.input_shapes or ())}
+            "input_shapes": est.shape_keys()}
 
 
 def model_flops_per_token(est: Estimate) -> float:

@@ -23,8 +23,8 @@ from tunerkit.distributed import count_label_tokens, data_parallel_size, global_
 from tunerkit.errors import RowFailed
 from tunerkit.allocator import cuda_allocator
 from tunerkit.guards import check_losses, nothing_left
-from tunerkit.metrics import (StepClock, Throughput, Timer, count_parameters, held_memory_gib, new_input_shapes,
-                              peak_memory, reset_peak_memory)
+from tunerkit.metrics import (StepClock, Throughput, Timer, attention_geometry, count_parameters, held_memory_gib,
+                              new_input_shapes, peak_memory, reset_peak_memory)
 from tunerkit.models.loading import resolve_model
 from tunerkit.plugins import get_plugin, make_manager
 from tunerkit.precision import autocast_dtype, forward_autocast, resolve_dtype, tf32_matmuls
@@ -234,8 +234,10 @@ def train(ctx: RunContext, loader: DataLoader, progress) -> None:
     eval_curve: list[tuple[int, float]] = []
     if progress is not None:
         progress.start(ctx.total_steps)
+    config = getattr(ctx.model, "config", None)
+    geometry = attention_geometry(config) if config is not None else ()
     for window in accumulation_windows(loader, s.gradient_accumulation_steps, ctx.total_steps):
-        shapes = new_input_shapes(window)
+        shapes = new_input_shapes(window, geometry)
         clock.step_begins()
         step_loss, samples, tokens, label_tokens = train_step(ctx, window)
         clock.step_ends()

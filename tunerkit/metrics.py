@@ -60,20 +60,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: input shapes (micro-batch ``input_ids`` sizes) this process has trained on. Kernels that plan
-#: per shape, as cuDNN attention does, pay that plan once per process for each shape, in
-#: whichever row meets it first; rows count theirs so a slow first row can be told apart.
-_SHAPES_MET: set[tuple[int, ...]] = set()
+#: input shapes (micro-batch ``input_ids`` sizes, with the model's attention geometry) this
+#: process has trained on. Kernels that plan per shape, as cuDNN attention does, pay that plan
+#: once per process for each shape, in whichever row meets it first; rows count theirs so a
+#: slow first row can be told apart.
+_SHAPES_MET: set[tuple] = set()
 
 
-def new_input_shapes(window: list[dict]) -> int:
-    """How many micro-batches of ``window`` have an input shape this process had not met yet."""
+def attention_geometry(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head width) of a model config: an attention kernel's plan
+    is for one of these as much as for one sequence length, so a row of another model meets
+    every length anew."""
+    heads = getattr(config, "num_attention_heads", None) or 0
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 0)
+    return heads, getattr(config, "num_key_value_heads", None) or heads, head_dim
+
+
+def new_input_shapes(window: list[dict], geometry: tuple = ()) -> int:
+    """How many micro-batches of ``window`` have an input shape this process had not met yet
+    with a model of this attention ``geometry``."""
     new = 0
     for batch in window:
         ids = batch.get("input_ids") if isinstance(batch, dict) else None
         if ids is None:
             continue
-        shape = tuple(ids.shape)
+        shape = (geometry, tuple(ids.shape))
         if shape not in _SHAPES_MET:
             _SHAPES_MET.add(shape)
             new += 1

@@ -264,10 +264,13 @@ class Estimate:
         recompute += CHECKPOINT_TENSOR_OPS * self.trained_layer_tensors * checkpointed
         return (forward + backward + recompute) * self.host_op_factor + self.step_ops / max(self.micro_batches, 1)
 
-    def micro_batch_seconds(self, tflops: float) -> tuple[float, float]:
-        """(device seconds, host seconds) of one micro-batch."""
-        device = self.step_flops() / self.micro_batches / (tflops * 1e12 * EFFICIENCY) + self.device_seconds
-        return device, self.host_ops() * HOST_OP_COST * self.host_op_us * 1e-6
+    def device_time(self, flops: float, tflops: float) -> float:
+        """Device seconds of one micro-batch of ``flops`` matmul FLOPs."""
+        return flops / (tflops * 1e12 * EFFICIENCY) + self.device_seconds
+
+    def host_time(self) -> float:
+        """Host seconds of one micro-batch (the same whatever its length)."""
+        return self.host_ops() * HOST_OP_COST * self.host_op_us * 1e-6
 
     def shape_keys(self, shapes: list[tuple[int, int]] | None = None) -> set:
         """``shapes`` (default: every micro-batch's) as the loop's counter keys them: with the
@@ -283,7 +286,7 @@ class Estimate:
         return len(self.shape_keys(self.input_shapes[self.warmup_micro_batches:]) - before)
 
     def tokens_per_s(self, tflops: float) -> float:
-        device, host = self.micro_batch_seconds(tflops)
+        host = self.host_time()
         # the loop reads the loss and synchronises within each step, so the host's work and the
         # device's overlap little: the stores fit their sum better than the longer of the two;
         # a quantized base's factor scales its kernels' work, not cuDNN's planning on the host
@@ -291,10 +294,10 @@ class Estimate:
         if timed:
             # a row's tokens/s is over its timed steps, and a short row times only one or two:
             # their own samples, not the data's mean, decide it
-            rate = tflops * 1e12 * EFFICIENCY
-            seconds = sum(self.flops(n * longest, n * longest ** 2) / rate + self.device_seconds + host
+            seconds = sum(self.device_time(self.flops(n * longest, n * longest ** 2), tflops) + host
                           for n, longest, _ in timed)
             return sum(real for *_, real in timed) / (seconds / self.speed_factor + self.plan_seconds * len(timed))
+        device = self.device_time(self.step_flops() / self.micro_batches, tflops)
         seconds = (device + host) * self.micro_batches / self.speed_factor + self.plan_seconds * self.micro_batches
         return self.mean_tokens * self.micro_batches / seconds
 
@@ -399,9 +402,10 @@ def token_plan(row, lengths: list[int] | None) -> tuple[float, float, float, flo
 def run_shapes(row, lengths: list[int] | None) -> tuple[list[tuple[int, int]] | None, int, list[int] | None]:
     """Each micro-batch's padded shape (samples, longest sample) over the row's run, in the
     order the loop's loader draws them (a permutation seeded by the row's seed per epoch), how
-    many micro-batches its timing leaves out as warm-up, and each micro-batch's real tokens. Steps are counted as the loop
-    plans them (max_steps, else epochs cut by the token budget), and the run ends, as the
-    loop's does, after the step that reaches the token budget. None without the data's lengths."""
+    many micro-batches its timing leaves out as warm-up, and each micro-batch's real tokens.
+    Steps are counted as the loop plans them (max_steps, else epochs cut by the token budget),
+    and the run ends, as the loop's does, after the step that reaches the token budget. None
+    without the data's lengths."""
     s = row.settings
     if not lengths:
         return None, 0, None
@@ -426,7 +430,7 @@ def run_shapes(row, lengths: list[int] | None) -> tuple[list[tuple[int, int]] | 
             shapes += [(len(batch), max(batch)) for batch in window]
             real += [sum(batch) for batch in window]
             sizes.append(len(window))
-            tokens += sum(sum(batch) for batch in window)
+            tokens += sum(real[-len(window):])
             if len(sizes) >= steps or (s.token_budget and tokens >= s.token_budget):
                 # the loop's warm-up counts from the steps it planned, not those it ran
                 return shapes, sum(sizes[:min(s.timing_warmup_steps, steps - 1)]), real

@@ -261,6 +261,28 @@ def test_the_first_row_a_gpu_process_trained_is_marked(tmp_path):
     assert FIRST_MARK not in line_of(md, "flash") and FIRST_MARK in line_of(md, "cudnn")
 
 
+def test_a_row_marked_by_the_plans_its_timed_steps_counted_not_by_its_place(tmp_path):
+    """Records that count their timed steps' new lengths are marked by what those plans take:
+    a row after another model's rows (every length new) is marked though not first; a first
+    row whose warm-up met every length it timed is not."""
+    from tunerkit.estimate import SHAPE_PLAN_SECONDS
+    from tunerkit.report.tables import FIRST_MARK, first_in_process, plan_share
+
+    store = Store(tmp_path / "plans.db")
+    # (name, place in its process, lengths its timed steps met first); three timed 2 s steps
+    for name, before, new in (("yi-after-qwen", 3, 40), ("first-warm", 0, 0), ("one-new", 2, 1)):
+        row = make_row(name, ["lora"], model="tiny-llama")
+        m = fake_metrics(before, row, random_weights=True)
+        m.update(rows_before_in_process=before, timed_new_input_shapes=new, timing_warmup_steps=1,
+                 step_seconds=[9.0, 2.0, 2.0, 2.0])
+        store.record(recipe="r", row=row, repeat=0, status="ok", reason=None, metrics=m,
+                     environment=FAKE_GPU, started=0.0)
+    records = {r["row"]: r for r in store.latest("r")}
+    assert plan_share(records["yi-after-qwen"]["metrics"]) == pytest.approx(40 * SHAPE_PLAN_SECONDS / 6.0)
+    assert [first_in_process(records[n]) for n in ("yi-after-qwen", "first-warm", "one-new")] == [True, False, False]
+    md = render(store.latest("r"), "md")
+    assert FIRST_MARK in line_of(md, "yi-after-qwen") and FIRST_MARK not in line_of(md, "first-warm")
+
 def test_runs_record_how_many_rows_their_process_trained_before(tmp_path):
     from tunerkit.recipe import load_recipe as load
     from tunerkit.runner import run_recipe

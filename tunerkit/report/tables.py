@@ -184,9 +184,12 @@ def split_name(name: str) -> tuple[str, list[str]]:
 
 
 FIRST_MARK = "‡"
-FIRST_NOTE = (f"{FIRST_MARK} the first row its process trained, with torch's cuDNN attention allowed: on one H200 "
-              "such rows ran 1.4-1.6x slower than the same config later in a process, cuDNN building a plan for "
-              "each sequence length it meets first (docs/benchmarks.md); compare it with care")
+FIRST_NOTE = (f"{FIRST_MARK} its timed steps met sequence lengths new to its process (the first row a process "
+              "trained, or one after a model of other attention heads), with torch's cuDNN attention allowed: cuDNN "
+              "builds a plan for each length it meets first, and on one H200 such rows ran 1.4-1.6x slower than the "
+              "same config later in a process (docs/benchmarks.md); compare it with care")
+#: the share of a row's timed seconds that plans for new lengths must take for the mark
+PLAN_SHARE_MARKED = 0.05
 
 
 MFU_NOTE = ("MFU: model FLOPs per real token (4N for every weight's forward and input gradient, 2N more for "
@@ -213,14 +216,35 @@ def isolated(record: dict) -> bool:
     return (record.get("metrics") or {}).get("isolation") == "process"
 
 
+def plan_share(metrics: dict) -> float | None:
+    """The share of a row's timed seconds that cuDNN's plans for the lengths its timed steps met
+    first would take (``timed_new_input_shapes`` plans at the estimate's cost each); None where
+    the record does not count them (before 2026-12-07) or times nothing."""
+    from tunerkit.estimate import SHAPE_PLAN_SECONDS
+
+    new = metrics.get("timed_new_input_shapes")
+    steps = metrics.get("step_seconds") or []
+    timed = sum(steps[metrics.get("timing_warmup_steps") or 0:])
+    if new is None or timed <= 0:
+        return None
+    return new * SHAPE_PLAN_SECONDS / timed
+
+
 def first_in_process(record: dict) -> bool:
-    """A GPU row that was the first its process trained and let SDPA choose cuDNN attention,
-    whose plans per new length are what slows such a row (CPU rows and older records are
-    not flagged; nor is a row whose ``sdpa_kernels`` leave cuDNN out)."""
+    """A GPU row whose timed steps met lengths new to its process with SDPA free to choose cuDNN
+    attention, whose plan per new length is what slows such a row: where the record counts
+    them, plans worth at least PLAN_SHARE_MARKED of its timed time (a row after another model's
+    rows meets every length anew); in older records, the first row its process trained. CPU
+    rows and records that say neither are not flagged; nor is a row whose ``sdpa_kernels``
+    leave cuDNN out."""
     metrics = record.get("metrics") or {}
     pinned = metrics.get("sdpa_kernels")
-    return record["status"] == "ok" and ran_on_gpu(record) is True and \
-        metrics.get("rows_before_in_process") == 0 and (not pinned or "cudnn" in pinned.split(","))
+    if not (record["status"] == "ok" and ran_on_gpu(record) is True and (not pinned or "cudnn" in pinned.split(","))):
+        return False
+    share = plan_share(metrics)
+    if share is not None:
+        return share >= PLAN_SHARE_MARKED
+    return metrics.get("rows_before_in_process") == 0
 
 
 def status_text(record: dict, flag_random: bool) -> str:

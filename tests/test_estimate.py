@@ -300,6 +300,23 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, args, fragment):
         assert fragment in lines[0]
 
 
+def test_cli_set_overrides_every_row_as_run_does(tmp_path):
+    """--set: the rows predicted are the ones `run --set` would train (a larger batch predicts
+    more memory, a larger rank more trainable parameters); an unknown key is refused in one line, and --set without a recipe."""
+    path = tmp_path / "recipe.toml"
+    path.write_text(RECIPE)
+    plain = {e["row"]: e for e in json.loads(cli(str(path), "--json").output)}
+    result = cli(str(path), "--json", "--set", "batch_size=8", "--set", "lora.rank=64")
+    assert result.exit_code == 0, result.output
+    longer = {e["row"]: e for e in json.loads(result.output)}
+    assert all(longer[n]["peak_alloc_gib"] > plain[n]["peak_alloc_gib"] for n in plain)
+    assert longer["lora"]["trainable_params"] > plain["lora"]["trainable_params"]
+    for args in (("--set", "batch_sise=8"), ("--db", str(tmp_path / "t.db"), "--set", "batch_size=8")):
+        result = cli(str(path), *args) if args[0] == "--set" else cli(*args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+
+
 def test_cli_refuses_a_bad_recipe_in_one_line(tmp_path):
     path = tmp_path / "recipe.toml"
     path.write_text(RECIPE.replace('plugins = ["full"]', 'plugins = ["full"]\nbatch_sizes = 3'))

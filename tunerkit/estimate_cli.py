@@ -161,23 +161,29 @@ def fitting(rows, budget_gib: float, target: tuple[bool, float, str] | None = No
 @click.option("--memory-budget", type=float, help="GiB: for rows predicted over it, what fits (checkpointing, offload, row length)")
 @click.option("--device", help="predict for this device instead of this machine: cpu or a GPU "
                                "(H100, H200, A100, L40, A10, 4090); checks of this machine are skipped")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a setting or plugin option of every row, as `run --set` does; repeatable")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def command(recipe, profile, only, db, memory_budget, device, as_json):
+def command(recipe, profile, only, db, memory_budget, device, sets, as_json):
     """Predicted peak allocated memory and tokens/s of every row of RECIPE (or of every row a --db recorded)."""
     if recipe is None and db is None:
         raise UserError("give a RECIPE, or --db to check a store's rows", key="estimate", hint="tunerkit estimate recipes/tuners.toml")
     if recipe is None:
+        if sets:
+            raise UserError("--set applies to a RECIPE's rows, not to a store's records", key="--set",
+                            hint="tunerkit estimate RECIPE --set KEY=VALUE")
         entries = compare(stored_rows(db))
         click.echo(json.dumps(entries, indent=1) if as_json else render(entries))
         return
     from tunerkit.cli import pick_profile, row_names
-    from tunerkit.recipe import load_recipe
+    from tunerkit.recipe import load_recipe, parse_overrides
 
     target = target_device(device)
     profile = pick_profile(recipe, profile)
     try:
         # for another device, this machine's files, memory and packages do not matter
-        rec = load_recipe(recipe, profile, select=row_names(only), check_files=target is None)
+        rec = load_recipe(recipe, profile, overrides=parse_overrides(sets), select=row_names(only),
+                          check_files=target is None)
     except ModelTooLarge as err:  # planning a GPU run on a smaller machine
         raise UserError(err.message, file=err.file, table=err.table, key=err.key,
                         hint="predict it for the GPU it will run on: --device H100 (or H200, A100, ...)") from None

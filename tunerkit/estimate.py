@@ -210,6 +210,9 @@ class Estimate:
     warmup_micro_batches: int = 0  # the first micro-batches, left out of the timing
     shape_plans: bool = True  # attention through SDPA, one kernel call per padded shape (varlen: False)
     plan_seconds: float = 0.0  # host seconds per timed micro-batch planning new shapes (estimate_row sets it)
+    # ZeRO's partitions: each GPU holds 1/N of these (a sharding plugin sets N to the world size)
+    weight_shards: int = 1  # weights and added parameters (ZeRO-3)
+    state_shards: int = 1  # gradients and optimizer state (ZeRO-2 and 3)
     notes: list = field(default_factory=list)
 
     def memory_parts(self) -> dict:
@@ -223,8 +226,10 @@ class Estimate:
         acts = tok * (kept * self.layer_input_bytes + uncheckpointed * per_layer
                       + (per_layer if self.checkpointed_layers else 0) + self.logit_bytes)
         acts += (uncheckpointed + (1 if self.checkpointed_layers else 0)) * self.extra_layer_fixed_bytes
-        return {"weights": self.weight_bytes, "added": self.added_params * self.added_param_bytes,
-                "gradients": grads, "optimizer": opt, "activations": acts, "other": self.extra_bytes}
+        return {"weights": self.weight_bytes / self.weight_shards,
+                "added": self.added_params * self.added_param_bytes / self.weight_shards,
+                "gradients": grads / self.state_shards, "optimizer": opt / self.state_shards,
+                "activations": acts, "other": self.extra_bytes}
 
     def peak_bytes(self) -> float:
         return sum(self.memory_parts().values())

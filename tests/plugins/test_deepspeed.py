@@ -103,3 +103,36 @@ def test_accelerator_on_cpu_asks_for_gloo(tiny_row, monkeypatch):
     pc = captured["parallelism_config"]
     assert (pc.sp_backend, pc.sp_size, pc.sp_handler.sp_attn_implementation) == ("deepspeed", 2, "sdpa")
     assert ctx.undo_changes() == []  # accelerate's state is reset after the row
+
+
+@pytest.mark.parametrize("stage,offload_optimizer,offload_param", [
+    (2, "none", "none"), (2, "cpu", "none"), (3, "none", "none"), (3, "cpu", "none"), (3, "cpu", "cpu")])
+def test_estimate_shards_model_states_as_deepspeeds_own_estimator(tiny_row, stage, offload_optimizer, offload_param):
+    """Full fine-tuning of a bf16 model on 2 GPUs: one GPU's weights, gradients, optimizer state
+    and gathered module in the estimate equal DeepSpeed's ``estimate_zero2/3_model_states_mem_needs``,
+    except where stage 3 converts its gradients to fp32 one sub-group at a time (DeepSpeed's
+    estimator counts 18 bytes a parameter for both stages; stage 3 holds 16 and one sub-group's
+    fp32 gradients)."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    from tunerkit.estimate import build_estimate, shape_of
+
+    row = tiny_row("full", "deepspeed", gpus=2, dtype="bf16", deepspeed={
+        "zero_stage": stage, "offload_optimizer": offload_optimizer, "offload_param": offload_param})
+    plain = build_estimate(tiny_row("full", dtype="bf16"), gpu=True).memory_parts()
+    parts = build_estimate(row, gpu=True).memory_parts()
+    states = parts["weights"] + parts["added"] + parts["gradients"] + parts["optimizer"] + parts["other"] - plain["other"]
+    shape = shape_of(row.settings.model)
+    total, offloaded = shape.params, offload_optimizer == "cpu"
+    if stage == 2:
+        expected = estimate_zero2_model_states_mem_needs(total, num_gpus_per_node=2, cpu_offload=offloaded)[1]
+    else:
+        largest = max(shape.embed_params, shape.head_params, *(i * o for i, o in shape.layer_linear.values()))
+        expected = estimate_zero3_model_states_mem_needs(total, largest, num_gpus_per_node=2, cpu_offload=offloaded,
+                                                         cpu_offload_params=offload_param == "cpu")[1]
+        if not offloaded:
+            expected += -2 * total / 2 + 4 * min(ds_plugin.SUB_GROUP_PARAMS, total / 2)
+    assert states == pytest.approx(expected, rel=1e-6, abs=8)
+    assert parts["activations"] == pytest.approx(plain["activations"])  # each GPU still runs its own micro-batch

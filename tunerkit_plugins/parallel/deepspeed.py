@@ -96,6 +96,41 @@ def deepspeed_config(settings, options: DeepSpeedOptions | None) -> dict:
     return config
 
 
+#: DeepSpeed's default ``sub_group_size``: stage 3 turns its 16-bit gradients into fp32 for the
+#: optimizer step one sub-group of this many parameters at a time
+SUB_GROUP_PARAMS = 1_000_000_000
+
+
+def shard_states(est, shape, world: int, stage: int, offload_optimizer: bool, offload_param: bool) -> None:
+    """One GPU's share of the model states under ZeRO, in DeepSpeed's own accounting
+    (``estimate_zero2_model_states_mem_needs`` and ``estimate_zero3_...``, which
+    tests/plugins/test_deepspeed.py checks this against on full fine-tuning). DeepSpeed casts
+    the whole model, adapters included, to the row's 16-bit dtype and keeps per trained
+    parameter a 16-bit gradient, an fp32 master copy and AdamW's two fp32 states (2 + 12
+    bytes), partitioned over the GPUs from stage 2 on and on the CPU when the optimizer is
+    offloaded. Stage 2 also holds an fp32 copy of its gradient partition (4 bytes). Stage 3
+    makes that copy for one sub-group at a time, which is where this differs from DeepSpeed's
+    estimator (18 bytes a parameter for both stages); it partitions the 16-bit weights too,
+    and gathers the largest module (an LLM's embedding or head) with its gradient while it runs."""
+    if stage < 2:
+        return
+    est.added_param_bytes = est.param_bytes
+    est.grad_bytes = 0 if offload_optimizer else (6 if stage == 2 else 2)
+    est.optimizer_bytes = 0.0 if offload_optimizer else 12.0
+    est.state_shards = world
+    if stage == 3:
+        largest = max(shape.embed_params, shape.head_params, *(i * o for i, o in shape.layer_linear.values()))
+        est.extra_bytes += 4 * largest
+        if not offload_optimizer:
+            trained = est.trainable_params if est.optimizer_params is None else est.optimizer_params
+            est.extra_bytes += 4 * min(SUB_GROUP_PARAMS, trained / world)
+        if offload_param:
+            est.weight_bytes = 0.0
+            est.added_param_bytes = 0
+        else:
+            est.weight_shards = world
+
+
 def attention_for_sequence_parallel(settings) -> str:
     """The transformers attention implementation the model will load with (Ulysses wraps that one)."""
     from tunerkit.models.loading import attn_implementation
@@ -175,6 +210,13 @@ class DeepSpeed(Plugin):
     @hookimpl
     def setup_distributed(self, ctx):
         return make_deepspeed_accelerator(ctx)
+
+    @hookimpl(trylast=True)  # after the tuners have said what trains
+    def estimate_memory(self, row, shape, estimate):
+        zero = deepspeed_config(row.settings, self.options)["zero_optimization"]
+        shard_states(estimate, shape, row.settings.gpus, zero.get("stage", 0),
+                     offload_optimizer=(zero.get("offload_optimizer") or {}).get("device", "none") != "none",
+                     offload_param=(zero.get("offload_param") or {}).get("device", "none") != "none")
 
     @hookimpl
     def collect_metrics(self, ctx):

@@ -431,3 +431,47 @@ def test_a_4bit_base_is_predicted_slower_than_bf16_weights(tiny_row):
     plain = estimate_row(tiny_row("lora"), tflops=100.0, gpu=True)["tokens_per_s"]
     quantized = estimate_row(tiny_row("lora", "bnb"), tflops=100.0, gpu=True)["tokens_per_s"]
     assert quantized < 0.95 * plain
+
+
+def test_memory_budget_applies_checkpointing_then_the_plugins_offers_then_shorter_rows(tiny_row):
+    """--memory-budget: each try adds to the one before (checkpointing, then what plugins offer
+    through ``memory_savings``, cheapest first, then shorter rows), and the advice names every
+    change that got the row under the budget, with a prediction that is under it."""
+    from tunerkit.estimate_cli import fitting, memory_savings
+    from tunerkit.recipe import make_row
+
+    row = tiny_row("full", **{**SMALL, "max_length": 1024,
+                              "dataset": "synthetic:lengths?mean=1024&sd=0&min=1024&max=1024&rows=8"})
+    offers = memory_savings(row)
+    assert [o["label"] for o in offers] == ["+ offload"]  # a row without offload, nor deepspeed
+    assert memory_savings(tiny_row("lora", "offload", gradient_checkpointing=True)) == []
+
+    as_written = estimate_row(row)["peak_alloc_gib"]
+    checkpointed = estimate_row(make_row("c", ["full"], **{**row.config()["settings"], "gradient_checkpointing": True}))
+    assert "fits" in fitting([row], as_written + 0.01)[0]
+    between = (as_written + checkpointed["peak_alloc_gib"]) / 2
+    assert fitting([row], between)[0].startswith(f"{row.name}: gradient_checkpointing = true -> ")
+    shortest = fitting([row], 1e-6)[0]
+    assert "nothing tried fits" in shortest
+    # a budget only the shorter rows meet: every change before them is named, cumulative
+    short = estimate_row(make_row("s", ["full", "offload"], **{**row.config()["settings"], "gradient_checkpointing": True,
+                                                            "max_length": 512}))
+    advice = fitting([row], short["peak_alloc_gib"] + 1e-6)[0]
+    assert advice.startswith(f"{row.name}: gradient_checkpointing = true, + offload, max_length = 512 -> "), advice
+    assert float(advice.split("-> ")[1].split(" GiB")[0]) <= short["peak_alloc_gib"] + 0.05
+
+
+def test_a_deepspeed_row_is_offered_its_optimizer_and_weight_offload(tiny_row):
+    pytest.importorskip("deepspeed")
+    from tunerkit.estimate_cli import memory_savings
+
+    zero3 = tiny_row("full", "deepspeed", gpus=2, dtype="bf16", deepspeed={"zero_stage": 3})
+    labels = [o["label"] for o in memory_savings(zero3)]
+    assert labels == ["+ offload", 'deepspeed.offload_optimizer = "cpu"', 'deepspeed.offload_param = "cpu"']
+    zero2 = tiny_row("full", "deepspeed", gpus=2, dtype="bf16", deepspeed={"zero_stage": 2, "offload_optimizer": "cpu"})
+    assert [o["label"] for o in memory_savings(zero2)] == ["+ offload"]  # nothing more stage 2 can offload
+    on = estimate_row(tiny_row("full", "deepspeed", gpus=2, dtype="bf16",
+                               deepspeed={"zero_stage": 3, "offload_optimizer": "cpu"}), gpu=True)
+    off = estimate_row(zero3, gpu=True)
+    assert on["parts_gib"]["optimizer"] == 0 and off["parts_gib"]["optimizer"] > 0
+    assert any("not counted" in n for n in off["notes"])  # its speed leaves ZeRO's communication out

@@ -119,10 +119,34 @@ def render(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def memory_savings(row) -> list[dict]:
+    """What the installed plugins offer to lower ``row``'s memory (the ``memory_savings``
+    hook), cheapest first."""
+    from tunerkit.plugins import make_manager, registry
+
+    plugins = []
+    for name, cls in registry().items():
+        try:
+            plugins.append(cls(row.options.get(name)))
+        except Exception:  # noqa: BLE001 - a plugin that cannot be built here offers nothing
+            continue
+    offers = [o for found in make_manager([], plugins).hook.memory_savings(row=row) for o in (found or [])]
+    return sorted(offers, key=lambda o: (o.get("order", 50), o["label"]))
+
+
+def changed(config: dict, offer: dict) -> dict:
+    """``config`` (plugins, settings, options of a row) with one offered change applied."""
+    options = dict(config["options"])
+    for name, values in (offer.get("options") or {}).items():
+        options[name] = {**(options.get(name) or {}), **values}
+    plugins = [*config["plugins"], *(p for p in offer.get("plugins") or () if p not in config["plugins"])]
+    return {"plugins": plugins, "settings": {**config["settings"], **(offer.get("settings") or {})}, "options": options}
+
+
 def fitting(rows, budget_gib: float, target: tuple[bool, float, str] | None = None) -> list[str]:
-    """For each row over ``budget_gib``: the first of (checkpointing on, offloaded checkpoints,
-    shorter packed rows) that brings its prediction under the budget (on ``target``, see
-    :func:`target_device`; this machine when None)."""
+    """For each row over ``budget_gib``: the first of (checkpointing on, then each change the
+    plugins offer on top of the ones before, then shorter rows) whose prediction is under the
+    budget (on ``target``, see :func:`target_device`; this machine when None)."""
     from tunerkit.recipe import make_row
 
     gpu, tflops, _ = target if target is not None else (None, None, None)
@@ -133,20 +157,25 @@ def fitting(rows, budget_gib: float, target: tuple[bool, float, str] | None = No
             advice.append(f"{row.name}: fits ({pred['peak_alloc_gib']:.1f} GiB)")
             continue
         config = row.config()
-        settings = {k: v for k, v in config["settings"].items() if v is not None}
-        tables = dict(config.get("options") or {})
-        tries = [("gradient_checkpointing = true", {**settings, "gradient_checkpointing": True}, config["plugins"])]
-        if "offload" not in config["plugins"]:
-            tries.append(("+ offload", {**settings, "gradient_checkpointing": True}, [*config["plugins"], "offload"]))
+        current = {"plugins": list(config["plugins"]), "options": dict(config.get("options") or {}),
+                   "settings": {k: v for k, v in config["settings"].items() if v is not None}}
+        current = changed(current, {"settings": {"gradient_checkpointing": True}})
+        labels = ["gradient_checkpointing = true"]
+        tries = [(labels[0], current)]
+        for offer in memory_savings(row):
+            current = changed(current, offer)
+            labels.append(offer["label"])
+            tries.append((", ".join(labels), current))
         for length in (16384, 8192, 4096, 2048, 1024, 512):
-            if length < settings.get("max_length", 0):
-                tries.append((f"max_length = {length}", {**settings, "gradient_checkpointing": True, "max_length": length},
-                              [*config["plugins"], *(["offload"] if "offload" not in config["plugins"] else [])]))
+            if length < current["settings"].get("max_length", 0):
+                tries.append((", ".join([*labels, f"max_length = {length}"]),
+                              changed(current, {"settings": {"max_length": length}})))
         found = None
-        for label, s, plugins in tries:
-            trial = estimate_row(make_row(row.name, plugins, **s, **tables), tflops, gpu=gpu)
+        for label, c in tries:
+            trial = estimate_row(make_row(row.name, c["plugins"], **c["settings"], **c["options"]), tflops, gpu=gpu)
             if trial["peak_alloc_gib"] <= budget_gib:
                 found = f"{row.name}: {label} -> {trial['peak_alloc_gib']:.1f} GiB, {trial['tokens_per_s']:,.0f} tokens/s"
+                found += "".join(f" ({note})" for note in trial["notes"])
                 break
         advice.append(found or f"{row.name}: nothing tried fits {budget_gib:g} GiB "
                                f"(predicted {pred['peak_alloc_gib']:.1f} GiB as written)")
@@ -239,6 +268,7 @@ def echo_estimates(rec, db: Path | None = None, as_json: bool = False,
             click.echo(f"  {p['row']}: no estimate ({p['error']})")
             continue
         text = f"  {p['row']}: predicted peak {p['peak_alloc_gib']:.2f} GiB, {p['tokens_per_s']:,.0f} tokens/s"
+        text += "".join(f" ({note})" for note in p.get("notes") or ())
         if p.get("measured_gib") is not None:
             text += (f"; measured {p['measured_gib']:.2f} GiB ({pct(p['memory_error'])}), "
                      f"{num(p['measured_tokens_per_s'], ',.0f')} tokens/s ({pct(p['speed_error'])})")

@@ -69,6 +69,21 @@ def estimate_memory(row: Any, shape: Any, estimate: Any) -> None:
     """
 
 
+@hookspec
+def memory_savings(row: Any) -> list[dict] | None:
+    """Changes this plugin offers that would lower ``row``'s peak memory, for
+    ``tunerkit estimate --memory-budget``.
+
+    Asked of every installed plugin, in the row or not (one outside the row is built with its
+    default options, and decides from ``row`` whether it has anything to offer). Each change
+    is a dict: ``label`` (how the advice reads), and any of ``plugins`` (names to add),
+    ``settings`` and ``options`` (``{plugin: {option: value}}``), and ``order`` (lower is
+    tried first; default 50, by how much speed the change costs). The estimate turns on
+    gradient checkpointing, then adds the changes one by one, each on top of those before it,
+    then shortens the rows, and prints the first that fits.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Model side
 # ---------------------------------------------------------------------------

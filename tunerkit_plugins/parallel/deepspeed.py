@@ -114,6 +114,8 @@ def shard_states(est, shape, world: int, stage: int, offload_optimizer: bool, of
     and gathers the largest module (an LLM's embedding or head) with its gradient while it runs."""
     if stage < 2:
         return
+    est.notes.append("tokens/s is one GPU's compute alone: ZeRO's gathers and reductions"
+                     + (" and the optimizer's step on the CPU" if offload_optimizer else "") + " are not counted")
     est.added_param_bytes = est.param_bytes
     est.grad_bytes = 0 if offload_optimizer else (6 if stage == 2 else 2)
     est.optimizer_bytes = 0.0 if offload_optimizer else 12.0
@@ -210,6 +212,22 @@ class DeepSpeed(Plugin):
     @hookimpl
     def setup_distributed(self, ctx):
         return make_deepspeed_accelerator(ctx)
+
+    @hookimpl
+    def memory_savings(self, row):
+        # the optimizer's step on the CPU (DeepSpeedCPUAdam) costs much more speed than the
+        # activations' offload, and the weights' offload more again: tried after it
+        if self.name not in row.plugins:
+            return None
+        zero = deepspeed_config(row.settings, self.options)["zero_optimization"]
+        offers = []
+        if zero.get("stage", 0) >= 2 and not zero.get("offload_optimizer"):
+            offers.append({"label": 'deepspeed.offload_optimizer = "cpu"', "order": 60,
+                           "options": {self.name: {"offload_optimizer": "cpu"}}})
+        if zero.get("stage", 0) == 3 and not zero.get("offload_param"):
+            offers.append({"label": 'deepspeed.offload_param = "cpu"', "order": 70,
+                           "options": {self.name: {"offload_optimizer": "cpu", "offload_param": "cpu"}}})
+        return offers or None
 
     @hookimpl(trylast=True)  # after the tuners have said what trains
     def estimate_memory(self, row, shape, estimate):

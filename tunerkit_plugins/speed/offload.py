@@ -197,6 +197,15 @@ class ActivationOffload(Plugin):
             estimates.offloaded_checkpoints(estimate, in_flight=self.options.prefetch + 1)
 
     @hookimpl
+    def memory_savings(self, row):
+        # moving the checkpointed layer inputs to the host costs little speed where the copies
+        # overlap the next layers' compute, so it is tried first
+        if self.name in row.plugins:
+            return None
+        return [{"label": "+ offload", "plugins": [self.name], "settings": {"gradient_checkpointing": True},
+                 "order": 10}]
+
+    @hookimpl
     def validate(self, row):
         if self.options.scope == "checkpoints" and not row.settings.gradient_checkpointing:
             return "offload scope 'checkpoints' needs gradient_checkpointing = true (or use scope 'all')"

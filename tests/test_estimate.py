@@ -475,3 +475,18 @@ def test_a_deepspeed_row_is_offered_its_optimizer_and_weight_offload(tiny_row):
     off = estimate_row(zero3, gpu=True)
     assert on["parts_gib"]["optimizer"] == 0 and off["parts_gib"]["optimizer"] > 0
     assert any("not counted" in n for n in off["notes"])  # its speed leaves ZeRO's communication out
+
+
+@pytest.mark.parametrize("sp", [2, 4])
+def test_a_sequence_parallel_gpu_keeps_the_activations_of_its_share_of_the_tokens(tiny_row, sp):
+    """Ulysses: each of sp GPUs holds 1/sp of every sequence's activations and the whole of
+    the weights and optimizer state (the defining trade of sequence parallelism)."""
+    pytest.importorskip("deepspeed")
+    settings = {**SMALL, "batch_size": 1, "gpus": 4, "attention": "sdpa", "max_length": 1024,
+                "dataset": "synthetic:lengths?mean=1024&sd=0&min=1024&max=1024&rows=8"}
+    plain = estimate_row(tiny_row("lora", **settings), gpu=True)
+    split = estimate_row(tiny_row("lora", "sequence_parallel", sequence_parallel={"sp_size": sp}, **settings), gpu=True)
+    for part in ("weights", "added", "gradients", "optimizer"):
+        assert split["parts_gib"][part] == pytest.approx(plain["parts_gib"][part])
+    assert split["peak_tokens"] == plain["peak_tokens"] / sp
+    assert split["parts_gib"]["activations"] == pytest.approx(plain["parts_gib"]["activations"] / sp, rel=0.01)

@@ -18,6 +18,7 @@ so the losses of one SP group add up to their token-weighted mean.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +110,21 @@ class SequenceParallel(Plugin):
                 return (f"sequence_parallel: {preset.kv_heads} KV heads and sp_size = {self.sp_size}: "
                         f"one must divide the other")
         return None
+
+    @hookimpl
+    def estimate_memory(self, row, shape, estimate):
+        # Ulysses gives each of the sp_size GPUs 1/sp_size of every sequence (padded to a
+        # multiple of it), and its all-to-all trades the rest of the sequence for 1/sp_size of
+        # the heads inside attention: every activation a GPU keeps is that of its share of the
+        # tokens. Weights, gradients and optimizer state are each GPU's whole.
+        sp = self.sp_size
+        if sp == 1:
+            return
+        estimate.peak_tokens = math.ceil(estimate.peak_tokens / sp)
+        if estimate.real_peak_tokens is not None:
+            estimate.real_peak_tokens = math.ceil(estimate.real_peak_tokens / sp)
+        estimate.notes.append(f"tokens/s is one GPU's compute alone: Ulysses' all-to-all between the {sp} GPUs "
+                              f"of a sequence is not counted")
 
     @hookimpl
     def setup_distributed(self, ctx):

@@ -469,7 +469,8 @@ def test_a_deepspeed_row_is_offered_its_optimizer_and_weight_offload(tiny_row):
     labels = [o["label"] for o in memory_savings(zero3)]
     assert labels == ["+ offload", 'deepspeed.offload_optimizer = "cpu"', 'deepspeed.offload_param = "cpu"']
     zero2 = tiny_row("full", "deepspeed", gpus=2, dtype="bf16", deepspeed={"zero_stage": 2, "offload_optimizer": "cpu"})
-    assert [o["label"] for o in memory_savings(zero2)] == ["+ offload"]  # nothing more stage 2 can offload
+    assert [o["label"] for o in memory_savings(zero2)] == [  # stage 2 is first offered stage 3's sharded weights
+        "+ offload", "deepspeed.zero_stage = 3", 'deepspeed.offload_param = "cpu"']
     on = estimate_row(tiny_row("full", "deepspeed", gpus=2, dtype="bf16",
                                deepspeed={"zero_stage": 3, "offload_optimizer": "cpu"}), gpu=True)
     off = estimate_row(zero3, gpu=True)

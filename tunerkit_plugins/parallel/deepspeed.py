@@ -220,13 +220,16 @@ class DeepSpeed(Plugin):
         if self.name not in row.plugins:
             return None
         zero = deepspeed_config(row.settings, self.options)["zero_optimization"]
+        stage = zero.get("stage", 0)
         offers = []
-        if zero.get("stage", 0) >= 2 and not zero.get("offload_optimizer"):
+        if stage == 2:  # sharding the weights too costs a gather per layer, less than a CPU step
+            offers.append({"label": "deepspeed.zero_stage = 3", "order": 55, "options": {self.name: {"zero_stage": 3}}})
+        if stage >= 2 and not zero.get("offload_optimizer"):
             offers.append({"label": 'deepspeed.offload_optimizer = "cpu"', "order": 60,
                            "options": {self.name: {"offload_optimizer": "cpu"}}})
-        if zero.get("stage", 0) == 3 and not zero.get("offload_param"):
-            offers.append({"label": 'deepspeed.offload_param = "cpu"', "order": 70,
-                           "options": {self.name: {"offload_optimizer": "cpu", "offload_param": "cpu"}}})
+        if stage >= 2 and not zero.get("offload_param"):
+            offers.append({"label": 'deepspeed.offload_param = "cpu"', "order": 70, "options": {
+                self.name: {"zero_stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"}}})
         return offers or None
 
     @hookimpl(trylast=True)  # after the tuners have said what trains

@@ -70,9 +70,13 @@ class CoreDefaults:
     # -- model ------------------------------------------------------------------
     @hookimpl(trylast=True)
     def setup_distributed(self, ctx):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
 
-        return Accelerator(cpu=not torch.cuda.is_available())
+        # Under DDP each gradient is a view into its all-reduce bucket instead of a second copy
+        # beside it: one trainable-parameter-sized buffer less per GPU (full fine-tuning of a 7B
+        # model: about 14 GiB in bf16); the loop's zero_grad(set_to_none=True) keeps it valid.
+        ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
+        return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
 
     @hookimpl(trylast=True)
     def weight_bits(self, row):

@@ -266,7 +266,7 @@ def test_a_row_marked_by_the_plans_its_timed_steps_counted_not_by_its_place(tmp_
     a row after another model's rows (every length new) is marked though not first; a first
     row whose warm-up met every length it timed is not."""
     from tunerkit.estimate import SHAPE_PLAN_SECONDS
-    from tunerkit.report.tables import FIRST_MARK, first_in_process, plan_share
+    from tunerkit.report.tables import FIRST_MARK, paid_cudnn_plans, plan_share
 
     store = Store(tmp_path / "plans.db")
     # (name, place in its process, lengths its timed steps met first); three timed 2 s steps
@@ -279,7 +279,7 @@ def test_a_row_marked_by_the_plans_its_timed_steps_counted_not_by_its_place(tmp_
                      environment=FAKE_GPU, started=0.0)
     records = {r["row"]: r for r in store.latest("r")}
     assert plan_share(records["yi-after-qwen"]["metrics"]) == pytest.approx(40 * SHAPE_PLAN_SECONDS / 6.0)
-    assert [first_in_process(records[n]) for n in ("yi-after-qwen", "first-warm", "one-new")] == [True, False, False]
+    assert [paid_cudnn_plans(records[n]) for n in ("yi-after-qwen", "first-warm", "one-new")] == [True, False, False]
     md = render(store.latest("r"), "md")
     assert FIRST_MARK in line_of(md, "yi-after-qwen") and FIRST_MARK not in line_of(md, "first-warm")
 

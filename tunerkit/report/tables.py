@@ -230,7 +230,7 @@ def plan_share(metrics: dict) -> float | None:
     return new * SHAPE_PLAN_SECONDS / timed
 
 
-def first_in_process(record: dict) -> bool:
+def paid_cudnn_plans(record: dict) -> bool:
     """A GPU row whose timed steps met lengths new to its process with SDPA free to choose cuDNN
     attention, whose plan per new length is what slows such a row: where the record counts
     them, plans worth at least PLAN_SHARE_MARKED of its timed time (a row after another model's
@@ -262,7 +262,7 @@ def status_text(record: dict, flag_random: bool) -> str:
         text = f"failed: {reason or 'unknown reason'}"
     if flag_random and (record.get("metrics") or {}).get("random_weights"):
         text += " (random weights)"
-    if first_in_process(record):
+    if paid_cudnn_plans(record):
         text += f" {FIRST_MARK}"
     return text
 
@@ -490,7 +490,7 @@ def render_markdown(records: list[dict]) -> str:
         elif any(r.get("reference") for r in group):
             notes.append("ms-swift's published numbers are not shown: this profile ran on CPU, not on "
                          "ms-swift's hardware and models")
-        if any(first_in_process(r) for r in group):
+        if any(paid_cudnn_plans(r) for r in group):
             notes.append(FIRST_NOTE)
         mfu = mfu_note(group)
         if mfu:

@@ -96,6 +96,12 @@ def deepspeed_config(settings, options: DeepSpeedOptions | None) -> dict:
     return config
 
 
+def offload_device(zero: dict, what: str) -> str:
+    """Where a ZeRO config (its ``zero_optimization`` section) offloads ``what``
+    (``"offload_optimizer"`` or ``"offload_param"``): "none", or the device a config names."""
+    return (zero.get(what) or {}).get("device", "none")
+
+
 #: DeepSpeed's default ``sub_group_size``: stage 3 turns its 16-bit gradients into fp32 for the
 #: optimizer step one sub-group of this many parameters at a time
 SUB_GROUP_PARAMS = 1_000_000_000
@@ -224,10 +230,10 @@ class DeepSpeed(Plugin):
         offers = []
         if stage == 2:  # sharding the weights too costs a gather per layer, less than a CPU step
             offers.append({"label": "deepspeed.zero_stage = 3", "order": 55, "options": {self.name: {"zero_stage": 3}}})
-        if stage >= 2 and not zero.get("offload_optimizer"):
+        if stage >= 2 and offload_device(zero, "offload_optimizer") == "none":
             offers.append({"label": 'deepspeed.offload_optimizer = "cpu"', "order": 60,
                            "options": {self.name: {"offload_optimizer": "cpu"}}})
-        if stage >= 2 and not zero.get("offload_param"):
+        if stage >= 2 and offload_device(zero, "offload_param") == "none":
             offers.append({"label": 'deepspeed.offload_param = "cpu"', "order": 70, "options": {
                 self.name: {"zero_stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"}}})
         return offers or None
@@ -236,13 +242,13 @@ class DeepSpeed(Plugin):
     def estimate_memory(self, row, shape, estimate):
         zero = deepspeed_config(row.settings, self.options)["zero_optimization"]
         shard_states(estimate, shape, row.settings.gpus, zero.get("stage", 0),
-                     offload_optimizer=(zero.get("offload_optimizer") or {}).get("device", "none") != "none",
-                     offload_param=(zero.get("offload_param") or {}).get("device", "none") != "none")
+                     offload_optimizer=offload_device(zero, "offload_optimizer") != "none",
+                     offload_param=offload_device(zero, "offload_param") != "none")
 
     @hookimpl
     def collect_metrics(self, ctx):
         config = getattr(ctx.accelerator, "deepspeed_config", None) or {}
         zero = config.get("zero_optimization", {})
         return {"deepspeed_zero_stage": zero.get("stage"),
-                "deepspeed_offload_optimizer": (zero.get("offload_optimizer") or {}).get("device", "none"),
-                "deepspeed_offload_param": (zero.get("offload_param") or {}).get("device", "none")}
+                "deepspeed_offload_optimizer": offload_device(zero, "offload_optimizer"),
+                "deepspeed_offload_param": offload_device(zero, "offload_param")}
